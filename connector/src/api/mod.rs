@@ -1,0 +1,18 @@
+//! Typed GitLab endpoints: request and response structs, one module per resource.
+//! Unknown JSON fields are ignored; fields GitLab documents as sometimes absent are `Option`.
+
+pub mod common;
+pub mod groups;
+pub mod invitations;
+pub mod members;
+pub mod projects;
+pub mod tokens;
+pub mod users;
+
+pub use common::{AccessLevel, UserRef};
+pub use groups::{BillableMember, Group, MemberRole, SamlGroupLink, SharedWithGroup};
+pub use invitations::{CreateInvitation, Invitation, InvitationAccepted};
+pub use members::{AddMember, EditMember, Member, MemberRoleRef, RemoveMember, Source};
+pub use projects::{Project, ProjectNamespace, ProjectsQuery};
+pub use tokens::{PersonalAccessToken, RotatedToken};
+pub use users::{CreateUser, User, UserAction, UsersQuery};

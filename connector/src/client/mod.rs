@@ -1,0 +1,448 @@
+//! The HTTP layer: auth, rate limit, retry, pagination. Endpoints live in `crate::api`.
+
+mod base_url;
+mod pages;
+mod ratelimit;
+mod retry;
+mod stats;
+
+use std::future::Future;
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use backon::Retryable;
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+pub use base_url::{BaseUrl, IdOrPath, encode_segment};
+pub(crate) use pages::{ListSpec, Resume, items as items_stream};
+pub use pages::{PageItem, Strategy};
+pub use ratelimit::{Limit, LimitClass, RateLimitConfig};
+pub use retry::RetryPolicy;
+pub use stats::{RouteStats, StatsSnapshot};
+
+use crate::error::{Error, Route, TransportKind, classify};
+use crate::secret::Secret;
+use ratelimit::RateLimiter;
+use stats::Stats;
+
+/// Which kind of GitLab the connector talks to; it chooses rate-limit presets and which
+/// admin-only endpoints make sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceKind {
+    GitlabCom,
+    SelfManaged,
+}
+
+impl InstanceKind {
+    pub fn detect(base: &BaseUrl) -> Self {
+        if base.is_gitlab_com() {
+            InstanceKind::GitlabCom
+        } else {
+            InstanceKind::SelfManaged
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub base_url: BaseUrl,
+    pub token: Secret,
+    pub instance: InstanceKind,
+    pub rate_limit: RateLimitConfig,
+    pub retry: RetryPolicy,
+    /// Timeout of one HTTP exchange (not counting waits between retries).
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Items per page; GitLab caps it at 100.
+    pub per_page: u32,
+}
+
+impl ClientConfig {
+    /// Defaults for the instance kind detected from the URL.
+    pub fn new(base_url: BaseUrl, token: Secret) -> Self {
+        let instance = InstanceKind::detect(&base_url);
+        Self {
+            rate_limit: match instance {
+                InstanceKind::GitlabCom => RateLimitConfig::gitlab_com(),
+                InstanceKind::SelfManaged => RateLimitConfig::self_managed(),
+            },
+            base_url,
+            token,
+            instance,
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            per_page: 100,
+        }
+    }
+}
+
+/// Installs rustls' ring provider as the process default, once. async-nats and sqlx use ring;
+/// with two providers compiled in, rustls cannot pick one and panics at runtime.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// How a request may be repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    /// Safe to resend (GET): retried on transient errors.
+    Idempotent,
+    /// Never resent: `POST …/rotate` (a resent rotation of a revoked token revokes the family).
+    Never,
+}
+
+/// One request to the API.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub route: Route,
+    pub method: Method,
+    /// Encoded path below `/api/v4`, e.g. `/groups/42/members`.
+    pub path: String,
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<serde_json::Value>,
+    /// Endpoint limit class and the resource it is keyed on (0 when global).
+    pub limit: Option<LimitClass>,
+    pub limit_key: u64,
+    /// A full URL to use instead of `path` + `query` (a `Link rel="next"`).
+    pub url: Option<Url>,
+}
+
+impl Request {
+    pub fn new(method: Method, template: &'static str, path: impl Into<String>) -> Self {
+        Self {
+            route: Route::new(method_name(&method), template),
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+            limit: None,
+            limit_key: 0,
+            url: None,
+        }
+    }
+
+    pub fn get(template: &'static str, path: impl Into<String>) -> Self {
+        Self::new(Method::GET, template, path)
+    }
+
+    pub fn query(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.query.push((key, value.to_string()));
+        self
+    }
+
+    pub fn json(mut self, body: serde_json::Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    pub fn limited(mut self, class: LimitClass, key: u64) -> Self {
+        self.limit = Some(class);
+        self.limit_key = key;
+        self
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "OTHER",
+    }
+}
+
+/// A successful response.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub url: Url,
+}
+
+impl Response {
+    pub fn json<T: DeserializeOwned>(&self, route: Route) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::Decode {
+            route,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The GitLab REST v4 client. Cheap to clone; clones share limits, statistics and connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    config: ClientConfig,
+    token_header: HeaderValue,
+    limiter: RateLimiter,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.config.base_url)
+            .field("instance", &self.inner.config.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        install_crypto_provider();
+        if config.token.is_empty() {
+            return Err(Error::InvalidConfig(
+                "the GitLab token is empty; set GITLAB_TOKEN or GITLAB_TOKEN_FILE".into(),
+            ));
+        }
+        if !(1..=100).contains(&config.per_page) {
+            return Err(Error::InvalidConfig(format!(
+                "per_page must be between 1 and 100 (GitLab's maximum), got {}",
+                config.per_page
+            )));
+        }
+        let mut token_header = HeaderValue::from_str(config.token.expose()).map_err(|_| {
+            Error::InvalidConfig(
+                "the GitLab token contains characters that cannot be sent in a header (a stray newline?)"
+                    .into(),
+            )
+        })?;
+        token_header.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::InvalidConfig(format!("could not build the HTTP client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                limiter: RateLimiter::new(&config.rate_limit),
+                http,
+                config,
+                token_header,
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    pub fn base_url(&self) -> &BaseUrl {
+        &self.inner.config.base_url
+    }
+
+    pub fn instance(&self) -> InstanceKind {
+        self.inner.config.instance
+    }
+
+    /// Requests, statuses, waits, 429s and retries per route so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Sends once: rate limit, HTTP exchange, classification. No retry.
+    async fn send_once(&self, req: &Request) -> Result<Response, Error> {
+        let inner = &self.inner;
+        let waited = inner.limiter.acquire(req.limit, req.limit_key).await;
+        inner.stats.waited(req.route, waited.waits, waited.duration);
+
+        let url = match &req.url {
+            Some(url) => url.clone(),
+            None => {
+                let mut url = inner.config.base_url.endpoint(&req.path)?;
+                if !req.query.is_empty() {
+                    let mut pairs = url.query_pairs_mut();
+                    for (k, v) in &req.query {
+                        pairs.append_pair(k, v);
+                    }
+                }
+                url
+            }
+        };
+        let mut builder = inner
+            .http
+            .request(req.method.clone(), url.clone())
+            .header("PRIVATE-TOKEN", inner.token_header.clone())
+            .header(ACCEPT, "application/json")
+            .header(
+                USER_AGENT,
+                concat!("gitlab-access-connector/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(body) = &req.body {
+            builder = builder.json(body);
+        }
+        let started = Instant::now();
+        let result = builder.send().await;
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                inner.stats.response(req.route, 0);
+                return Err(transport_error(req.route, e));
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = match response.bytes().await {
+            Ok(b) => b.to_vec(),
+            Err(e) => {
+                inner.stats.response(req.route, 0);
+                return Err(transport_error(req.route, e));
+            }
+        };
+        inner.stats.response(req.route, status.as_u16());
+        let wait = if status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            retry::server_wait(&headers)
+        } else {
+            None
+        };
+        inner.limiter.observe(&headers, wait);
+        tracing::debug!(
+            route = %req.route,
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "gitlab request"
+        );
+        if status.is_success() {
+            return Ok(Response { headers, body, url });
+        }
+        Err(classify(req.route, status, &body, wait))
+    }
+
+    /// Sends a request, retrying idempotent ones on transient errors within the time budget.
+    pub(crate) async fn execute(&self, req: Request, repeat: Repeat) -> Result<Response, Error> {
+        let policy = self.inner.config.retry;
+        if repeat == Repeat::Never || policy.max_retries == 0 {
+            return self.send_once(&req).await;
+        }
+        let started = Instant::now();
+        let route = req.route;
+        let result = (|| self.send_once(&req))
+            .retry(policy.backoff())
+            .when(|e: &Error| e.is_transient())
+            .adjust(|e: &Error, backoff: Option<Duration>| {
+                retry_delay(&policy, started, e, backoff)
+            })
+            .notify(|e: &Error, wait: Duration| {
+                self.inner.stats.retry(route);
+                tracing::warn!(route = %route, error = %e, wait_ms = wait.as_millis() as u64, "retrying GitLab request");
+            })
+            .await;
+        result.map_err(|e| {
+            if e.is_transient() && started.elapsed() + policy.min_delay >= policy.budget {
+                Error::BudgetExhausted {
+                    route,
+                    budget: policy.budget,
+                    last: Box::new(e),
+                }
+            } else {
+                e
+            }
+        })
+    }
+
+    pub(crate) async fn get_json<T: DeserializeOwned>(&self, req: Request) -> Result<T, Error> {
+        let route = req.route;
+        self.execute(req, Repeat::Idempotent).await?.json(route)
+    }
+
+    /// A write that is never blindly resent. When it fails transiently (a timeout, a 5xx, a
+    /// dropped connection: it may or may not have been applied), `reread` reads GitLab's state
+    /// first: `Some(v)` means the write is in effect and `v` is returned; `None` means it is not,
+    /// and the write is sent again, within the retry policy.
+    pub(crate) async fn write_with_reread<T, F, Fut>(
+        &self,
+        req: Request,
+        parse: impl Fn(&Response) -> Result<T, Error>,
+        reread: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Option<T>, Error>>,
+    {
+        let policy = self.inner.config.retry;
+        let started = Instant::now();
+        let mut backoff = backon::BackoffBuilder::build(policy.backoff());
+        loop {
+            let err = match self.send_once(&req).await {
+                Ok(resp) => return parse(&resp),
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e),
+            };
+            let Some(wait) = retry_delay(&policy, started, &err, backoff.next()) else {
+                return Err(err);
+            };
+            self.inner.stats.retry(req.route);
+            tracing::warn!(route = %req.route, error = %err, wait_ms = wait.as_millis() as u64, "write failed transiently; re-reading state before retrying");
+            tokio::time::sleep(wait).await;
+            if let Some(done) = reread().await? {
+                tracing::info!(route = %req.route, "the earlier attempt took effect; not resending");
+                return Ok(done);
+            }
+        }
+    }
+}
+
+/// The delay before the next attempt, or `None` to stop: GitLab's requested wait wins over the
+/// exponential backoff; waits beyond `max_wait` or the total budget end the retries.
+fn retry_delay(
+    policy: &RetryPolicy,
+    started: Instant,
+    err: &Error,
+    backoff: Option<Duration>,
+) -> Option<Duration> {
+    let wait = match err.retry_after() {
+        // GitLab named a wait; keep retrying (within the budget) even past max_retries.
+        Some(w) => w + Duration::from_millis(100),
+        None => backoff?,
+    };
+    if wait > policy.max_wait || started.elapsed() + wait > policy.budget {
+        return None;
+    }
+    Some(wait)
+}
+
+fn transport_error(route: Route, e: reqwest::Error) -> Error {
+    let kind = if e.is_timeout() {
+        TransportKind::Timeout
+    } else if e.is_connect() {
+        TransportKind::Connect
+    } else if e.is_body() || e.is_request() || e.is_decode() {
+        TransportKind::Interrupted
+    } else {
+        TransportKind::Other
+    };
+    // Drop the URL from the message: only route templates leave the client.
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    Error::Transport {
+        route,
+        kind,
+        message,
+    }
+}

@@ -1,0 +1,290 @@
+//! Pagination as one async stream of pages, whatever GitLab's strategy.
+//!
+//! - Offset (`per_page=100`): follow `Link rel="next"`, else `X-Next-Page`; stop on neither or an
+//!   empty page. `X-Total`/`X-Total-Pages` are never read: GitLab omits them above 10,000
+//!   records (gitlab-api.md 1.1, pitfall P1).
+//! - Keyset (`pagination=keyset&order_by=id&sort=asc`): follow `Link rel="next"` verbatim.
+//! - A 405 at the maximum offset switches an offset walk to keyset where the endpoint supports
+//!   it, resuming after the last id read; elsewhere it is an error.
+//!
+//! One page is held at a time, so memory is bounded by the consumer, not the list.
+
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use reqwest::header::HeaderMap;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::{Client, Repeat, Request};
+use crate::error::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Offset,
+    Keyset,
+}
+
+/// How a keyset-capable list resumes after switching from offset at the offset cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resume {
+    /// The endpoint filters with `id_after` (`GET /projects`).
+    IdAfter,
+    /// Restart in keyset order and drop the ids already yielded (`GET /users`).
+    SkipThrough,
+}
+
+/// Items of paginated lists; keyset-capable ones expose their id for resuming.
+pub trait PageItem {
+    fn page_id(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl PageItem for serde_json::Value {
+    fn page_id(&self) -> Option<u64> {
+        self.get("id").and_then(serde_json::Value::as_u64)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ListSpec {
+    pub request: Request,
+    pub strategy: Strategy,
+    /// Set for lists that support keyset ordered by id.
+    pub keyset: Option<Resume>,
+}
+
+impl ListSpec {
+    pub fn offset(request: Request) -> Self {
+        Self {
+            request,
+            strategy: Strategy::Offset,
+            keyset: None,
+        }
+    }
+
+    pub fn keyset(request: Request, resume: Resume) -> Self {
+        Self {
+            request,
+            strategy: Strategy::Keyset,
+            keyset: Some(resume),
+        }
+    }
+}
+
+enum Next {
+    First,
+    Url(Url),
+    Done,
+}
+
+struct Walk {
+    client: Client,
+    spec: ListSpec,
+    next: Next,
+    last_id: Option<u64>,
+    skip_through: Option<u64>,
+}
+
+impl Walk {
+    fn first_request(&self) -> Request {
+        let mut req = self.spec.request.clone();
+        req.query
+            .push(("per_page", self.client.config().per_page.to_string()));
+        if self.spec.strategy == Strategy::Keyset {
+            req.query
+                .retain(|(k, _)| !matches!(*k, "order_by" | "sort" | "pagination" | "page"));
+            req.query.push(("pagination", "keyset".into()));
+            req.query.push(("order_by", "id".into()));
+            req.query.push(("sort", "asc".into()));
+            if self.spec.keyset == Some(Resume::IdAfter)
+                && let Some(id) = self.last_id
+            {
+                req.query.push(("id_after", id.to_string()));
+            }
+        }
+        req
+    }
+
+    async fn step<T: DeserializeOwned + PageItem>(
+        mut self,
+    ) -> Result<Option<(Vec<T>, Self)>, Error> {
+        loop {
+            let req = match &self.next {
+                Next::Done => return Ok(None),
+                Next::First => self.first_request(),
+                Next::Url(url) => {
+                    let mut req = self.spec.request.clone();
+                    req.url = Some(url.clone());
+                    req
+                }
+            };
+            let route = req.route;
+            let resp = match self.client.execute(req, Repeat::Idempotent).await {
+                Ok(r) => r,
+                Err(Error::OffsetLimit { message, .. })
+                    if self.spec.strategy == Strategy::Offset && self.spec.keyset.is_some() =>
+                {
+                    tracing::info!(%route, %message, "offset cap reached; continuing with keyset pagination");
+                    self.spec.strategy = Strategy::Keyset;
+                    if self.spec.keyset == Some(Resume::SkipThrough) {
+                        self.skip_through = self.last_id;
+                    }
+                    self.next = Next::First;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut items: Vec<T> = resp.json(route)?;
+            let raw_len = items.len();
+            if let Some(skip) = self.skip_through {
+                items.retain(|i| i.page_id().is_none_or(|id| id > skip));
+            }
+            if let Some(id) = items.iter().filter_map(PageItem::page_id).max() {
+                self.last_id = Some(self.last_id.map_or(id, |l| l.max(id)));
+            }
+            self.next = if raw_len == 0 {
+                Next::Done
+            } else {
+                match next_link(&resp.headers).and_then(|l| self.client.base_url().follow(&l)) {
+                    Some(url) => Next::Url(url),
+                    None if self.spec.strategy == Strategy::Offset => {
+                        match next_page_header(&resp.headers) {
+                            Some(page) => Next::Url(with_page(&resp.url, page)),
+                            None => Next::Done,
+                        }
+                    }
+                    None => Next::Done,
+                }
+            };
+            return Ok(Some((items, self)));
+        }
+    }
+}
+
+/// A stream of pages.
+pub(crate) fn pages<T>(client: &Client, spec: ListSpec) -> BoxStream<'static, Result<Vec<T>, Error>>
+where
+    T: DeserializeOwned + PageItem + Send + 'static,
+{
+    let walk = Walk {
+        client: client.clone(),
+        spec,
+        next: Next::First,
+        last_id: None,
+        skip_through: None,
+    };
+    stream::try_unfold(walk, |w| w.step::<T>()).boxed()
+}
+
+/// A stream of items, one page fetched at a time.
+pub(crate) fn items<T>(client: &Client, spec: ListSpec) -> BoxStream<'static, Result<T, Error>>
+where
+    T: DeserializeOwned + PageItem + Send + 'static,
+{
+    pages::<T>(client, spec)
+        .map_ok(|page| stream::iter(page.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+}
+
+/// The `rel="next"` target of a `Link` header (several headers or comma-joined values).
+pub(crate) fn next_link(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(reqwest::header::LINK) {
+        let Ok(value) = value.to_str() else { continue };
+        for part in split_links(value) {
+            let mut pieces = part.split(';');
+            let target = pieces.next()?.trim();
+            let is_next = pieces.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("rel=")
+                    .map(|r| r.trim_matches('"').split_whitespace().any(|r| r == "next"))
+                    .unwrap_or(false)
+            });
+            if is_next && target.starts_with('<') && target.ends_with('>') {
+                return Some(target[1..target.len() - 1].to_string());
+            }
+        }
+    }
+    None
+}
+
+/// Splits a Link header on the commas between entries (not inside `<…>`).
+fn split_links(value: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (i, c) in value.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
+}
+
+fn next_page_header(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("x-next-page")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+fn with_page(url: &Url, page: u64) -> Url {
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "page")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut next = url.clone();
+    {
+        let mut q = next.query_pairs_mut();
+        q.clear();
+        for (k, v) in &pairs {
+            q.append_pair(k, v);
+        }
+        q.append_pair("page", &page.to_string());
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn link_header_next_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::LINK,
+            HeaderValue::from_static(
+                r#"<https://gitlab.example.com/api/v4/projects?page=1&per_page=3>; rel="prev", <https://gitlab.example.com/api/v4/projects?id_after=5,6&per_page=3>; rel="next", <https://gitlab.example.com/api/v4/projects?page=1>; rel="first""#,
+            ),
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://gitlab.example.com/api/v4/projects?id_after=5,6&per_page=3")
+        );
+        let mut none = HeaderMap::new();
+        none.insert(
+            reqwest::header::LINK,
+            HeaderValue::from_static(r#"<https://x/api/v4/p?page=1>; rel="first""#),
+        );
+        assert_eq!(next_link(&none), None);
+    }
+
+    #[test]
+    fn next_page_replaces_the_page_parameter() {
+        let u = Url::parse("https://x/api/v4/groups/1/members?per_page=100&page=2").unwrap();
+        assert_eq!(
+            with_page(&u, 3).as_str(),
+            "https://x/api/v4/groups/1/members?per_page=100&page=3"
+        );
+    }
+}

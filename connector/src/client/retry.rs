@@ -1,0 +1,72 @@
+//! When and how long to wait before sending a request again.
+
+use std::time::{Duration, SystemTime};
+
+use backon::ExponentialBuilder;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use super::ratelimit::unix_to_duration_from_now;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First exponential backoff delay (jitter is added).
+    pub min_delay: Duration,
+    /// Cap of the exponential backoff.
+    pub max_delay: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: usize,
+    /// The longest single wait GitLab may ask for (`Retry-After`, `RateLimit-Reset`) that is
+    /// honoured in place. GitLab.com's `/users/:id` window is 10 minutes (gitlab-api.md P3).
+    pub max_wait: Duration,
+    /// Total time one request may take, waits included.
+    pub budget: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(60),
+            max_retries: 10,
+            max_wait: Duration::from_secs(600),
+            budget: Duration::from_secs(900),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy that never retries.
+    pub fn none() -> Self {
+        Self {
+            max_retries: 0,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_retries)
+    }
+}
+
+/// The wait GitLab asked for: `Retry-After` (seconds or HTTP date), else `RateLimit-Reset`
+/// (Unix seconds). python-gitlab uses the same order.
+pub(crate) fn server_wait(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(v) = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if let Ok(secs) = v.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(at) = httpdate::parse_http_date(v) {
+            return Some(at.duration_since(SystemTime::now()).unwrap_or_default());
+        }
+    }
+    headers
+        .get("ratelimit-reset")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(unix_to_duration_from_now)
+}

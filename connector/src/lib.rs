@@ -1,0 +1,12 @@
+//! GitLab access-governance connector: the GitLab REST v4 client, the access model, sync and
+//! provisioning logic. No NATS and no database here, so everything is testable against
+//! wiremock or the simulator.
+
+pub mod api;
+pub mod client;
+pub mod error;
+pub mod secret;
+
+pub use client::{Client, ClientConfig, InstanceKind};
+pub use error::{Error, Route};
+pub use secret::Secret;

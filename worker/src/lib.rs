@@ -1,0 +1,5 @@
+//! The `gitlab-worker` service as a library, so tests can run the whole app in-process.
+//! `main.rs` only parses arguments and calls [`cli::run`].
+
+pub mod cli;
+pub mod logging;

@@ -1,0 +1,37 @@
+//! Tracing output: `pretty` on a terminal, `json` otherwise (`LOG_FORMAT` overrides).
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_FILTER: &str = "info,hyper=warn,reqwest=warn,sqlx=warn,sea_orm=warn,async_nats=info";
+
+pub fn init(format: Option<&str>) -> Result<(), String> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let json = match format.map(str::to_ascii_lowercase).as_deref() {
+        Some("json") => true,
+        Some("pretty") => false,
+        None | Some("") => !std::io::stderr().is_terminal(),
+        Some(other) => {
+            return Err(format!(
+                "LOG_FORMAT={other:?} is not supported; use `pretty` or `json`"
+            ));
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+    // Already initialised (tests running several commands in one process) is fine.
+    let _ = result;
+    Ok(())
+}
