@@ -118,11 +118,13 @@ pub enum Error {
         message: String,
     },
 
-    #[error("{route}: GitLab server error {status} ({message}); retry later")]
+    #[error("{route}: GitLab server error {status} ({message}){}; retry later", fmt_wait(.retry_after))]
     Server {
         route: Route,
         status: u16,
         message: String,
+        /// A 503's `Retry-After`.
+        retry_after: Option<Duration>,
     },
 
     #[error("{route}: could not reach GitLab ({message}); check GITLAB_URL and the network")]
@@ -206,7 +208,9 @@ impl Error {
     /// How long GitLab asked us to wait, when it said so.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::RateLimited { retry_after, .. } => *retry_after,
+            Error::RateLimited { retry_after, .. } | Error::Server { retry_after, .. } => {
+                *retry_after
+            }
             Error::BudgetExhausted { last, .. } => last.retry_after(),
             _ => None,
         }
@@ -373,6 +377,7 @@ pub(crate) fn classify(
             route,
             status: s,
             message,
+            retry_after,
         },
         s => Error::UnexpectedStatus {
             route,

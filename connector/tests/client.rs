@@ -1018,3 +1018,43 @@ async fn the_token_never_appears_in_errors_or_debug_output() {
     }
     assert!(format!("{:?}", c.config()).contains("[redacted]"));
 }
+
+#[tokio::test]
+async fn the_connector_bucket_spaces_requests() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/user"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": 1, "username": "a"})))
+        .expect(10)
+        .mount(&server)
+        .await;
+    let mut cfg = config(&server.uri());
+    // 120/min: a burst of 6, then one request every ~0.53 s.
+    cfg.rate_limit = RateLimitConfig::unlimited().with_per_minute(Some(120));
+    let c = Client::new(cfg).unwrap();
+    for _ in 0..10 {
+        c.current_user().await.unwrap();
+    }
+    let s = c.stats().route("GET /user");
+    assert!(s.rate_limit_waits >= 3, "{s:?}");
+    assert!(s.rate_limit_wait_ms >= 1000, "{s:?}");
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_request_budget() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/groups/3"))
+        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "1"))
+        .mount(&server)
+        .await;
+    let mut cfg = config(&server.uri());
+    cfg.retry.max_retries = 100;
+    cfg.retry.budget = Duration::from_millis(2500);
+    let c = Client::new(cfg).unwrap();
+    let err = c.group(&IdOrPath::Id(3)).await.unwrap_err();
+    // 1 s waits within 2.5 s: the first attempt and two retries, then the budget is spent.
+    assert_eq!(c.stats().route("GET /groups/:id").requests, 3);
+    assert!(matches!(err, Error::BudgetExhausted { .. }), "{err:?}");
+    assert!(err.is_transient());
+}

@@ -336,11 +336,20 @@ impl Client {
         }
         let started = Instant::now();
         let route = req.route;
+        let budget_spent = std::sync::atomic::AtomicBool::new(false);
         let result = (|| self.send_once(&req))
             .retry(policy.backoff())
             .when(|e: &Error| e.is_transient())
             .adjust(|e: &Error, backoff: Option<Duration>| {
-                retry_delay(&policy, started, e, backoff)
+                match retry_delay(&policy, started, e, backoff) {
+                    Ok(wait) => Some(wait),
+                    Err(stop) => {
+                        if stop == Stop::Budget {
+                            budget_spent.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        None
+                    }
+                }
             })
             .notify(|e: &Error, wait: Duration| {
                 self.inner.stats.retry(route);
@@ -348,12 +357,8 @@ impl Client {
             })
             .await;
         result.map_err(|e| {
-            if e.is_transient() && started.elapsed() + policy.min_delay >= policy.budget {
-                Error::BudgetExhausted {
-                    route,
-                    budget: policy.budget,
-                    last: Box::new(e),
-                }
+            if budget_spent.load(std::sync::atomic::Ordering::Relaxed) {
+                over_budget(route, &policy, e)
             } else {
                 e
             }
@@ -388,8 +393,10 @@ impl Client {
                 Err(e) if e.is_transient() => e,
                 Err(e) => return Err(e),
             };
-            let Some(wait) = retry_delay(&policy, started, &err, backoff.next()) else {
-                return Err(err);
+            let wait = match retry_delay(&policy, started, &err, backoff.next()) {
+                Ok(wait) => wait,
+                Err(Stop::Budget) => return Err(over_budget(req.route, &policy, err)),
+                Err(_) => return Err(err),
             };
             self.inner.stats.retry(req.route);
             tracing::warn!(route = %req.route, error = %err, wait_ms = wait.as_millis() as u64, "write failed transiently; re-reading state before retrying");
@@ -402,23 +409,44 @@ impl Client {
     }
 }
 
-/// The delay before the next attempt, or `None` to stop: GitLab's requested wait wins over the
-/// exponential backoff; waits beyond `max_wait` or the total budget end the retries.
+/// Why no further attempt is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The retry count is used up.
+    Retries,
+    /// GitLab asked for a longer wait than `max_wait`; the caller schedules it.
+    WaitTooLong,
+    /// The wait would overrun the request's total budget.
+    Budget,
+}
+
+/// The delay before the next attempt: GitLab's requested wait wins over the exponential
+/// backoff (and keeps retrying past `max_retries`, within the budget).
 fn retry_delay(
     policy: &RetryPolicy,
     started: Instant,
     err: &Error,
     backoff: Option<Duration>,
-) -> Option<Duration> {
+) -> Result<Duration, Stop> {
     let wait = match err.retry_after() {
-        // GitLab named a wait; keep retrying (within the budget) even past max_retries.
         Some(w) => w + Duration::from_millis(100),
-        None => backoff?,
+        None => backoff.ok_or(Stop::Retries)?,
     };
-    if wait > policy.max_wait || started.elapsed() + wait > policy.budget {
-        return None;
+    if wait > policy.max_wait {
+        return Err(Stop::WaitTooLong);
     }
-    Some(wait)
+    if started.elapsed() + wait > policy.budget {
+        return Err(Stop::Budget);
+    }
+    Ok(wait)
+}
+
+fn over_budget(route: Route, policy: &RetryPolicy, last: Error) -> Error {
+    Error::BudgetExhausted {
+        route,
+        budget: policy.budget,
+        last: Box::new(last),
+    }
 }
 
 fn transport_error(route: Route, e: reqwest::Error) -> Error {
