@@ -51,10 +51,10 @@ mod tests {
 
     #[test]
     fn never_prints_its_value() {
-        let s = Secret::new("glpat-supersecretvalue");
+        let s = Secret::new("test-supersecretvalue");
         assert_eq!(format!("{s}"), "[redacted]");
         assert_eq!(format!("{s:?}"), "[redacted]");
         assert_eq!(format!("{:?}", Some(&s)), "Some([redacted])");
-        assert_eq!(s.expose(), "glpat-supersecretvalue");
+        assert_eq!(s.expose(), "test-supersecretvalue");
     }
 }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-const TOKEN: &str = "glpat-TESTTOKENvalue0123456789";
+const TOKEN: &str = "test-token-value-0123456789";
 
 fn config(base: &str) -> ClientConfig {
     let mut c = ClientConfig::new(BaseUrl::parse(base).unwrap(), Secret::new(TOKEN));
@@ -810,7 +810,7 @@ async fn token_rotation_is_never_retried() {
         .and(body_json(json!({"expires_at": "2027-11-01"})))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
             "id": 43, "name": "svc", "revoked": false, "active": true, "scopes": ["api"],
-            "user_id": 7, "expires_at": "2027-11-01", "token": "glpat-NEWTOKENvalue9876543210"
+            "user_id": 7, "expires_at": "2027-11-01", "token": "new-token-value-9876543210"
         })))
         .expect(1)
         .mount(&ok)
@@ -819,8 +819,8 @@ async fn token_rotation_is_never_retried() {
         .rotate_token_self(chrono::NaiveDate::from_ymd_opt(2027, 11, 1).unwrap())
         .await
         .unwrap();
-    assert_eq!(rotated.token.expose(), "glpat-NEWTOKENvalue9876543210");
-    assert!(!format!("{rotated:?}").contains("NEWTOKEN"));
+    assert_eq!(rotated.token.expose(), "new-token-value-9876543210");
+    assert!(!format!("{rotated:?}").contains("new-token-value"));
 }
 
 #[tokio::test]

@@ -221,11 +221,11 @@ mod tests {
 
     #[test]
     fn bad_urls_are_explained_without_credentials() {
-        let e = BaseUrl::parse("https://user:glpat-secret@gitlab.example.com")
+        let e = BaseUrl::parse("https://user:test-secret@gitlab.example.com")
             .unwrap_err()
             .to_string();
         assert!(e.contains("credentials"), "{e}");
-        assert!(!e.contains("glpat-secret"), "{e}");
+        assert!(!e.contains("test-secret"), "{e}");
         assert!(BaseUrl::parse("gitlab.com").is_err());
         assert!(BaseUrl::parse("ftp://gitlab.com").is_err());
         assert!(BaseUrl::parse("").is_err());
