@@ -5,7 +5,10 @@
 pub mod api;
 pub mod client;
 pub mod error;
+pub mod model;
 pub mod secret;
+pub mod snapshot;
+pub mod sync;
 
 pub use client::{Client, ClientConfig, InstanceKind};
 pub use error::{Error, Route};

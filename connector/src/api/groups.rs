@@ -127,6 +127,18 @@ impl Client {
         .await
     }
 
+    /// `GET /groups`: every group the token can see (all groups for an admin).
+    pub fn groups(&self, top_level_only: bool) -> BoxStream<'static, Result<Group, Error>> {
+        let mut req = Request::get("/groups", "/groups")
+            .query("order_by", "id")
+            .query("sort", "asc")
+            .limited(LimitClass::GroupsList, 0);
+        if top_level_only {
+            req = req.query("top_level_only", "true");
+        }
+        crate::client::items_stream(self, ListSpec::offset(req))
+    }
+
     /// `GET /groups/:id/descendant_groups`: every subgroup at any depth.
     pub fn descendant_groups(&self, group: &IdOrPath) -> BoxStream<'static, Result<Group, Error>> {
         let req = Request::get(

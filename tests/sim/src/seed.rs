@@ -70,6 +70,7 @@ const LAST: [&str; 12] = [
 ];
 
 /// Picks indices with weights 1/(rank+1)^s over a shuffled order: a few large, many small.
+/// `scale[i]` multiplies index i's weight.
 struct PowerLaw {
     cumulative: Vec<f64>,
     order: Vec<usize>,
@@ -77,12 +78,17 @@ struct PowerLaw {
 
 impl PowerLaw {
     fn new(n: usize, s: f64, rng: &mut fastrand::Rng) -> Self {
+        Self::scaled(&vec![1.0; n], s, rng)
+    }
+
+    fn scaled(scale: &[f64], s: f64, rng: &mut fastrand::Rng) -> Self {
+        let n = scale.len();
         let mut order: Vec<usize> = (0..n).collect();
         rng.shuffle(&mut order);
         let mut acc = 0.0;
         let cumulative = (0..n)
             .map(|rank| {
-                acc += 1.0 / ((rank + 1) as f64).powf(s);
+                acc += scale[order[rank]] / ((rank + 1) as f64).powf(s);
                 acc
             })
             .collect();
@@ -165,7 +171,11 @@ pub fn generate(spec: &SeedSpec) -> Seeded {
                 i
             ),
             UserKind::ServiceAccount => format!("service_account_group_{top}_{:08x}", rng.u32(..)),
-            UserKind::ProjectBot => format!("project_bot_{i}_{:08x}", rng.u32(..)),
+            UserKind::ProjectBot => format!(
+                "project_{}_bot_{:032x}",
+                rng.u32(1..1_000_000),
+                rng.u128(..)
+            ),
         };
         let id = w.add_user(&username, kind);
         let u = w.users.get_mut(&id).expect("added");
@@ -252,7 +262,19 @@ pub fn generate(spec: &SeedSpec) -> Seeded {
         .chain(projects.iter().map(|p| Resource::Project(*p)))
         .collect();
     if !everyone.is_empty() && !resources.is_empty() {
-        let law = PowerLaw::new(resources.len(), 0.9, &mut rng);
+        // Direct members concentrate on projects and small groups: a group's weight shrinks with
+        // the size of what it contains, as in real organisations (few people are members of the
+        // top-level group itself).
+        let scale: Vec<f64> = resources
+            .iter()
+            .map(|r| match r {
+                Resource::Group(g) => {
+                    1.0 / (1 + w.descendants(*g).len() + w.projects_of(*g, true).len()) as f64
+                }
+                Resource::Project(_) => 1.0,
+            })
+            .collect();
+        let law = PowerLaw::scaled(&scale, 0.9, &mut rng);
         let mut placed = 0;
         // Minimal Access exists on the top-level group only (1% of users, GitLab.com style).
         for &u in humans.iter().step_by(100).take(spec.memberships / 50) {

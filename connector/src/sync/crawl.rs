@@ -1,0 +1,664 @@
+//! Reading a scope from GitLab into an [`Inventory`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::Utc;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use tokio::sync::watch;
+
+use super::{Inventory, Progress, Scope, SyncError, SyncOptions};
+use crate::api::{Group, Invitation, Member, Project, Source, User, UsersQuery};
+use crate::client::{Client, IdOrPath, InstanceKind};
+use crate::error::Error;
+use crate::model::{
+    GroupRecord, InvitationRecord, MembershipRecord, MembershipState, ProjectRecord, ReadFailure,
+    ResourceRef, RoleRecord, SamlGroupLinkRecord, ShareRecord, UserKind, UserRecord, user_kind,
+};
+
+/// One read of the per-resource phase.
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    GroupDetail(u64),
+    Members(ResourceRef),
+    Invitations(ResourceRef),
+}
+
+enum Outcome {
+    GroupDetail(Group),
+    Members(ResourceRef, Vec<Member>),
+    Invitations(ResourceRef, Vec<Invitation>),
+}
+
+fn source(r: ResourceRef) -> Source {
+    match r {
+        ResourceRef::Group(g) => Source::Group(IdOrPath::Id(g)),
+        ResourceRef::Project(p) => Source::Project(IdOrPath::Id(p)),
+    }
+}
+
+impl Task {
+    fn describe(&self) -> (String, ResourceRef) {
+        match *self {
+            Task::GroupDetail(g) => (
+                format!("details and shares of group {g}"),
+                ResourceRef::Group(g),
+            ),
+            Task::Members(r) => (format!("members of {r}"), r),
+            Task::Invitations(r) => (format!("pending invitations of {r}"), r),
+        }
+    }
+
+    async fn run(self, client: Client) -> (Task, Result<Outcome, Error>) {
+        let result = match self {
+            Task::GroupDetail(g) => client
+                .group(&IdOrPath::Id(g))
+                .await
+                .map(Outcome::GroupDetail),
+            Task::Members(r) => client
+                .members(&source(r))
+                .try_collect()
+                .await
+                .map(|m| Outcome::Members(r, m)),
+            Task::Invitations(r) => client
+                .invitations(&source(r), None)
+                .try_collect()
+                .await
+                .map(|i| Outcome::Invitations(r, i)),
+        };
+        (self, result)
+    }
+}
+
+fn is_auth_failure(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::TokenExpired { .. } | Error::TokenRevoked { .. } | Error::Unauthorized { .. }
+    )
+}
+
+fn failure(what: String, resource: Option<ResourceRef>, e: &Error) -> ReadFailure {
+    ReadFailure {
+        what,
+        resource,
+        route: e.route().map(|r| r.to_string()),
+        code: e.code().to_string(),
+        message: e.to_string(),
+    }
+}
+
+struct Tracker {
+    tx: Option<watch::Sender<Progress>>,
+    client: Client,
+    state: Progress,
+}
+
+impl Tracker {
+    fn phase(&mut self, phase: &str) {
+        self.state.phase = phase.to_string();
+        self.send();
+    }
+    fn known(&mut self, n: u64) {
+        self.state.lists_known += n;
+        self.send();
+    }
+    fn done(&mut self, records: u64) {
+        self.state.lists_done += 1;
+        self.state.records += records;
+        self.send();
+    }
+    fn send(&mut self) {
+        if let Some(tx) = &self.tx {
+            self.state.requests = self.client.stats().total_requests();
+            let _ = tx.send(self.state.clone());
+        }
+    }
+}
+
+fn group_record(g: &Group, in_scope: bool) -> GroupRecord {
+    GroupRecord {
+        id: g.id,
+        full_path: g.full_path.clone(),
+        name: g.name.clone(),
+        parent_id: g.parent_id,
+        in_scope,
+    }
+}
+
+fn project_record(p: &Project) -> ProjectRecord {
+    ProjectRecord {
+        id: p.id,
+        path_with_namespace: p.path_with_namespace.clone(),
+        namespace_id: p.namespace.id,
+        archived: p.archived,
+    }
+}
+
+fn shares_of(r: ResourceRef, links: &[crate::api::SharedWithGroup]) -> Vec<ShareRecord> {
+    let mut v: Vec<ShareRecord> = links
+        .iter()
+        .map(|l| ShareRecord {
+            resource: r,
+            shared_with_group_id: l.group_id,
+            group_access: l.group_access_level.0,
+            expires_at: l.expires_at,
+            member_role_id: l.member_role_id,
+        })
+        .collect();
+    v.sort_by_key(|s| s.shared_with_group_id);
+    v
+}
+
+fn membership(r: ResourceRef, m: &Member) -> MembershipRecord {
+    MembershipRecord {
+        user_id: m.id,
+        resource: r,
+        access_level: m.access_level.0,
+        expires_at: m.expires_at,
+        member_role_id: m.member_role_id(),
+        state: if m.is_awaiting() {
+            MembershipState::Awaiting
+        } else {
+            MembershipState::Active
+        },
+        created_at: m.created_at,
+        created_by_id: m.created_by.as_ref().map(|c| c.id),
+    }
+}
+
+fn user_from_member(m: &Member) -> UserRecord {
+    UserRecord {
+        id: m.id,
+        username: m.username.clone(),
+        name: m.name.clone(),
+        state: m.state.clone().unwrap_or_default(),
+        kind: user_kind(&m.username, m.bot),
+        email: m.email.clone(),
+        is_admin: None,
+        two_factor_enabled: None,
+        last_sign_in_at: None,
+        last_activity_on: None,
+        external: None,
+    }
+}
+
+fn user_from_admin(u: &User) -> UserRecord {
+    UserRecord {
+        id: u.id,
+        username: u.username.clone(),
+        name: u.name.clone(),
+        state: u.state.clone(),
+        kind: match u.user_type.as_deref() {
+            Some("service_account") => UserKind::ServiceAccount,
+            Some(t) if t.ends_with("bot") => UserKind::Bot,
+            _ => user_kind(&u.username, u.bot),
+        },
+        email: u.email.clone(),
+        is_admin: u.is_admin,
+        two_factor_enabled: u.two_factor_enabled,
+        last_sign_in_at: u.last_sign_in_at.or(u.current_sign_in_at),
+        last_activity_on: u.last_activity_on,
+        external: u.external,
+    }
+}
+
+/// Reads the scope. Fails only when the scope itself or the token is unusable.
+pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, SyncError> {
+    let me = client.current_user().await.map_err(|e| {
+        if is_auth_failure(&e) {
+            SyncError::Auth(e)
+        } else {
+            SyncError::Scope {
+                scope: opts.scope.to_string(),
+                source: e,
+            }
+        }
+    })?;
+    let admin = me.is_admin == Some(true);
+    let mut inv = Inventory {
+        as_of: Utc::now().date_naive(),
+        connector_user_id: me.id,
+        ..Inventory::default()
+    };
+    let mut track = Tracker {
+        tx: opts.progress.clone(),
+        client: client.clone(),
+        state: Progress::default(),
+    };
+
+    // 1. The tree.
+    track.phase("tree");
+    let mut top_level: Option<Group> = None;
+    let mut outside_parents: Vec<u64> = Vec::new();
+    match &opts.scope {
+        Scope::Group(r) => {
+            let root = client.group(r).await.map_err(|e| {
+                if is_auth_failure(&e) {
+                    SyncError::Auth(e)
+                } else {
+                    SyncError::Scope {
+                        scope: r.to_string(),
+                        source: e,
+                    }
+                }
+            })?;
+            inv.groups.insert(root.id, group_record(&root, true));
+            inv.shares.insert(
+                ResourceRef::Group(root.id),
+                shares_of(ResourceRef::Group(root.id), &root.shared_with_groups),
+            );
+            if let Some(p) = root.parent_id {
+                outside_parents.push(p);
+            }
+            let root_ref = IdOrPath::Id(root.id);
+            let mut desc = client.descendant_groups(&root_ref);
+            loop {
+                match desc.try_next().await {
+                    Ok(Some(g)) => {
+                        inv.groups.insert(g.id, group_record(&g, true));
+                    }
+                    Ok(None) => break,
+                    Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+                    Err(e) => {
+                        inv.errors.push(failure(
+                            format!("subgroups of group {}", root.id),
+                            Some(ResourceRef::Group(root.id)),
+                            &e,
+                        ));
+                        break;
+                    }
+                }
+            }
+            track.done(inv.groups.len() as u64);
+            let mut projects = client.group_projects(&root_ref, true);
+            loop {
+                match projects.try_next().await {
+                    Ok(Some(p)) => add_project(&mut inv, &p),
+                    Ok(None) => break,
+                    Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+                    Err(e) => {
+                        inv.errors.push(failure(
+                            format!("projects of group {}", root.id),
+                            Some(ResourceRef::Group(root.id)),
+                            &e,
+                        ));
+                        break;
+                    }
+                }
+            }
+            track.done(inv.projects.len() as u64);
+            if root.parent_id.is_none() {
+                top_level = Some(root);
+            }
+        }
+        Scope::Instance => {
+            if !admin || client.instance() == InstanceKind::GitlabCom {
+                return Err(SyncError::InstanceNeedsAdmin);
+            }
+            let tops: Vec<Group> = match client.groups(true).try_collect().await {
+                Ok(t) => t,
+                Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+                Err(e) => {
+                    return Err(SyncError::Scope {
+                        scope: "instance".into(),
+                        source: e,
+                    });
+                }
+            };
+            for t in &tops {
+                inv.groups.insert(t.id, group_record(t, true));
+                let mut desc = client.descendant_groups(&IdOrPath::Id(t.id));
+                loop {
+                    match desc.try_next().await {
+                        Ok(Some(g)) => {
+                            inv.groups.insert(g.id, group_record(&g, true));
+                        }
+                        Ok(None) => break,
+                        Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+                        Err(e) => {
+                            inv.errors.push(failure(
+                                format!("subgroups of group {}", t.id),
+                                Some(ResourceRef::Group(t.id)),
+                                &e,
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+            let mut projects = client.projects(&crate::api::ProjectsQuery::default());
+            loop {
+                match projects.try_next().await {
+                    Ok(Some(p)) => add_project(&mut inv, &p),
+                    Ok(None) => break,
+                    Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+                    Err(e) => {
+                        inv.errors
+                            .push(failure("projects of the instance".into(), None, &e));
+                        break;
+                    }
+                }
+            }
+            track.done((inv.groups.len() + inv.projects.len()) as u64);
+        }
+    }
+
+    // 2. Per-resource reads, bounded concurrency; users in parallel on self-managed.
+    track.phase("memberships");
+    let mut tasks: Vec<Task> = Vec::new();
+    let in_scope_groups: Vec<u64> = inv
+        .groups
+        .values()
+        .filter(|g| g.in_scope)
+        .map(|g| g.id)
+        .collect();
+    let detail_done: BTreeSet<u64> = inv
+        .shares
+        .keys()
+        .filter_map(|r| match r {
+            ResourceRef::Group(g) => Some(*g),
+            ResourceRef::Project(_) => None,
+        })
+        .collect();
+    for g in &in_scope_groups {
+        if !detail_done.contains(g) {
+            tasks.push(Task::GroupDetail(*g));
+        }
+    }
+    let resources: Vec<ResourceRef> = in_scope_groups
+        .iter()
+        .map(|g| ResourceRef::Group(*g))
+        .chain(inv.projects.keys().map(|p| ResourceRef::Project(*p)))
+        .collect();
+    for r in &resources {
+        tasks.push(Task::Members(*r));
+        if opts.include_invitations {
+            tasks.push(Task::Invitations(*r));
+        }
+    }
+    track.known(tasks.len() as u64 + 2);
+    let mut member_users: HashMap<u64, UserRecord> = HashMap::new();
+    let users_future = async {
+        if !admin {
+            return Ok(None);
+        }
+        let mut users = BTreeMap::new();
+        let mut s = client.users(&UsersQuery::default());
+        while let Some(u) = s.try_next().await? {
+            users.insert(u.id, user_from_admin(&u));
+        }
+        Ok::<_, Error>(Some(users))
+    };
+    let concurrency = opts.concurrency.max(1);
+    let tasks_future = run_tasks(
+        client,
+        tasks,
+        concurrency,
+        &mut inv,
+        &mut member_users,
+        &mut track,
+    );
+    let (tasks_result, users_result) = tokio::join!(tasks_future, users_future);
+    tasks_result?;
+
+    // 3. Groups outside the scope whose members reach into it.
+    track.phase("shared groups");
+    let known: BTreeSet<u64> = inv.groups.keys().copied().collect();
+    let mut external: Vec<u64> = inv
+        .shares
+        .values()
+        .flatten()
+        .map(|s| s.shared_with_group_id)
+        .filter(|g| !known.contains(g))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    external.extend(outside_parents);
+    let mut fetched: Vec<u64> = Vec::new();
+    while let Some(g) = external.pop() {
+        if inv.groups.contains_key(&g) {
+            continue;
+        }
+        track.known(2);
+        match client.group(&IdOrPath::Id(g)).await {
+            Ok(detail) => {
+                inv.groups.insert(detail.id, group_record(&detail, false));
+                if let Some(p) = detail.parent_id {
+                    external.push(p);
+                }
+                fetched.push(detail.id);
+            }
+            Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+            Err(e) => inv.errors.push(failure(
+                format!("group {g}, outside the scope, whose members have access inside it"),
+                Some(ResourceRef::Group(g)),
+                &e,
+            )),
+        }
+        track.done(1);
+    }
+    let member_tasks: Vec<Task> = fetched
+        .iter()
+        .map(|g| Task::Members(ResourceRef::Group(*g)))
+        .collect();
+    run_tasks(
+        client,
+        member_tasks,
+        concurrency,
+        &mut inv,
+        &mut member_users,
+        &mut track,
+    )
+    .await?;
+
+    // 4. Users.
+    track.phase("users");
+    let referenced: BTreeSet<u64> = inv.members.values().flatten().map(|m| m.user_id).collect();
+    match users_result {
+        Ok(Some(all)) => {
+            let instance = opts.scope == Scope::Instance;
+            for (id, u) in all {
+                if instance || referenced.contains(&id) {
+                    inv.users.insert(id, u);
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+        Err(e) => inv
+            .errors
+            .push(failure("users of the instance".into(), None, &e)),
+    }
+    for id in &referenced {
+        if !inv.users.contains_key(id)
+            && let Some(u) = member_users.get(id)
+        {
+            inv.users.insert(*id, u.clone());
+        }
+    }
+    if !admin && let Some(top) = &top_level {
+        enrich_users(client, top.id, &mut inv).await?;
+    }
+
+    // 5. Custom roles and SAML group links, where visible.
+    track.phase("roles");
+    read_roles(client, admin, top_level.as_ref(), &mut inv).await?;
+    track.phase("done");
+    Ok(inv)
+}
+
+fn add_project(inv: &mut Inventory, p: &Project) {
+    inv.projects.insert(p.id, project_record(p));
+    let r = ResourceRef::Project(p.id);
+    let shares = shares_of(r, &p.shared_with_groups);
+    if !shares.is_empty() {
+        inv.shares.insert(r, shares);
+    }
+}
+
+async fn run_tasks(
+    client: &Client,
+    tasks: Vec<Task>,
+    concurrency: usize,
+    inv: &mut Inventory,
+    member_users: &mut HashMap<u64, UserRecord>,
+    track: &mut Tracker,
+) -> Result<(), SyncError> {
+    let mut results = stream::iter(tasks)
+        .map(|t| t.run(client.clone()))
+        .buffer_unordered(concurrency);
+    while let Some((task, result)) = results.next().await {
+        match result {
+            Ok(Outcome::GroupDetail(g)) => {
+                let r = ResourceRef::Group(g.id);
+                let shares = shares_of(r, &g.shared_with_groups);
+                track.done(shares.len() as u64);
+                if !shares.is_empty() {
+                    inv.shares.insert(r, shares);
+                }
+            }
+            Ok(Outcome::Members(r, members)) => {
+                track.done(members.len() as u64);
+                let mut records: Vec<MembershipRecord> = Vec::with_capacity(members.len());
+                for m in &members {
+                    member_users
+                        .entry(m.id)
+                        .or_insert_with(|| user_from_member(m));
+                    records.push(membership(r, m));
+                }
+                records.sort_by_key(|m| m.user_id);
+                records.dedup_by_key(|m| m.user_id);
+                if !records.is_empty() {
+                    inv.members.insert(r, records);
+                }
+            }
+            Ok(Outcome::Invitations(r, invitations)) => {
+                track.done(invitations.len() as u64);
+                let mut records: Vec<InvitationRecord> = invitations
+                    .iter()
+                    .map(|i| InvitationRecord {
+                        resource: r,
+                        email: i.invite_email.clone(),
+                        access_level: i.access_level.0,
+                        expires_at: i.expires_at,
+                    })
+                    .collect();
+                records.sort_by(|a, b| a.email.cmp(&b.email));
+                if !records.is_empty() {
+                    inv.invitations.insert(r, records);
+                }
+            }
+            Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+            Err(e) => {
+                track.done(0);
+                let (what, resource) = task.describe();
+                inv.errors.push(failure(what, Some(resource), &e));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// GitLab.com without admin: last activity and login from `billable_members`, emails and 2FA of
+/// enterprise users from `enterprise_users`. Not readable → a warning, not a partial snapshot.
+async fn enrich_users(client: &Client, top: u64, inv: &mut Inventory) -> Result<(), SyncError> {
+    let group = IdOrPath::Id(top);
+    let billable: Result<Vec<_>, Error> = client.billable_members(&group).try_collect().await;
+    match billable {
+        Ok(rows) => {
+            for b in rows {
+                if let Some(u) = inv.users.get_mut(&b.id) {
+                    u.last_activity_on = b.last_activity_on.or(u.last_activity_on);
+                    u.last_sign_in_at = b.last_login_at.or(u.last_sign_in_at);
+                    if b.email.is_some() {
+                        u.email = b.email;
+                    }
+                }
+            }
+        }
+        Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+        Err(e) => inv.warnings.push(format!(
+            "billable_members not readable, last activity and sign-in are unknown: {e}"
+        )),
+    }
+    if client.instance() == InstanceKind::GitlabCom {
+        let enterprise: Result<Vec<User>, Error> =
+            client.enterprise_users(&group).try_collect().await;
+        match enterprise {
+            Ok(rows) => {
+                for e in rows {
+                    if let Some(u) = inv.users.get_mut(&e.id) {
+                        let full = user_from_admin(&e);
+                        u.email = full.email.or(u.email.take());
+                        u.two_factor_enabled = full.two_factor_enabled;
+                        u.last_sign_in_at = full.last_sign_in_at.or(u.last_sign_in_at);
+                        u.last_activity_on = full.last_activity_on.or(u.last_activity_on);
+                        u.external = full.external;
+                    }
+                }
+            }
+            Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+            Err(e) => inv.warnings.push(format!(
+                "enterprise_users not readable, their emails are unknown: {e}"
+            )),
+        }
+    }
+    Ok(())
+}
+
+async fn read_roles(
+    client: &Client,
+    admin: bool,
+    top: Option<&Group>,
+    inv: &mut Inventory,
+) -> Result<(), SyncError> {
+    let roles = if client.instance() == InstanceKind::GitlabCom {
+        match top {
+            Some(t) => Some(client.group_member_roles(&IdOrPath::Id(t.id)).await),
+            None => None,
+        }
+    } else if admin {
+        Some(client.instance_member_roles().await)
+    } else {
+        None
+    };
+    match roles {
+        Some(Ok(roles)) => {
+            inv.roles = roles
+                .into_iter()
+                .map(|r| RoleRecord {
+                    id: r.id,
+                    name: r.name,
+                    base_access_level: r.base_access_level.0,
+                    group_id: r.group_id,
+                })
+                .collect();
+            inv.roles.sort_by_key(|r| r.id);
+        }
+        Some(Err(e)) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+        Some(Err(e)) => inv.warnings.push(format!("custom roles not readable: {e}")),
+        None => {}
+    }
+    if let Some(t) = top {
+        match client.saml_group_links(&IdOrPath::Id(t.id)).await {
+            Ok(links) => {
+                inv.saml_links = links
+                    .into_iter()
+                    .map(|l| SamlGroupLinkRecord {
+                        group_id: t.id,
+                        name: l.name,
+                        access_level: l.access_level.0,
+                        member_role_id: l.member_role_id,
+                        provider: l.provider,
+                    })
+                    .collect();
+                inv.saml_links
+                    .sort_by(|a, b| (&a.name, &a.provider).cmp(&(&b.name, &b.provider)));
+            }
+            Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+            Err(e) => inv
+                .warnings
+                .push(format!("SAML group links not readable: {e}")),
+        }
+    }
+    Ok(())
+}
