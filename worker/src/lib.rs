@@ -2,4 +2,5 @@
 //! `main.rs` only parses arguments and calls [`cli::run`].
 
 pub mod cli;
+pub mod config;
 pub mod logging;

@@ -294,6 +294,7 @@ impl Client {
         let response = match result {
             Ok(r) => r,
             Err(e) => {
+                inner.limiter.abandon();
                 inner.stats.response(req.route, 0);
                 return Err(transport_error(req.route, e));
             }
@@ -303,6 +304,7 @@ impl Client {
         let body = match response.bytes().await {
             Ok(b) => b.to_vec(),
             Err(e) => {
+                inner.limiter.abandon();
                 inner.stats.response(req.route, 0);
                 return Err(transport_error(req.route, e));
             }

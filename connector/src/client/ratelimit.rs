@@ -79,7 +79,7 @@ pub struct RateLimitConfig {
     /// Requests per minute for the whole connector; `None` = no client-side cap.
     pub per_minute: Option<u32>,
     pub endpoints: HashMap<LimitClass, Limit>,
-    /// Requests kept back from `RateLimit-Remaining` for requests already in flight.
+    /// Requests kept back from `RateLimit-Remaining` on top of those in flight (safety margin).
     pub header_reserve: u32,
 }
 
@@ -101,7 +101,7 @@ impl RateLimitConfig {
         Self {
             per_minute: Some(2000),
             endpoints,
-            header_reserve: 4,
+            header_reserve: 1,
         }
     }
 
@@ -116,7 +116,7 @@ impl RateLimitConfig {
                 (MembersAll, Limit::per_minute(200)),
                 (MemberDelete, Limit::per_minute(60)),
             ]),
-            header_reserve: 4,
+            header_reserve: 1,
         }
     }
 
@@ -125,7 +125,7 @@ impl RateLimitConfig {
         Self {
             per_minute: None,
             endpoints: HashMap::new(),
-            header_reserve: 4,
+            header_reserve: 1,
         }
     }
 
@@ -135,7 +135,7 @@ impl RateLimitConfig {
     }
 }
 
-/// What waiting for a slot cost.
+/// What waiting for a slot cost: at most one wait is counted per request.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Waited {
     pub waits: u32,
@@ -145,7 +145,7 @@ pub struct Waited {
 impl Waited {
     fn add(&mut self, d: Duration) {
         if !d.is_zero() {
-            self.waits += 1;
+            self.waits = 1;
             self.duration += d;
         }
     }
@@ -219,18 +219,27 @@ impl RateLimiter {
     pub fn observe(&self, headers: &HeaderMap, retry_after: Option<Duration>) {
         let now = Instant::now();
         let mut pacer = self.pacer.lock().unwrap();
+        pacer.in_flight = pacer.in_flight.saturating_sub(1);
         if let Some(wait) = retry_after {
             pacer.pause_until(now + wait);
         }
         let remaining = header_u64(headers, "ratelimit-remaining");
         let reset = header_u64(headers, "ratelimit-reset");
         if let (Some(remaining), Some(reset)) = (remaining, reset) {
+            // Requests still in flight may not be counted in `remaining` yet.
+            let unaccounted = pacer.in_flight;
             pacer.window = Some(Window {
                 remaining,
-                issued: 0,
+                issued: unaccounted,
                 reset_at: now + unix_to_duration_from_now(reset),
             });
         }
+    }
+
+    /// A request ended without a response (transport error): it no longer counts as in flight.
+    pub fn abandon(&self) {
+        let mut pacer = self.pacer.lock().unwrap();
+        pacer.in_flight = pacer.in_flight.saturating_sub(1);
     }
 }
 
@@ -251,7 +260,10 @@ pub(crate) fn unix_to_duration_from_now(reset: u64) -> Duration {
 
 #[derive(Default)]
 struct Pacer {
+    /// Kept back from `RateLimit-Remaining` as a safety margin.
     reserve: u32,
+    /// Requests released and not yet answered.
+    in_flight: u64,
     window: Option<Window>,
     paused_until: Option<Instant>,
     next: Option<Instant>,
@@ -260,7 +272,7 @@ struct Pacer {
 struct Window {
     /// `RateLimit-Remaining` at the last response.
     remaining: u64,
-    /// Requests released since that response.
+    /// Requests released since that response, plus those in flight when it arrived.
     issued: u64,
     reset_at: Instant,
 }
@@ -278,11 +290,16 @@ impl Pacer {
             }
             self.paused_until = None;
         }
-        let window = self.window.as_mut()?;
+
+        let Some(window) = self.window.as_mut() else {
+            self.in_flight += 1;
+            return None;
+        };
         if now >= window.reset_at {
             // A new window: the next response tells us its budget.
             self.window = None;
             self.next = None;
+            self.in_flight += 1;
             return None;
         }
         let usable = window
@@ -292,7 +309,7 @@ impl Pacer {
         if usable == 0 {
             // Slow down before reaching zero: wait for the window to reset, plus a little for
             // clock skew between us and GitLab's one-second resolution.
-            return Some(window.reset_at + Duration::from_millis(250));
+            return Some(window.reset_at + Duration::from_millis(100));
         }
         let spacing = (window.reset_at - now) / (usable as u32).max(1);
         let slot = self.next.map_or(now, |n| n.max(now));
@@ -301,6 +318,7 @@ impl Pacer {
         }
         window.issued += 1;
         self.next = Some(slot + spacing);
+        self.in_flight += 1;
         None
     }
 }

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod sync;
+
 /// Exit codes of interface.md section 1.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -36,14 +38,24 @@ pub struct Cli {
 pub enum Command {
     /// Consume jobs from NATS until SIGTERM/SIGINT, then shut down gracefully.
     Serve,
-    /// One full sync now, no NATS needed; writes the snapshot as NDJSON.
+    /// One full sync now, no NATS needed; writes the snapshot as NDJSON. Exit code 0 when the
+    /// snapshot is complete, 3 when it is partial.
     Sync {
         /// Top-level group full path or numeric id, or `instance` (default: GITLAB_SCOPE).
         #[arg(long, env = "GITLAB_SCOPE")]
         scope: Option<String>,
-        /// Where to write the NDJSON snapshot.
+        /// Where to write the NDJSON snapshot (standard output when absent).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The previous snapshot of the same connector and scope, to chain `prev_sha256` to.
+        #[arg(long)]
+        prev: Option<PathBuf>,
+        /// GitLab requests in flight at once.
+        #[arg(long, env = "SYNC_CONCURRENCY", default_value_t = 16)]
+        concurrency: usize,
+        /// Skip pending invitations (one request per group and project fewer).
+        #[arg(long)]
+        no_invitations: bool,
     },
     /// Execute one job envelope locally (no NATS) and print the result envelope as JSON.
     RunJob {
@@ -68,7 +80,7 @@ pub enum SnapshotsCommand {
     List,
     /// Show one snapshot's header and summary.
     Show { id: String },
-    /// The access diff between two snapshots.
+    /// The access diff between two snapshots (snapshot files), as NDJSON on standard output.
     Diff { a: String, b: String },
     /// Export a stored snapshot.
     Export {
@@ -104,6 +116,49 @@ pub async fn run(cli: Cli) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     }
     gitlab_connector::client::install_crypto_provider();
+    match cli.command {
+        Command::Sync {
+            scope,
+            out,
+            prev,
+            concurrency,
+            no_invitations,
+        } => {
+            let code = sync::run(sync::SyncArgs {
+                scope,
+                out,
+                prev,
+                concurrency,
+                no_invitations,
+            })
+            .await;
+            return ExitCode::from(code);
+        }
+        Command::Snapshots {
+            command: SnapshotsCommand::Diff { a, b },
+        } if std::path::Path::new(&a).is_file() && std::path::Path::new(&b).is_file() => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            return match gitlab_connector::snapshot::diff::diff_files(
+                std::path::Path::new(&a),
+                std::path::Path::new(&b),
+                &mut out,
+            ) {
+                Ok(_) => match std::io::Write::flush(&mut out) {
+                    Ok(()) => ExitCode::from(exit::OK),
+                    Err(e) => {
+                        eprintln!("error: cannot write the diff: {e}");
+                        ExitCode::from(exit::FAILURE)
+                    }
+                },
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(exit::FAILURE)
+                }
+            };
+        }
+        _ => {}
+    }
     let name = cli.command.name();
     eprintln!(
         "gitlab-worker {name}: not yet implemented in this build; see the README's roadmap for the issue that adds it"

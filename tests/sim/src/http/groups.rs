@@ -53,7 +53,7 @@ pub(crate) async fn list(
 ) -> Response {
     let req = PageRequest::new(uri.path(), uri.query());
     let w = sim.world.read().unwrap();
-    let top_only = req.param("top_level_only") == Some("true");
+    let top_only = req.flag("top_level_only");
     let search = req.param("search").map(str::to_lowercase);
     let mut ids: Vec<u64> = w
         .groups
@@ -92,7 +92,7 @@ pub(crate) async fn show(
     let base = sim.base_url();
     let mut v = render::group(&w, base, &w.groups[&g]);
     v["shared_with_groups"] = render::shared_with(&w, Resource::Group(g));
-    if req.param("with_projects") != Some("false") {
+    if req.param("with_projects").is_none_or(super::is_true) {
         // Deprecated and capped at 100, as GitLab does.
         v["projects"] = Value::Array(
             w.projects_of(g, false)
@@ -186,9 +186,9 @@ pub(crate) async fn projects(
         Ok(g) => g,
         Err(r) => return r,
     };
-    let include_subgroups = req.param("include_subgroups") == Some("true");
+    let include_subgroups = req.flag("include_subgroups");
     let mut ids = w.projects_of(g, include_subgroups);
-    if req.param("with_shared") != Some("false") {
+    if req.param("with_shared").is_none_or(super::is_true) {
         for (r, shares) in &w.shares {
             if let Resource::Project(p) = r
                 && shares.contains_key(&g)
@@ -320,8 +320,8 @@ pub(crate) async fn enterprise_users(
             req.param("username")
                 .is_none_or(|n| u.username.eq_ignore_ascii_case(n))
         })
-        .filter(|u| req.param("active") != Some("true") || u.state == "active")
-        .filter(|u| req.param("blocked") != Some("true") || u.state.contains("blocked"))
+        .filter(|u| !req.flag("active") || u.state == "active")
+        .filter(|u| !req.flag("blocked") || u.state.contains("blocked"))
         .map(|u| u.id)
         .collect();
     let base = sim.base_url();

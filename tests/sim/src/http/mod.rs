@@ -507,7 +507,7 @@ impl Params {
     pub fn bool(&self, k: &str) -> bool {
         match self.0.get(k) {
             Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => matches!(s.as_str(), "true" | "1" | "yes"),
+            Some(Value::String(s)) => is_true(s),
             _ => false,
         }
     }
@@ -527,6 +527,14 @@ impl Params {
                 }),
         }
     }
+}
+
+/// Grape's Boolean coercion: `true`, `True`, `1`, `t`, `yes`, `on` …
+pub(crate) fn is_true(s: &str) -> bool {
+    matches!(
+        s.trim().to_ascii_lowercase().as_str(),
+        "true" | "1" | "t" | "yes" | "y" | "on"
+    )
 }
 
 pub(crate) fn url_pairs(q: &str) -> Vec<(String, String)> {

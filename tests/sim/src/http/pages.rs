@@ -50,6 +50,11 @@ impl PageRequest {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A boolean parameter, coerced as Grape does.
+    pub fn flag(&self, k: &str) -> bool {
+        self.param(k).is_some_and(super::is_true)
+    }
+
     pub fn is_keyset(&self) -> bool {
         self.param("pagination") == Some("keyset")
     }

@@ -27,7 +27,7 @@ pub(crate) async fn list(
 ) -> Response {
     let req = PageRequest::new(uri.path(), uri.query());
     let w = sim.world.read().unwrap();
-    let membership = req.param("membership") == Some("true");
+    let membership = req.flag("membership");
     let archived = req.param("archived").map(|a| a == "true");
     let ids: Vec<u64> = w
         .projects

@@ -107,9 +107,8 @@ pub(crate) async fn list(
             _ => true,
         })
         .filter(|t| match req.param("revoked") {
-            Some("true") => t.revoked,
-            Some("false") => !t.revoked,
-            _ => true,
+            Some(v) => super::is_true(v) == t.revoked,
+            None => true,
         })
         .collect();
     pages::offset(&sim, &req, tokens.len(), None, |r| {

@@ -31,7 +31,7 @@ pub(crate) async fn list(
 ) -> Response {
     let req = PageRequest::new(uri.path(), uri.query());
     let w = sim.world.read().unwrap();
-    let flag = |k: &str| req.param(k) == Some("true");
+    let flag = |k: &str| req.flag(k);
     let username = req.param("username").map(str::to_lowercase);
     let search = req.param("search").map(str::to_lowercase);
     let ids: Vec<u64> = w

@@ -1,0 +1,338 @@
+//! `cargo run --release -p gitlab-bench -- --sizes small,medium`
+//!
+//! For each size: start the simulator with a seeded organisation, run the release
+//! `gitlab-worker sync` against it as a child process (wall time, CPU time and peak RSS from
+//! `wait4`), compare its API requests with the minimal number for that organisation, run it again
+//! under the simulator's rate limit, run python-gitlab's straightforward membership read, and
+//! write `bench/results/<size>.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use gitlab_sim::{Mode, Resource, SeedSpec, SimConfig, UserRateLimit, World};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(about = "Benchmark full syncs against seeded simulated organisations")]
+struct Args {
+    /// Comma-separated: small, medium, large.
+    #[arg(long, default_value = "small,medium")]
+    sizes: String,
+    /// Where the JSON reports go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Sync concurrency (requests in flight).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Skip the python-gitlab comparison.
+    #[arg(long)]
+    no_python: bool,
+    /// Skip the throttled run.
+    #[arg(long)]
+    no_throttled: bool,
+    /// Python interpreter with python-gitlab (default: .tools/venv/bin/python).
+    #[arg(long)]
+    python: Option<PathBuf>,
+}
+
+fn spec(size: &str) -> anyhow::Result<SeedSpec> {
+    let (users, groups, projects, memberships, shares, depth) = match size {
+        "small" => (1_000, 50, 250, 8_000, 20, 4),
+        "medium" => (10_000, 1_000, 5_000, 150_000, 100, 5),
+        "large" => (100_000, 10_000, 50_000, 1_000_000, 500, 6),
+        other => bail!("unknown size {other:?}; use small, medium or large"),
+    };
+    Ok(SeedSpec {
+        seed: 42,
+        users,
+        groups,
+        projects,
+        depth,
+        memberships,
+        shares,
+        mode: Mode::SelfManaged,
+    })
+}
+
+/// The minimal number of requests to read what the sync must read: every list costs
+/// max(1, ceil(records / 100)) requests (an empty list still takes one request to learn it is
+/// empty), every single-record read one.
+fn minimal_requests(w: &World, scope: &str) -> u64 {
+    let pages = |n: usize| (n.div_ceil(100)).max(1) as u64;
+    let top = w.group_by_ref(scope).expect("scope exists");
+    let desc = w.descendants(top);
+    let projects = w.projects_of(top, true);
+    let members = |r: Resource| w.members.get(&r).map_or(0, |m| m.len());
+    let invitations = |r: Resource| w.invitations.get(&r).map_or(0, |m| m.len());
+    let mut n = 1; // GET /user
+    n += 1; // GET /groups/:scope
+    n += pages(desc.len()) + pages(projects.len());
+    n += desc.len() as u64; // group details: shares are only in the detail entity
+    for g in std::iter::once(top).chain(desc.iter().copied()) {
+        n += pages(members(Resource::Group(g))) + pages(invitations(Resource::Group(g)));
+    }
+    for p in &projects {
+        n += pages(members(Resource::Project(*p))) + pages(invitations(Resource::Project(*p)));
+    }
+    n += pages(w.users.len()); // admin GET /users, keyset
+    n += 2; // custom roles, SAML group links
+    // Groups outside the scope shared into it: detail and members each.
+    let in_tree: std::collections::HashSet<u64> =
+        std::iter::once(top).chain(desc.iter().copied()).collect();
+    let external: std::collections::BTreeSet<u64> = w
+        .shares
+        .iter()
+        .filter(|(r, _)| match r {
+            Resource::Group(g) => in_tree.contains(g),
+            Resource::Project(p) => projects.contains(p),
+        })
+        .flat_map(|(_, s)| s.keys().copied())
+        .filter(|g| !in_tree.contains(g))
+        .collect();
+    for g in external {
+        n += 1 + pages(members(Resource::Group(g)));
+    }
+    n
+}
+
+struct ChildRun {
+    wall: Duration,
+    user_s: f64,
+    sys_s: f64,
+    max_rss_kb: i64,
+    status: i32,
+}
+
+/// Runs a command and reads its resource usage with wait4.
+fn run_measured(cmd: &mut Command) -> anyhow::Result<ChildRun> {
+    let start = Instant::now();
+    let child = cmd.spawn().context("spawning the sync")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    let usage = wait4(pid, &mut status)?;
+    let wall = start.elapsed();
+    Ok(ChildRun {
+        wall,
+        user_s: usage.ru_utime.tv_sec as f64 + usage.ru_utime.tv_usec as f64 / 1e6,
+        sys_s: usage.ru_stime.tv_sec as f64 + usage.ru_stime.tv_usec as f64 / 1e6,
+        max_rss_kb: usage.ru_maxrss,
+        status: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+    })
+}
+
+/// The only unsafe code in the workspace: libc's wait4, for the child's rusage.
+#[allow(unsafe_code)]
+fn wait4(pid: libc::pid_t, status: &mut libc::c_int) -> anyhow::Result<libc::rusage> {
+    // SAFETY: rusage is plain old data, all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own child, not yet reaped; both pointers are valid for the call.
+    let r = unsafe { libc::wait4(pid, status, 0, &mut usage) };
+    if r < 0 {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    Ok(usage)
+}
+
+fn summary_of(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path)?;
+    let last = text.lines().last().context("empty snapshot")?;
+    Ok(serde_json::from_str(last)?)
+}
+
+fn records_in(path: &Path) -> anyhow::Result<u64> {
+    Ok(std::fs::read_to_string(path)?.lines().count() as u64)
+}
+
+fn sync_command(worker: &Path, url: &str, token: &str, out: &Path, concurrency: usize) -> Command {
+    let mut c = Command::new(worker);
+    c.args(["sync", "--scope", "org", "--out"])
+        .arg(out)
+        .args(["--concurrency", &concurrency.to_string()])
+        .env("GITLAB_URL", url)
+        .env("GITLAB_TOKEN", token)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    c
+}
+
+async fn bench_size(
+    size: &str,
+    args: &Args,
+    worker: &Path,
+    python: Option<&Path>,
+) -> anyhow::Result<Value> {
+    let spec = spec(size)?;
+    eprintln!(
+        "== {size}: generating {} users, {} groups, {} projects, {} memberships",
+        spec.users, spec.groups, spec.projects, spec.memberships
+    );
+    let seeded = gitlab_sim::seed::generate(&spec);
+    let minimal = minimal_requests(&seeded.world, "org");
+    let world = seeded.world.clone();
+    let mut cfg = SimConfig::for_mode(Mode::SelfManaged);
+    cfg.endpoint_limits = false;
+    let sim = gitlab_sim::start(seeded.world, cfg.clone(), "127.0.0.1:0").await?;
+    let tmp = std::env::temp_dir().join(format!("gitlab-bench-{}-{size}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+
+    eprintln!("== {size}: unthrottled sync");
+    let out = tmp.join("snapshot.ndjson");
+    let mut cmd = sync_command(worker, &sim.url, &seeded.token, &out, args.concurrency);
+    let run = tokio::task::spawn_blocking(move || run_measured(&mut cmd)).await??;
+    if run.status != 0 {
+        bail!("the sync exited with {}", run.status);
+    }
+    let summary = summary_of(&out)?;
+    let records = records_in(&out)?;
+    let requests = summary["api_requests"].as_u64().unwrap_or(0);
+    let unthrottled = json!({
+        "wall_s": run.wall.as_secs_f64(),
+        "cpu_user_s": run.user_s,
+        "cpu_sys_s": run.sys_s,
+        "peak_rss_mb": run.max_rss_kb as f64 / 1024.0,
+        "records": records,
+        "records_per_s": records as f64 / run.wall.as_secs_f64(),
+        "api_requests": requests,
+        "too_many_requests": summary["too_many_requests"],
+        "complete": summary["complete"],
+        "counts": summary["counts"],
+    });
+    eprintln!("   {unthrottled}");
+    drop(sim);
+
+    let throttled = if args.no_throttled {
+        Value::Null
+    } else {
+        // A limit that makes the run last about 40 s, in 5-second windows.
+        let period = 5u64;
+        let limit = (requests.div_ceil(8)).max(20);
+        eprintln!("== {size}: sync under a rate limit of {limit} requests per {period} s");
+        let mut cfg = cfg.clone();
+        cfg.rate_limit = Some(UserRateLimit {
+            limit,
+            period_secs: period,
+        });
+        let sim = gitlab_sim::start(world.clone(), cfg, "127.0.0.1:0").await?;
+        let out = tmp.join("throttled.ndjson");
+        let mut cmd = sync_command(worker, &sim.url, &seeded.token, &out, args.concurrency);
+        let run = tokio::task::spawn_blocking(move || run_measured(&mut cmd)).await??;
+        let summary = summary_of(&out)?;
+        let requests = summary["api_requests"].as_u64().unwrap_or(0);
+        let ideal = requests as f64 / (limit as f64 / period as f64);
+        let sim_429: u64 = sim
+            .sim
+            .counts()
+            .values()
+            .map(|c| c.statuses.get(&429).copied().unwrap_or(0))
+            .sum();
+        let v = json!({
+            "limit": limit,
+            "period_s": period,
+            "api_requests": requests,
+            "wall_s": run.wall.as_secs_f64(),
+            "ideal_s": ideal,
+            "wall_over_ideal": run.wall.as_secs_f64() / ideal,
+            "too_many_requests": sim_429,
+            "rate_limit_waits": summary["rate_limit_waits"],
+            "complete": summary["complete"],
+        });
+        eprintln!("   {v}");
+        v
+    };
+
+    let python_result = match python {
+        Some(py) if !args.no_python => {
+            eprintln!("== {size}: python-gitlab, the straightforward way");
+            let mut cfg = SimConfig::for_mode(Mode::SelfManaged);
+            cfg.endpoint_limits = false;
+            let sim = gitlab_sim::start(world.clone(), cfg, "127.0.0.1:0").await?;
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python_members.py");
+            let (py, url, token) = (py.to_path_buf(), sim.url.clone(), seeded.token.clone());
+            let output = tokio::task::spawn_blocking(move || {
+                Command::new(py)
+                    .arg(script)
+                    .env("GITLAB_URL", url)
+                    .env("GITLAB_TOKEN", token)
+                    .env("GITLAB_SCOPE", "org")
+                    .output()
+            })
+            .await??;
+            if !output.status.success() {
+                bail!(
+                    "python-gitlab failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            let v: Value = serde_json::from_slice(&output.stdout)?;
+            eprintln!("   {v}");
+            v
+        }
+        _ => Value::Null,
+    };
+    let speedup = python_result["wall_s"]
+        .as_f64()
+        .map(|p| p / run.wall.as_secs_f64());
+    std::fs::remove_dir_all(&tmp).ok();
+    Ok(json!({
+        "size": size,
+        "spec": spec,
+        "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+        "concurrency": args.concurrency,
+        "minimal_requests": minimal,
+        "api_requests": requests,
+        "requests_over_minimal": requests as f64 / minimal as f64,
+        "unthrottled": unthrottled,
+        "throttled": throttled,
+        "python_gitlab": python_result,
+        "speedup_vs_python_gitlab": speedup,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    eprintln!("== building the release gitlab-worker");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "gitlab-worker"])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("cargo build --release -p gitlab-worker failed");
+    }
+    let worker = root.join("target/release/gitlab-worker");
+    let python = args
+        .python
+        .clone()
+        .unwrap_or_else(|| root.join(".tools/venv/bin/python"));
+    let python = if python.exists() {
+        Some(python)
+    } else {
+        eprintln!(
+            "note: {} not found (run `bash scripts/test` once to create it); skipping python-gitlab",
+            python.display()
+        );
+        None
+    };
+    std::fs::create_dir_all(&args.out)?;
+    for size in args
+        .sizes
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let report = bench_size(size, &args, &worker, python.as_deref()).await?;
+        let path = args.out.join(format!("{size}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+        eprintln!("== wrote {}", path.display());
+    }
+    Ok(())
+}
