@@ -18,9 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDate;
 
-use super::{
-    AccessPath, AccessRecord, MembershipRecord, MembershipState, ResourceRef, ShareRecord, Via,
-};
+use super::{AccessPath, AccessRecord, DirectMember, ResourceRef, ShareRecord, Via};
 
 pub struct AccessInput<'a> {
     pub as_of: NaiveDate,
@@ -29,7 +27,7 @@ pub struct AccessInput<'a> {
     /// Every known project → its namespace group (`None` for personal projects).
     pub project_group: &'a HashMap<u64, Option<u64>>,
     /// Direct memberships by resource.
-    pub members: &'a BTreeMap<ResourceRef, Vec<MembershipRecord>>,
+    pub members: &'a BTreeMap<ResourceRef, Vec<DirectMember>>,
     /// Shares by shared resource.
     pub shares: &'a BTreeMap<ResourceRef, Vec<ShareRecord>>,
 }
@@ -64,8 +62,8 @@ impl<'a> AccessComputer<'a> {
         }
     }
 
-    fn active(&self, m: &MembershipRecord) -> bool {
-        m.state == MembershipState::Active && m.expires_at.is_none_or(|d| d >= self.input.as_of)
+    fn active(&self, m: &DirectMember) -> bool {
+        m.is_active_on(self.input.as_of)
     }
 
     /// The group and its known ancestors, nearest first.

@@ -11,7 +11,7 @@ use crate::api::{Group, Invitation, Member, Project, Source, User, UsersQuery};
 use crate::client::{Client, IdOrPath, InstanceKind};
 use crate::error::Error;
 use crate::model::{
-    GroupRecord, InvitationRecord, MembershipRecord, MembershipState, ProjectRecord, ReadFailure,
+    DirectMember, GroupRecord, InvitationRecord, MembershipState, ProjectRecord, ReadFailure,
     ResourceRef, RoleRecord, SamlGroupLinkRecord, ShareRecord, UserKind, UserRecord, user_kind,
 };
 
@@ -148,20 +148,22 @@ fn shares_of(r: ResourceRef, links: &[crate::api::SharedWithGroup]) -> Vec<Share
     v
 }
 
-fn membership(r: ResourceRef, m: &Member) -> MembershipRecord {
-    MembershipRecord {
+fn membership(m: &Member) -> DirectMember {
+    DirectMember {
         user_id: m.id,
-        resource: r,
-        access_level: m.access_level.0,
+        member_role_id: m.member_role_id().and_then(std::num::NonZeroU64::new),
+        created_by_id: m
+            .created_by
+            .as_ref()
+            .and_then(|c| std::num::NonZeroU64::new(c.id)),
+        created_at_ms: m.created_at.map(|t| t.timestamp_millis()),
         expires_at: m.expires_at,
-        member_role_id: m.member_role_id(),
+        access_level: m.access_level.0,
         state: if m.is_awaiting() {
             MembershipState::Awaiting
         } else {
             MembershipState::Active
         },
-        created_at: m.created_at,
-        created_by_id: m.created_by.as_ref().map(|c| c.id),
     }
 }
 
@@ -389,10 +391,13 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
         Ok::<_, Error>(Some(users))
     };
     let concurrency = opts.concurrency.max(1);
+    // With an admin token every user comes from `/users`: no second copy from member records.
+    let keep_member_users = !admin;
     let tasks_future = run_tasks(
         client,
         tasks,
         concurrency,
+        keep_member_users,
         &mut inv,
         &mut member_users,
         &mut track,
@@ -444,6 +449,7 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
         client,
         member_tasks,
         concurrency,
+        keep_member_users,
         &mut inv,
         &mut member_users,
         &mut track,
@@ -468,12 +474,22 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
             .errors
             .push(failure("users of the instance".into(), None, &e)),
     }
+    let mut unknown = 0;
     for id in &referenced {
-        if !inv.users.contains_key(id)
-            && let Some(u) = member_users.get(id)
-        {
-            inv.users.insert(*id, u.clone());
+        if inv.users.contains_key(id) {
+            continue;
         }
+        match member_users.get(id) {
+            Some(u) => {
+                inv.users.insert(*id, u.clone());
+            }
+            None => unknown += 1,
+        }
+    }
+    if unknown > 0 {
+        inv.warnings.push(format!(
+            "{unknown} users with memberships were not in GET /users (created during the sync?); they have no user record"
+        ));
     }
     if !admin && let Some(top) = &top_level {
         enrich_users(client, top.id, &mut inv).await?;
@@ -499,6 +515,7 @@ async fn run_tasks(
     client: &Client,
     tasks: Vec<Task>,
     concurrency: usize,
+    keep_member_users: bool,
     inv: &mut Inventory,
     member_users: &mut HashMap<u64, UserRecord>,
     track: &mut Tracker,
@@ -518,12 +535,14 @@ async fn run_tasks(
             }
             Ok(Outcome::Members(r, members)) => {
                 track.done(members.len() as u64);
-                let mut records: Vec<MembershipRecord> = Vec::with_capacity(members.len());
+                let mut records: Vec<DirectMember> = Vec::with_capacity(members.len());
                 for m in &members {
-                    member_users
-                        .entry(m.id)
-                        .or_insert_with(|| user_from_member(m));
-                    records.push(membership(r, m));
+                    if keep_member_users {
+                        member_users
+                            .entry(m.id)
+                            .or_insert_with(|| user_from_member(m));
+                    }
+                    records.push(membership(m));
                 }
                 records.sort_by_key(|m| m.user_id);
                 records.dedup_by_key(|m| m.user_id);

@@ -32,7 +32,7 @@ pub use write::{SnapshotMeta, run, write_snapshot};
 use crate::client::IdOrPath;
 use crate::error::Error;
 use crate::model::{
-    GroupRecord, InvitationRecord, MembershipRecord, ProjectRecord, ReadFailure, ResourceRef,
+    DirectMember, GroupRecord, InvitationRecord, ProjectRecord, ReadFailure, ResourceRef,
     RoleRecord, SamlGroupLinkRecord, ShareRecord, UserRecord,
 };
 
@@ -128,7 +128,8 @@ pub struct Inventory {
     pub users: BTreeMap<u64, UserRecord>,
     pub groups: BTreeMap<u64, GroupRecord>,
     pub projects: BTreeMap<u64, ProjectRecord>,
-    pub members: BTreeMap<ResourceRef, Vec<MembershipRecord>>,
+    /// Direct memberships by resource, sorted by user.
+    pub members: BTreeMap<ResourceRef, Vec<DirectMember>>,
     pub shares: BTreeMap<ResourceRef, Vec<ShareRecord>>,
     pub invitations: BTreeMap<ResourceRef, Vec<InvitationRecord>>,
     pub roles: Vec<RoleRecord>,

@@ -67,8 +67,10 @@ pub fn write_snapshot<W: Write>(
     for p in inv.projects.values() {
         w.write(&Record::Project(p.clone()))?;
     }
-    for m in inv.members.values().flatten() {
-        w.write(&Record::Membership(m.clone()))?;
+    for (r, members) in &inv.members {
+        for m in members {
+            w.write(&Record::Membership(m.record(*r)))?;
+        }
     }
     for s in inv.shares.values().flatten() {
         w.write(&Record::Share(s.clone()))?;

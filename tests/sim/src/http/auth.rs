@@ -66,15 +66,35 @@ pub(crate) fn authenticate(
     };
     let bare = path.split('?').next().unwrap_or(path);
     let is_rotate = bare.ends_with("/rotate") && bare.starts_with("/personal_access_tokens/");
-    let mut world = sim.world.write().unwrap();
-    let today = world.today();
-    let Some(token_id) = world.index.token_by_value.get(&value).copied() else {
-        return Err(unauthorized());
+    // Most requests only read; the world's write lock is taken only to revoke a family or to
+    // refresh `last_used_at`, which GitLab also updates at most every 10 minutes.
+    let (token, is_admin, stale) = {
+        let world = sim.world.read().unwrap();
+        let today = world.today();
+        let Some(token_id) = world.index.token_by_value.get(&value).copied() else {
+            return Err(unauthorized());
+        };
+        let token = world.tokens[&token_id].clone();
+        if !token.revoked && token.is_expired(today) {
+            return Err(oauth_error(
+                "Token is expired. You can either do re-authorization or token refresh.",
+            ));
+        }
+        let user = world.users.get(&token.user_id);
+        if !token.revoked && user.is_none_or(|u| u.state != "active") {
+            return Err(unauthorized());
+        }
+        let is_admin =
+            user.is_some_and(|u| u.is_admin) && world.mode == crate::model::Mode::SelfManaged;
+        let stale = token
+            .last_used_at
+            .is_none_or(|t| world.now() - t > chrono::Duration::minutes(10));
+        (token, is_admin, stale)
     };
-    let token = world.tokens[&token_id].clone();
     if token.revoked {
         if is_rotate {
             // Reuse detection: rotating a revoked token revokes its whole family.
+            let mut world = sim.world.write().unwrap();
             for t in world.tokens.values_mut() {
                 if t.family == token.family {
                     t.revoked = true;
@@ -85,18 +105,7 @@ pub(crate) fn authenticate(
             "Token was revoked. You have to re-authorize from the user.",
         ));
     }
-    if token.is_expired(today) {
-        return Err(oauth_error(
-            "Token is expired. You can either do re-authorization or token refresh.",
-        ));
-    }
-    let Some(user) = world.users.get(&token.user_id) else {
-        return Err(unauthorized());
-    };
-    if user.state != "active" {
-        return Err(unauthorized());
-    }
-    let is_admin = user.is_admin && world.mode == crate::model::Mode::SelfManaged;
+    let token_id = token.id;
     let scopes = token.scopes.clone();
     let has = |s: &str| scopes.iter().any(|x| x == s);
     let allowed = if *method == Method::GET || *method == Method::HEAD {
@@ -116,9 +125,12 @@ pub(crate) fn authenticate(
             }),
         ));
     }
-    let now = world.now();
-    if let Some(t) = world.tokens.get_mut(&token_id) {
-        t.last_used_at = Some(now);
+    if stale {
+        let mut world = sim.world.write().unwrap();
+        let now = world.now();
+        if let Some(t) = world.tokens.get_mut(&token_id) {
+            t.last_used_at = Some(now);
+        }
     }
     Ok(Caller {
         user_id: token.user_id,

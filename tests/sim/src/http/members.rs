@@ -144,8 +144,8 @@ pub(crate) async fn list<const PROJECT: bool>(
     pages::offset(&sim, &req, rows.len(), None, |range| {
         rows[range]
             .iter()
-            .map(|(u, m)| {
-                render::member(&w, base, *u, m, m.access_level, show_email(&w, &c, r, *u))
+            .filter_map(|(u, m)| {
+                render::member_out(&w, base, *u, m, m.access_level, show_email(&w, &c, r, *u))
             })
             .collect()
     })

@@ -89,12 +89,12 @@ fn enc(s: &str) -> String {
 
 /// An offset page over `total` items; `render` turns the page's index range into JSON.
 /// `keyset_type` names the record type on keyset-capable lists, where the offset cap applies.
-pub(crate) fn offset(
+pub(crate) fn offset<T: serde::Serialize>(
     sim: &Sim,
     req: &PageRequest,
     total: usize,
     keyset_type: Option<&str>,
-    render: impl FnOnce(std::ops::Range<usize>) -> Vec<Value>,
+    render: impl FnOnce(std::ops::Range<usize>) -> Vec<T>,
 ) -> Response {
     let offset = (req.page - 1) * req.per_page;
     let cap = sim.config.lock().unwrap().offset_cap;
@@ -177,7 +177,7 @@ pub(crate) fn offset(
         ));
     }
     headers.insert("link", links.join(", ").parse().expect("valid header"));
-    (StatusCode::OK, headers, axum::Json(Value::Array(items))).into_response()
+    (StatusCode::OK, headers, axum::Json(items)).into_response()
 }
 
 /// How a keyset list encodes its position.

@@ -136,6 +136,79 @@ pub(crate) fn project(w: &World, base: &str, p: &Project) -> Value {
     })
 }
 
+#[derive(serde::Serialize)]
+pub(crate) struct UserBasicOut<'a> {
+    id: u64,
+    username: &'a str,
+    name: &'a str,
+    state: &'a str,
+    locked: bool,
+    avatar_url: String,
+    web_url: String,
+}
+
+impl<'a> UserBasicOut<'a> {
+    fn new(base: &str, u: &'a User) -> Self {
+        Self {
+            id: u.id,
+            username: &u.username,
+            name: &u.name,
+            state: &u.state,
+            locked: false,
+            avatar_url: format!("{base}/uploads/-/system/user/avatar/{}/avatar.png", u.id),
+            web_url: format!("{base}/{}", u.username),
+        }
+    }
+}
+
+/// A member as GitLab's member entity shows it (typed: lists are the simulator's hot path).
+#[derive(serde::Serialize)]
+pub(crate) struct MemberOut<'a> {
+    #[serde(flatten)]
+    user: UserBasicOut<'a>,
+    access_level: u16,
+    created_at: String,
+    expires_at: Option<String>,
+    membership_state: &'static str,
+    created_by: Option<UserBasicOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    member_role: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a str>,
+}
+
+pub(crate) fn member_out<'a>(
+    w: &'a World,
+    base: &str,
+    user_id: u64,
+    m: &Membership,
+    level: u16,
+    show_email: bool,
+) -> Option<MemberOut<'a>> {
+    let u = w.users.get(&user_id)?;
+    Some(MemberOut {
+        user: UserBasicOut::new(base, u),
+        access_level: level,
+        created_at: m
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        expires_at: m.expires_at.map(|d| d.format("%Y-%m-%d").to_string()),
+        membership_state: m.state.as_str(),
+        created_by: m
+            .created_by
+            .and_then(|c| w.users.get(&c))
+            .map(|c| UserBasicOut::new(base, c)),
+        member_role: m
+            .member_role_id
+            .and_then(|r| w.member_roles.get(&r))
+            .map(|role| {
+                json!({"id": role.id, "name": role.name, "description": null,
+                   "group_id": role.group_id, "base_access_level": role.base_access_level})
+            }),
+        email: show_email.then_some(u.email.as_str()),
+    })
+}
+
 /// A member; `level` overrides the record's level (`members/all`).
 pub(crate) fn member(
     w: &World,
