@@ -253,6 +253,11 @@ impl Client {
         self.inner.config.instance
     }
 
+    /// Requests sent so far (cheap; for progress reports).
+    pub fn request_count(&self) -> u64 {
+        self.inner.stats.requests()
+    }
+
     /// Requests, statuses, waits, 429s and retries per route so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()

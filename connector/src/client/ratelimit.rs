@@ -312,7 +312,11 @@ impl Pacer {
             return Some(window.reset_at + Duration::from_millis(100));
         }
         let spacing = (window.reset_at - now) / (usable as u32).max(1);
-        let slot = self.next.map_or(now, |n| n.max(now));
+        // Slots keep a little credit (20 ms) when wake-ups come late, so spacings below the
+        // timer's 1 ms resolution still reach the intended rate; the window budget above still
+        // bounds the total.
+        let floor = now.checked_sub(Duration::from_millis(20)).unwrap_or(now);
+        let slot = self.next.map_or(now, |n| n.max(floor));
         if slot > now {
             return Some(slot);
         }

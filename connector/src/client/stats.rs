@@ -47,6 +47,7 @@ impl StatsSnapshot {
 #[derive(Default)]
 pub(crate) struct Stats {
     routes: Mutex<BTreeMap<Route, RouteStats>>,
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl Stats {
@@ -54,7 +55,13 @@ impl Stats {
         f(self.routes.lock().unwrap().entry(route).or_default())
     }
 
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn response(&self, route: Route, status: u16) {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.with(route, |r| {
             r.requests += 1;
             *r.statuses.entry(status).or_default() += 1;

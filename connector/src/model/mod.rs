@@ -35,7 +35,7 @@ impl fmt::Display for ResourceRef {
 }
 
 /// `{"type": "group", "id": 42}` on the wire.
-mod resource_wire {
+pub(crate) mod resource_wire {
     use super::ResourceRef;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

@@ -55,47 +55,12 @@ impl From<&AccessRecord> for AccessState {
 pub struct DiffRecord {
     pub change: Change,
     pub user_id: u64,
-    #[serde(with = "resource_wire")]
+    #[serde(with = "crate::model::resource_wire")]
     pub resource: ResourceRef,
     pub before: Option<AccessState>,
     pub after: Option<AccessState>,
     /// For `access_changed`: which of `access_level`, `expires_at`, `paths` changed.
     pub changed: Vec<String>,
-}
-
-mod resource_wire {
-    use crate::model::ResourceRef;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    struct Wire {
-        #[serde(rename = "type")]
-        kind: String,
-        id: u64,
-    }
-
-    pub fn serialize<S: Serializer>(r: &ResourceRef, s: S) -> Result<S::Ok, S::Error> {
-        let (kind, id) = match r {
-            ResourceRef::Group(id) => ("group", *id),
-            ResourceRef::Project(id) => ("project", *id),
-        };
-        Wire {
-            kind: kind.into(),
-            id,
-        }
-        .serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ResourceRef, D::Error> {
-        let w = Wire::deserialize(d)?;
-        match w.kind.as_str() {
-            "group" => Ok(ResourceRef::Group(w.id)),
-            "project" => Ok(ResourceRef::Project(w.id)),
-            other => Err(serde::de::Error::custom(format!(
-                "unknown resource type {other:?}"
-            ))),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

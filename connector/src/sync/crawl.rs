@@ -108,7 +108,7 @@ impl Tracker {
     }
     fn send(&mut self) {
         if let Some(tx) = &self.tx {
-            self.state.requests = self.client.stats().total_requests();
+            self.state.requests = self.client.request_count();
             let _ = tx.send(self.state.clone());
         }
     }
@@ -252,41 +252,34 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
                 outside_parents.push(p);
             }
             let root_ref = IdOrPath::Id(root.id);
-            let mut desc = client.descendant_groups(&root_ref);
-            loop {
-                match desc.try_next().await {
-                    Ok(Some(g)) => {
-                        inv.groups.insert(g.id, group_record(&g, true));
-                    }
-                    Ok(None) => break,
-                    Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-                    Err(e) => {
-                        inv.errors.push(failure(
-                            format!("subgroups of group {}", root.id),
-                            Some(ResourceRef::Group(root.id)),
-                            &e,
-                        ));
-                        break;
-                    }
-                }
-            }
+            let root_id = root.id;
+            let failed = read_list(
+                client.descendant_groups(&root_ref),
+                || {
+                    (
+                        format!("subgroups of group {root_id}"),
+                        Some(ResourceRef::Group(root_id)),
+                    )
+                },
+                |g| {
+                    inv.groups.insert(g.id, group_record(&g, true));
+                },
+            )
+            .await?;
+            inv.errors.extend(failed);
             track.done(inv.groups.len() as u64);
-            let mut projects = client.group_projects(&root_ref, true);
-            loop {
-                match projects.try_next().await {
-                    Ok(Some(p)) => add_project(&mut inv, &p),
-                    Ok(None) => break,
-                    Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-                    Err(e) => {
-                        inv.errors.push(failure(
-                            format!("projects of group {}", root.id),
-                            Some(ResourceRef::Group(root.id)),
-                            &e,
-                        ));
-                        break;
-                    }
-                }
-            }
+            let failed = read_list(
+                client.group_projects(&root_ref, true),
+                || {
+                    (
+                        format!("projects of group {root_id}"),
+                        Some(ResourceRef::Group(root_id)),
+                    )
+                },
+                |p| add_project(&mut inv, &p),
+            )
+            .await?;
+            inv.errors.extend(failed);
             track.done(inv.projects.len() as u64);
             if root.parent_id.is_none() {
                 top_level = Some(root);
@@ -308,38 +301,29 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
             };
             for t in &tops {
                 inv.groups.insert(t.id, group_record(t, true));
-                let mut desc = client.descendant_groups(&IdOrPath::Id(t.id));
-                loop {
-                    match desc.try_next().await {
-                        Ok(Some(g)) => {
-                            inv.groups.insert(g.id, group_record(&g, true));
-                        }
-                        Ok(None) => break,
-                        Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-                        Err(e) => {
-                            inv.errors.push(failure(
-                                format!("subgroups of group {}", t.id),
-                                Some(ResourceRef::Group(t.id)),
-                                &e,
-                            ));
-                            break;
-                        }
-                    }
-                }
+                let top_id = t.id;
+                let failed = read_list(
+                    client.descendant_groups(&IdOrPath::Id(top_id)),
+                    || {
+                        (
+                            format!("subgroups of group {top_id}"),
+                            Some(ResourceRef::Group(top_id)),
+                        )
+                    },
+                    |g| {
+                        inv.groups.insert(g.id, group_record(&g, true));
+                    },
+                )
+                .await?;
+                inv.errors.extend(failed);
             }
-            let mut projects = client.projects(&crate::api::ProjectsQuery::default());
-            loop {
-                match projects.try_next().await {
-                    Ok(Some(p)) => add_project(&mut inv, &p),
-                    Ok(None) => break,
-                    Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-                    Err(e) => {
-                        inv.errors
-                            .push(failure("projects of the instance".into(), None, &e));
-                        break;
-                    }
-                }
-            }
+            let failed = read_list(
+                client.projects(&crate::api::ProjectsQuery::default()),
+                || ("projects of the instance".to_string(), None),
+                |p| add_project(&mut inv, &p),
+            )
+            .await?;
+            inv.errors.extend(failed);
             track.done((inv.groups.len() + inv.projects.len()) as u64);
         }
     }
@@ -500,6 +484,26 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
     read_roles(client, admin, top_level.as_ref(), &mut inv).await?;
     track.phase("done");
     Ok(inv)
+}
+
+/// Streams a list into `each`. A failure after the client's retries is returned as a
+/// [`ReadFailure`] (the snapshot becomes partial); an authentication failure stops the sync.
+async fn read_list<T>(
+    mut items: futures::stream::BoxStream<'static, Result<T, Error>>,
+    what: impl FnOnce() -> (String, Option<ResourceRef>),
+    mut each: impl FnMut(T),
+) -> Result<Option<ReadFailure>, SyncError> {
+    loop {
+        match items.try_next().await {
+            Ok(Some(item)) => each(item),
+            Ok(None) => return Ok(None),
+            Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+            Err(e) => {
+                let (what, resource) = what();
+                return Ok(Some(failure(what, resource, &e)));
+            }
+        }
+    }
 }
 
 fn add_project(inv: &mut Inventory, p: &Project) {

@@ -280,6 +280,25 @@ async fn bench_size(
         v
     };
 
+    // The same reads as the python script plus what access needs (group shares, users), without
+    // invitations: the like-for-like comparison.
+    let like_for_like = if python.is_some() && !args.no_python {
+        eprintln!("== {size}: sync without invitations (like for like with python-gitlab)");
+        let mut cfg = SimConfig::for_mode(Mode::SelfManaged);
+        cfg.endpoint_limits = false;
+        let sim = gitlab_sim::start(world.clone(), cfg, "127.0.0.1:0").await?;
+        let out = tmp.join("no-invitations.ndjson");
+        let mut cmd = sync_command(worker, &sim.url, &seeded.token, &out, args.concurrency);
+        cmd.arg("--no-invitations");
+        let run = tokio::task::spawn_blocking(move || run_measured(&mut cmd)).await??;
+        let summary = summary_of(&out)?;
+        let v = json!({"wall_s": run.wall.as_secs_f64(), "api_requests": summary["api_requests"], "peak_rss_mb": run.peak_rss_kb as f64 / 1024.0});
+        eprintln!("   {v}");
+        v
+    } else {
+        Value::Null
+    };
+
     let python_result = match python {
         Some(py) if !args.no_python => {
             eprintln!("== {size}: python-gitlab, the straightforward way");
@@ -312,6 +331,10 @@ async fn bench_size(
     let speedup = python_result["wall_s"]
         .as_f64()
         .map(|p| p / run.wall.as_secs_f64());
+    let speedup_like_for_like = python_result["wall_s"]
+        .as_f64()
+        .zip(like_for_like["wall_s"].as_f64())
+        .map(|(p, ours)| p / ours);
     std::fs::remove_dir_all(&tmp).ok();
     Ok(json!({
         "size": size,
@@ -325,6 +348,8 @@ async fn bench_size(
         "throttled": throttled,
         "python_gitlab": python_result,
         "speedup_vs_python_gitlab": speedup,
+        "sync_without_invitations": like_for_like,
+        "speedup_like_for_like": speedup_like_for_like,
     }))
 }
 
