@@ -15,13 +15,6 @@ pub struct Caller {
     pub user_id: u64,
     pub token_id: u64,
     pub is_admin: bool,
-    pub scopes: Vec<String>,
-}
-
-impl Caller {
-    pub fn can_write(&self) -> bool {
-        self.scopes.iter().any(|s| s == "api")
-    }
 }
 
 fn oauth_error(description: &str) -> Response {
@@ -68,28 +61,47 @@ pub(crate) fn authenticate(
     let is_rotate = bare.ends_with("/rotate") && bare.starts_with("/personal_access_tokens/");
     // Most requests only read; the world's write lock is taken only to revoke a family or to
     // refresh `last_used_at`, which GitLab also updates at most every 10 minutes.
+    struct Seen {
+        id: u64,
+        user_id: u64,
+        family: u64,
+        revoked: bool,
+        api: bool,
+        read_api: bool,
+        self_rotate: bool,
+    }
     let (token, is_admin, stale) = {
         let world = sim.world.read().unwrap();
         let today = world.today();
         let Some(token_id) = world.index.token_by_value.get(&value).copied() else {
             return Err(unauthorized());
         };
-        let token = world.tokens[&token_id].clone();
-        if !token.revoked && token.is_expired(today) {
+        let t = &world.tokens[&token_id];
+        if !t.revoked && t.is_expired(today) {
             return Err(oauth_error(
                 "Token is expired. You can either do re-authorization or token refresh.",
             ));
         }
-        let user = world.users.get(&token.user_id);
-        if !token.revoked && user.is_none_or(|u| u.state != "active") {
+        let user = world.users.get(&t.user_id);
+        if !t.revoked && user.is_none_or(|u| u.state != "active") {
             return Err(unauthorized());
         }
         let is_admin =
             user.is_some_and(|u| u.is_admin) && world.mode == crate::model::Mode::SelfManaged;
-        let stale = token
+        let stale = t
             .last_used_at
-            .is_none_or(|t| world.now() - t > chrono::Duration::minutes(10));
-        (token, is_admin, stale)
+            .is_none_or(|l| world.now() - l > chrono::Duration::minutes(10));
+        let has = |s: &str| t.scopes.iter().any(|x| x == s);
+        let seen = Seen {
+            id: t.id,
+            user_id: t.user_id,
+            family: t.family,
+            revoked: t.revoked,
+            api: has("api"),
+            read_api: has("read_api"),
+            self_rotate: has("self_rotate"),
+        };
+        (seen, is_admin, stale)
     };
     if token.revoked {
         if is_rotate {
@@ -106,14 +118,12 @@ pub(crate) fn authenticate(
         ));
     }
     let token_id = token.id;
-    let scopes = token.scopes.clone();
-    let has = |s: &str| scopes.iter().any(|x| x == s);
     let allowed = if *method == Method::GET || *method == Method::HEAD {
-        has("api") || has("read_api")
+        token.api || token.read_api
     } else if is_rotate && bare == "/personal_access_tokens/self/rotate" {
-        has("api") || has("self_rotate")
+        token.api || token.self_rotate
     } else {
-        has("api")
+        token.api
     };
     if !allowed {
         return Err(error(
@@ -136,6 +146,5 @@ pub(crate) fn authenticate(
         user_id: token.user_id,
         token_id,
         is_admin,
-        scopes,
     })
 }

@@ -269,20 +269,19 @@ async fn not_found_route() -> Response {
         .into_response()
 }
 
-/// `/api/v4/groups/{id}/members` → `/groups/:id/members`.
+/// `/api/v4/groups/{id}/members` → `/groups/:id/members`, in one pass.
 fn route_template(matched: Option<&MatchedPath>) -> String {
     let raw = matched.map_or("(unmatched)", |m| m.as_str());
     let raw = raw.strip_prefix("/api/v4").unwrap_or(raw);
-    raw.split('/')
-        .map(|seg| {
-            if seg.starts_with('{') && seg.ends_with('}') {
-                format!(":{}", &seg[1..seg.len() - 1])
-            } else {
-                seg.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        match c {
+            '{' => out.push(':'),
+            '}' => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Everything GitLab does around a handler: faults, authentication, throttles, the log.
@@ -328,7 +327,15 @@ async fn pre_handler(
     route: &str,
     caller: Result<Caller, Response>,
 ) -> Result<(Caller, HeaderMap), Response> {
-    let faults = sim.config.lock().unwrap().faults.clone();
+    let faults = {
+        let config = sim.config.lock().unwrap();
+        if config.faults == Faults::default() {
+            None
+        } else {
+            Some(config.faults.clone())
+        }
+    };
+    let faults = faults.unwrap_or_default();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
