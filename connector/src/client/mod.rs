@@ -266,9 +266,6 @@ impl Client {
     /// Sends once: rate limit, HTTP exchange, classification. No retry.
     async fn send_once(&self, req: &Request) -> Result<Response, Error> {
         let inner = &self.inner;
-        let waited = inner.limiter.acquire(req.limit, req.limit_key).await;
-        inner.stats.waited(req.route, waited.waits, waited.duration);
-
         let url = match &req.url {
             Some(url) => url.clone(),
             None => {
@@ -282,6 +279,10 @@ impl Client {
                 url
             }
         };
+        // The slot is taken only once nothing can fail before sending: the pacer counts it as
+        // in flight until a response (or a transport error) releases it.
+        let waited = inner.limiter.acquire(req.limit, req.limit_key).await;
+        inner.stats.waited(req.route, waited.waits, waited.duration);
         let mut builder = inner
             .http
             .request(req.method.clone(), url.clone())
