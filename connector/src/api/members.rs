@@ -113,47 +113,6 @@ impl Member {
     }
 }
 
-/// A member row with only what an access snapshot needs: the crawl reads a million of these,
-/// and GitLab's member entity carries much more (URLs, `created_by`'s profile, identities).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct MemberRow {
-    pub id: u64,
-    pub username: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub state: Option<String>,
-    pub access_level: AccessLevel,
-    #[serde(default, with = "date_or_timestamp")]
-    pub expires_at: Option<NaiveDate>,
-    #[serde(default, with = "lenient_timestamp")]
-    pub created_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub created_by: Option<IdOnly>,
-    #[serde(default)]
-    pub membership_state: Option<String>,
-    #[serde(default)]
-    pub member_role: Option<IdOnly>,
-    #[serde(default)]
-    pub email: Option<String>,
-    #[serde(default)]
-    pub bot: Option<bool>,
-}
-
-/// Only the `id` of an embedded object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct IdOnly {
-    pub id: u64,
-}
-
-impl PageItem for MemberRow {}
-
-impl MemberRow {
-    pub fn is_awaiting(&self) -> bool {
-        self.membership_state.as_deref() == Some("awaiting")
-    }
-}
-
 /// `POST …/members`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddMember {
@@ -199,15 +158,6 @@ fn date(d: Option<NaiveDate>) -> serde_json::Value {
 impl Client {
     /// `GET …/members`: direct members only.
     pub fn members(&self, source: &Source) -> BoxStream<'static, Result<Member, Error>> {
-        let req = Request::get(
-            source.t("/groups/:id/members", "/projects/:id/members"),
-            format!("{}/members", source.base()),
-        );
-        crate::client::items_stream(self, ListSpec::offset(req))
-    }
-
-    /// `GET …/members` as compact rows (the sync's read).
-    pub fn member_rows(&self, source: &Source) -> BoxStream<'static, Result<MemberRow, Error>> {
         let req = Request::get(
             source.t("/groups/:id/members", "/projects/:id/members"),
             format!("{}/members", source.base()),

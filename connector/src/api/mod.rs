@@ -12,9 +12,7 @@ pub mod users;
 pub use common::{AccessLevel, UserRef};
 pub use groups::{BillableMember, Group, MemberRole, SamlGroupLink, SharedWithGroup};
 pub use invitations::{CreateInvitation, Invitation, InvitationAccepted};
-pub use members::{
-    AddMember, EditMember, IdOnly, Member, MemberRoleRef, MemberRow, RemoveMember, Source,
-};
+pub use members::{AddMember, EditMember, Member, MemberRoleRef, RemoveMember, Source};
 pub use projects::{Project, ProjectNamespace, ProjectsQuery};
 pub use tokens::{PersonalAccessToken, RotatedToken};
 pub use users::{CreateUser, User, UserAction, UsersQuery};

@@ -7,7 +7,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
 use super::{Inventory, Progress, Scope, SyncError, SyncOptions};
-use crate::api::{Group, Invitation, MemberRow, Project, Source, User, UsersQuery};
+use crate::api::{Group, Invitation, Member, Project, Source, User, UsersQuery};
 use crate::client::{Client, IdOrPath, InstanceKind};
 use crate::error::Error;
 use crate::model::{
@@ -25,7 +25,7 @@ enum Task {
 
 enum Outcome {
     GroupDetail(Group),
-    Members(ResourceRef, Vec<MemberRow>),
+    Members(ResourceRef, Vec<Member>),
     Invitations(ResourceRef, Vec<Invitation>),
 }
 
@@ -55,7 +55,7 @@ impl Task {
                 .await
                 .map(Outcome::GroupDetail),
             Task::Members(r) => client
-                .member_rows(&source(r))
+                .members(&source(r))
                 .try_collect()
                 .await
                 .map(|m| Outcome::Members(r, m)),
@@ -148,10 +148,10 @@ fn shares_of(r: ResourceRef, links: &[crate::api::SharedWithGroup]) -> Vec<Share
     v
 }
 
-fn membership(m: &MemberRow) -> DirectMember {
+fn membership(m: &Member) -> DirectMember {
     DirectMember {
         user_id: m.id,
-        member_role_id: m.member_role.and_then(|r| std::num::NonZeroU64::new(r.id)),
+        member_role_id: m.member_role_id().and_then(std::num::NonZeroU64::new),
         created_by_id: m
             .created_by
             .as_ref()
@@ -167,7 +167,7 @@ fn membership(m: &MemberRow) -> DirectMember {
     }
 }
 
-fn user_from_member(m: &MemberRow) -> UserRecord {
+fn user_from_member(m: &Member) -> UserRecord {
     UserRecord {
         id: m.id,
         username: m.username.clone(),

@@ -20,6 +20,14 @@ pub(crate) fn visible_group(w: &World, c: &Caller, r: &str) -> Result<u64, Respo
     }
 }
 
+/// The group named by `r`, when it is a top-level group the caller owns (or the caller is an
+/// admin): the governance endpoints of GitLab.com.
+fn owned_top_level(w: &World, c: &Caller, r: &str) -> Result<u64, Response> {
+    let g = visible_group(w, c, r)?;
+    top_level_owner(w, c, g)?;
+    Ok(g)
+}
+
 /// Owner of the top-level group `g` (or admin); top-level-only endpoints.
 fn top_level_owner(w: &World, c: &Caller, g: u64) -> Result<(), Response> {
     if w.groups[&g].parent_id.is_some() {
@@ -221,7 +229,7 @@ pub(crate) async fn billable_members(
 ) -> Response {
     let req = PageRequest::new(uri.path(), uri.query());
     let w = sim.world.read().unwrap();
-    let g = match visible_group(&w, &c, &id).and_then(|g| top_level_owner(&w, &c, g).map(|_| g)) {
+    let g = match owned_top_level(&w, &c, &id) {
         Ok(g) => g,
         Err(r) => return r,
     };
@@ -308,7 +316,7 @@ pub(crate) async fn enterprise_users(
     if w.mode != Mode::GitlabCom {
         return error(StatusCode::NOT_FOUND, json!({"error": "404 Not Found"}));
     }
-    let g = match visible_group(&w, &c, &id).and_then(|g| top_level_owner(&w, &c, g).map(|_| g)) {
+    let g = match owned_top_level(&w, &c, &id) {
         Ok(g) => g,
         Err(r) => return r,
     };
@@ -339,7 +347,7 @@ pub(crate) async fn saml_group_links(
     Path(id): Path<String>,
 ) -> Response {
     let w = sim.world.read().unwrap();
-    let g = match visible_group(&w, &c, &id).and_then(|g| top_level_owner(&w, &c, g).map(|_| g)) {
+    let g = match owned_top_level(&w, &c, &id) {
         Ok(g) => g,
         Err(r) => return r,
     };
@@ -370,7 +378,7 @@ pub(crate) async fn member_roles(
             json!({"message": "400 Bad request - GitLab.com only; use GET /member_roles on self-managed"}),
         );
     }
-    let g = match visible_group(&w, &c, &id).and_then(|g| top_level_owner(&w, &c, g).map(|_| g)) {
+    let g = match owned_top_level(&w, &c, &id) {
         Ok(g) => g,
         Err(r) => return r,
     };
