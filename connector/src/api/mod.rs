@@ -14,5 +14,5 @@ pub use groups::{BillableMember, Group, MemberRole, SamlGroupLink, SharedWithGro
 pub use invitations::{CreateInvitation, Invitation, InvitationAccepted};
 pub use members::{AddMember, EditMember, Member, MemberRoleRef, RemoveMember, Source};
 pub use projects::{Project, ProjectNamespace, ProjectsQuery};
-pub use tokens::{PersonalAccessToken, RotatedToken};
+pub use tokens::{Capability, PersonalAccessToken, RotatedToken, TokenCheck, TokenProblem};
 pub use users::{CreateUser, User, UserAction, UsersQuery};

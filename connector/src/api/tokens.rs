@@ -116,3 +116,84 @@ impl Client {
         .await
     }
 }
+
+/// What the connector may do with its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// `api`: syncs and provisioning.
+    Full,
+    /// `read_api` only: syncs; provisioning jobs are refused.
+    SyncOnly,
+}
+
+/// The result of checking the connector's own token.
+#[derive(Debug, Clone)]
+pub struct TokenCheck {
+    pub token: PersonalAccessToken,
+    pub capability: Capability,
+    /// Days until the token expires (it stops working at 00:00 UTC that day).
+    pub days_left: Option<i64>,
+    /// Problems that do not stop the connector, said plainly.
+    pub warnings: Vec<String>,
+}
+
+/// A token the connector cannot work with.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenProblem {
+    #[error(transparent)]
+    Rejected(#[from] Error),
+    #[error(
+        "the token is not active (revoked: {revoked}); create a new one and update GITLAB_TOKEN or GITLAB_TOKEN_FILE"
+    )]
+    Inactive { revoked: bool },
+    #[error(
+        "the token has the scopes [{scopes}]; a sync needs `read_api` (or `api`), provisioning needs `api`: create a token with `api`"
+    )]
+    Scopes { scopes: String },
+}
+
+/// Warn this many days before the token expires.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+impl Client {
+    /// Checks the connector's token with `GET /personal_access_tokens/self`: active, scopes,
+    /// expiry. An expired or revoked token is an error naming what to do.
+    pub async fn check_token(&self, today: NaiveDate) -> Result<TokenCheck, TokenProblem> {
+        let token = self.token_self().await?;
+        if token.revoked || !token.active {
+            return Err(TokenProblem::Inactive {
+                revoked: token.revoked,
+            });
+        }
+        let capability = if token.has_scope("api") {
+            Capability::Full
+        } else if token.has_scope("read_api") {
+            Capability::SyncOnly
+        } else {
+            return Err(TokenProblem::Scopes {
+                scopes: token.scopes.join(", "),
+            });
+        };
+        let mut warnings = Vec::new();
+        if capability == Capability::SyncOnly {
+            warnings.push(
+                "the token has `read_api` but not `api`: sync-only mode, provisioning jobs will be rejected".to_string(),
+            );
+        }
+        let days_left = token.expires_at.map(|d| (d - today).num_days());
+        if let (Some(days), Some(date)) = (days_left, token.expires_at)
+            && days <= EXPIRY_WARNING_DAYS
+        {
+            warnings.push(format!(
+                "the token expires on {date} ({days} days left): rotate it (a `rotate_token` job, with GITLAB_TOKEN_FILE) or replace it"
+            ));
+        }
+        Ok(TokenCheck {
+            token,
+            capability,
+            days_left,
+            warnings,
+        })
+    }
+}

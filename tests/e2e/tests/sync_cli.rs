@@ -177,7 +177,7 @@ fn configuration_errors_exit_2_and_name_the_setting() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rejected_token_exits_1_without_printing_it() {
+async fn a_rejected_token_exits_2_without_printing_it() {
     let seeded = gitlab_sim::seed::generate(&SeedSpec::small(9, Mode::SelfManaged));
     let sim = gitlab_sim::start(
         seeded.world,
@@ -191,11 +191,101 @@ async fn a_rejected_token_exits_1_without_printing_it() {
         tokio::task::spawn_blocking(move || worker_sync(&url, "not-a-valid-token-4711", &[], &[]))
             .await
             .unwrap();
-    assert_eq!(run.status.code(), Some(1));
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "an unusable token is a configuration error"
+    );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
         stderr.contains("401") && stderr.contains("GITLAB_TOKEN"),
         "{stderr}"
     );
     assert!(!stderr.contains("not-a-valid-token-4711"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_problems_are_reported_before_the_sync() {
+    let mut seeded = gitlab_sim::seed::generate(&SeedSpec::small(9, Mode::SelfManaged));
+    let root = *seeded
+        .world
+        .users
+        .iter()
+        .find(|(_, u)| u.is_admin)
+        .unwrap()
+        .0;
+    let today = seeded.world.today();
+    seeded
+        .world
+        .add_token(root, "expired", "expired-token-1", &["api"], Some(today));
+    seeded.world.add_token(
+        root,
+        "soon",
+        "expiring-token-1",
+        &["api"],
+        Some(today + chrono::Duration::days(3)),
+    );
+    seeded.world.add_token(
+        root,
+        "ro",
+        "readonly-token-1",
+        &["read_api"],
+        Some(today + chrono::Duration::days(90)),
+    );
+    seeded.world.add_token(
+        root,
+        "user",
+        "user-scope-token-1",
+        &["read_user"],
+        Some(today + chrono::Duration::days(90)),
+    );
+    let sim = gitlab_sim::start(
+        seeded.world,
+        SimConfig::for_mode(Mode::SelfManaged),
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let url = sim.url.clone();
+    let runs = tokio::task::spawn_blocking(move || {
+        [
+            "expired-token-1",
+            "expiring-token-1",
+            "readonly-token-1",
+            "user-scope-token-1",
+        ]
+        .map(|t| worker_sync(&url, t, &["--out", "/dev/null"], &[]))
+    })
+    .await
+    .unwrap();
+    let text = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(runs[0].status.code(), Some(2));
+    assert!(
+        text(&runs[0]).contains("expired") && text(&runs[0]).contains("GITLAB_TOKEN"),
+        "{}",
+        text(&runs[0])
+    );
+    assert_eq!(runs[1].status.code(), Some(0), "{}", text(&runs[1]));
+    assert!(text(&runs[1]).contains("3 days left"), "{}", text(&runs[1]));
+    assert_eq!(runs[2].status.code(), Some(0), "{}", text(&runs[2]));
+    assert!(
+        text(&runs[2]).contains("sync-only mode"),
+        "{}",
+        text(&runs[2])
+    );
+    assert_eq!(runs[3].status.code(), Some(2));
+    // Refused by GitLab itself (403 insufficient_scope) or by our scope check: either way the
+    // message says which token to create.
+    assert!(
+        text(&runs[3]).contains("GITLAB_TOKEN") && text(&runs[3]).contains("create a token with"),
+        "{}",
+        text(&runs[3])
+    );
+    for r in &runs {
+        assert!(
+            !text(r).contains("-token-1"),
+            "a token was printed: {}",
+            text(r)
+        );
+    }
 }

@@ -67,12 +67,28 @@ pub async fn run(args: SyncArgs) -> u8 {
                 exit::PARTIAL
             }
         }
+        Err(e) if e.downcast_ref::<TokenError>().is_some() => {
+            eprintln!("error: GITLAB_TOKEN: {e:#}");
+            exit::USAGE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             exit::FAILURE
         }
     }
 }
+
+/// The configured token cannot be used: a configuration error (exit 2).
+#[derive(Debug)]
+struct TokenError(String);
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TokenError {}
 
 /// The previous snapshot's hash, after checking it is intact and of the same connector and scope.
 fn previous(path: &Path, connector: &str, scope: &str) -> anyhow::Result<String> {
@@ -102,6 +118,13 @@ async fn execute(
     args: &SyncArgs,
 ) -> anyhow::Result<bool> {
     let client = Client::new(settings.client_config())?;
+    let check = client
+        .check_token(chrono::Utc::now().date_naive())
+        .await
+        .map_err(|e| anyhow::anyhow!(TokenError(e.to_string())))?;
+    for w in &check.warnings {
+        eprintln!("warning: {w}");
+    }
     let (tx, mut rx) = tokio::sync::watch::channel(sync::Progress::default());
     let mut opts = SyncOptions::new(scope);
     opts.concurrency = args.concurrency;
