@@ -218,32 +218,9 @@ pub(crate) fn member(
     level: u16,
     show_email: bool,
 ) -> Value {
-    let Some(u) = w.users.get(&user_id) else {
-        return Value::Null;
-    };
-    let mut v = user_basic(base, u);
-    let o = v.as_object_mut().expect("object");
-    o.insert("access_level".into(), json!(level));
-    o.insert("created_at".into(), time(Some(m.created_at)));
-    o.insert("expires_at".into(), date(m.expires_at));
-    o.insert("membership_state".into(), json!(m.state.as_str()));
-    o.insert(
-        "created_by".into(),
-        m.created_by
-            .and_then(|c| w.users.get(&c))
-            .map_or(Value::Null, |c| user_basic(base, c)),
-    );
-    if let Some(role) = m.member_role_id.and_then(|r| w.member_roles.get(&r)) {
-        o.insert(
-            "member_role".into(),
-            json!({"id": role.id, "name": role.name, "description": null,
-                   "group_id": role.group_id, "base_access_level": role.base_access_level}),
-        );
-    }
-    if show_email {
-        o.insert("email".into(), json!(u.email));
-    }
-    v
+    member_out(w, base, user_id, m, level, show_email).map_or(Value::Null, |out| {
+        serde_json::to_value(out).expect("serializable")
+    })
 }
 
 pub(crate) fn invitation(w: &World, i: &Invitation) -> Value {
