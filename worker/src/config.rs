@@ -1,20 +1,66 @@
-//! Configuration from the environment (interface.md section 2). Every error names the setting
-//! and says what to do; no error prints a token.
+//! Configuration (interface.md section 2): environment variables, optionally layered over a TOML
+//! file (`--config FILE`) that may declare several connectors. Every error names the setting and
+//! says what to do; no error prints a token.
+//!
+//! ```toml
+//! database_url = "postgres://worker@db/gitlab"   # every worker-wide key is optional
+//! nats_url = "tls://nats.example.com:4222"
+//! concurrency = 8
+//!
+//! [[connectors]]
+//! id = "corp"
+//! url = "https://git.example.com/gitlab"
+//! token_file = "/run/secrets/gitlab-corp"        # or token_env = "VAR"
+//! scope = "acme"
+//! rate_limit_per_minute = 1200
+//! ```
+//!
+//! Environment variables override the file's worker-wide keys; `GITLAB_URL` in the environment
+//! adds one more connector (id `CONNECTOR_ID`, default `default`).
 
-use std::path::PathBuf;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use gitlab_connector::client::{BaseUrl, ClientConfig, RateLimitConfig};
 use gitlab_connector::{InstanceKind, Secret};
+use serde::Deserialize;
+
+use crate::store::DEFAULT_DATABASE_URL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{name} is not set: {hint}")]
     Missing {
-        name: &'static str,
+        name: Cow<'static, str>,
         hint: &'static str,
     },
     #[error("{name}: {message}")]
-    Invalid { name: &'static str, message: String },
+    Invalid {
+        name: Cow<'static, str>,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+fn invalid(name: impl Into<Cow<'static, str>>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.into(),
+        message: message.into(),
+    }
+}
+
+/// Where a connector's token comes from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// `GITLAB_TOKEN` or `token_env`: cannot be rotated.
+    Env(&'static str),
+    EnvNamed(String),
+    /// `GITLAB_TOKEN_FILE` or `token_file`: rewritten atomically on rotation.
+    File(PathBuf),
 }
 
 /// One GitLab instance and its credential.
@@ -23,104 +69,142 @@ pub struct ConnectorSettings {
     pub id: String,
     pub url: BaseUrl,
     pub token: Secret,
+    pub token_source: TokenSource,
     /// Where the token came from, when it is a file (required for rotation).
     pub token_file: Option<PathBuf>,
     pub scope: Option<String>,
     pub rate_limit_per_minute: Option<u32>,
-    /// `GITLAB_INSTANCE`: overrides the kind detected from the URL (GitLab Dedicated, proxies).
+    /// Overrides the kind detected from the URL (GitLab Dedicated, proxies).
     pub instance: Option<InstanceKind>,
+    /// Self-managed with an admin token: a grant to an unknown email may create the user.
+    pub allow_create_users: bool,
 }
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+fn read_token_file(name: Cow<'static, str>, path: &Path) -> Result<Secret, ConfigError> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| invalid(name.clone(), format!("cannot read {}: {e}", path.display())))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(invalid(
+            name,
+            format!(
+                "{} is empty; put the service account's token in it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Secret::new(t))
+}
+
+fn check_connector_id(name: Cow<'static, str>, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            name,
+            format!(
+                "{id:?} may only contain letters, digits, '-' and '_' (it is part of NATS subjects)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_instance(name: Cow<'static, str>, v: &str) -> Result<InstanceKind, ConfigError> {
+    match v.trim() {
+        "gitlab-com" => Ok(InstanceKind::GitlabCom),
+        "self-managed" => Ok(InstanceKind::SelfManaged),
+        other => Err(invalid(
+            name,
+            format!("{other:?} is not `gitlab-com` or `self-managed`"),
+        )),
+    }
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    name: &'static str,
+    v: &str,
+    what: &str,
+) -> Result<T, ConfigError> {
+    v.trim()
+        .parse::<T>()
+        .ok()
+        .filter(|n| *n > T::default())
+        .ok_or_else(|| {
+            invalid(
+                name,
+                format!("{v:?} is not a positive whole number of {what}"),
+            )
+        })
+}
+
 impl ConnectorSettings {
+    /// The connector the environment describes (`GITLAB_URL`, `GITLAB_TOKEN[_FILE]`, ...).
     pub fn from_env() -> Result<Self, ConfigError> {
         let url = var("GITLAB_URL").ok_or(ConfigError::Missing {
-            name: "GITLAB_URL",
+            name: "GITLAB_URL".into(),
             hint: "set it to the instance's base URL, e.g. https://gitlab.com or https://git.example.com/gitlab",
         })?;
-        let url = BaseUrl::parse(&url).map_err(|e| ConfigError::Invalid {
-            name: "GITLAB_URL",
-            message: e.to_string(),
-        })?;
-        let (token, token_file) = match (var("GITLAB_TOKEN"), var("GITLAB_TOKEN_FILE")) {
+        let url = BaseUrl::parse(&url).map_err(|e| invalid("GITLAB_URL", e.to_string()))?;
+        let (token, token_source) = match (var("GITLAB_TOKEN"), var("GITLAB_TOKEN_FILE")) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    name: "GITLAB_TOKEN",
-                    message: "both GITLAB_TOKEN and GITLAB_TOKEN_FILE are set; keep one (a file is needed for token rotation)".into(),
-                });
+                return Err(invalid(
+                    "GITLAB_TOKEN",
+                    "both GITLAB_TOKEN and GITLAB_TOKEN_FILE are set; keep one (a file is needed for token rotation)",
+                ));
             }
-            (Some(t), None) => (Secret::new(t.trim()), None),
+            (Some(t), None) => (Secret::new(t.trim()), TokenSource::Env("GITLAB_TOKEN")),
             (None, Some(f)) => {
                 let path = PathBuf::from(f);
-                let t = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
-                    name: "GITLAB_TOKEN_FILE",
-                    message: format!("cannot read {}: {e}", path.display()),
-                })?;
-                let t = t.trim().to_string();
-                if t.is_empty() {
-                    return Err(ConfigError::Invalid {
-                        name: "GITLAB_TOKEN_FILE",
-                        message: format!(
-                            "{} is empty; put the service account's token in it",
-                            path.display()
-                        ),
-                    });
-                }
-                (Secret::new(t), Some(path))
+                (
+                    read_token_file("GITLAB_TOKEN_FILE".into(), &path)?,
+                    TokenSource::File(path),
+                )
             }
             (None, None) => {
                 return Err(ConfigError::Missing {
-                    name: "GITLAB_TOKEN",
+                    name: "GITLAB_TOKEN".into(),
                     hint: "set GITLAB_TOKEN, or GITLAB_TOKEN_FILE to a file holding the service account's personal access token",
                 });
             }
         };
-        let rate_limit_per_minute =
-            match var("GITLAB_RATE_LIMIT_PER_MINUTE") {
-                None => None,
-                Some(v) => Some(v.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(
-                    || ConfigError::Invalid {
-                        name: "GITLAB_RATE_LIMIT_PER_MINUTE",
-                        message: format!(
-                            "{v:?} is not a positive whole number of requests per minute"
-                        ),
-                    },
-                )?),
-            };
+        let rate_limit_per_minute = var("GITLAB_RATE_LIMIT_PER_MINUTE")
+            .map(|v| positive::<u32>("GITLAB_RATE_LIMIT_PER_MINUTE", &v, "requests per minute"))
+            .transpose()?;
         let id = var("CONNECTOR_ID").unwrap_or_else(|| "default".into());
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(ConfigError::Invalid {
-                name: "CONNECTOR_ID",
-                message: format!(
-                    "{id:?} may only contain letters, digits, '-' and '_' (it is part of NATS subjects)"
-                ),
-            });
-        }
-        let instance = match var("GITLAB_INSTANCE").as_deref().map(str::trim) {
-            None => None,
-            Some("gitlab-com") => Some(InstanceKind::GitlabCom),
-            Some("self-managed") => Some(InstanceKind::SelfManaged),
+        check_connector_id("CONNECTOR_ID".into(), &id)?;
+        let instance = var("GITLAB_INSTANCE")
+            .map(|v| parse_instance("GITLAB_INSTANCE".into(), &v))
+            .transpose()?;
+        let allow_create_users = match var("GITLAB_ALLOW_CREATE_USERS").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
             Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "GITLAB_INSTANCE",
-                    message: format!("{other:?} is not `gitlab-com` or `self-managed`"),
-                });
+                return Err(invalid(
+                    "GITLAB_ALLOW_CREATE_USERS",
+                    format!("{other:?} is not true or false"),
+                ));
             }
         };
         Ok(Self {
             id,
             url,
             token,
-            token_file,
+            token_file: match &token_source {
+                TokenSource::File(p) => Some(p.clone()),
+                _ => None,
+            },
+            token_source,
             scope: var("GITLAB_SCOPE"),
             rate_limit_per_minute,
             instance,
+            allow_create_users,
         })
     }
 
@@ -139,5 +223,303 @@ impl ConnectorSettings {
             None => preset,
         };
         c
+    }
+}
+
+/// How the worker reaches NATS.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    pub creds_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    /// CA bundle for `tls://` servers with a private CA.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub subject_prefix: String,
+    /// Redelivery after this long without an ack or a progress ack (a crashed worker).
+    pub ack_wait: Duration,
+    /// Deliveries before a job is dead-lettered.
+    pub max_deliver: i64,
+}
+
+/// Everything `serve`, `run-job`, `sync` and `demo` need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connectors: BTreeMap<String, ConnectorSettings>,
+    pub database_url: String,
+    pub nats: NatsSettings,
+    pub http_listen: SocketAddr,
+    pub concurrency: usize,
+    /// How long SIGTERM waits for jobs in flight before handing them back to NATS.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    nats_url: Option<String>,
+    nats_creds_file: Option<PathBuf>,
+    nats_user: Option<String>,
+    nats_password_env: Option<String>,
+    nats_token_env: Option<String>,
+    nats_tls_ca_file: Option<PathBuf>,
+    nats_tls_cert_file: Option<PathBuf>,
+    nats_tls_key_file: Option<PathBuf>,
+    nats_subject_prefix: Option<String>,
+    http_listen: Option<String>,
+    concurrency: Option<usize>,
+    ack_wait_seconds: Option<u64>,
+    max_deliver: Option<i64>,
+    shutdown_grace_seconds: Option<u64>,
+    #[serde(default)]
+    connectors: Vec<FileConnector>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConnector {
+    id: String,
+    url: String,
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+    scope: Option<String>,
+    rate_limit_per_minute: Option<u32>,
+    instance: Option<String>,
+    #[serde(default)]
+    allow_create_users: bool,
+}
+
+impl FileConnector {
+    fn into_settings(self, i: usize) -> Result<ConnectorSettings, ConfigError> {
+        let at = |k: &str| -> Cow<'static, str> { format!("connectors[{i}].{k}").into() };
+        check_connector_id(at("id"), &self.id)?;
+        let url = BaseUrl::parse(&self.url).map_err(|e| invalid(at("url"), e.to_string()))?;
+        let (token, token_source) = match (self.token_file, self.token_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    at("token_file"),
+                    "both token_file and token_env are set; keep one (a file is needed for token rotation)",
+                ));
+            }
+            (Some(p), None) => (read_token_file(at("token_file"), &p)?, TokenSource::File(p)),
+            (None, Some(v)) => {
+                let t = var(&v).ok_or_else(|| {
+                    invalid(
+                        at("token_env"),
+                        format!("the environment variable {v} is not set or empty"),
+                    )
+                })?;
+                (Secret::new(t.trim()), TokenSource::EnvNamed(v))
+            }
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    name: at("token_file"),
+                    hint: "give token_file (a file holding the token; needed for rotation) or token_env (the name of an environment variable); tokens are never written into the config file",
+                });
+            }
+        };
+        if self.rate_limit_per_minute == Some(0) {
+            return Err(invalid(
+                at("rate_limit_per_minute"),
+                "must be a positive number of requests per minute",
+            ));
+        }
+        let instance = self
+            .instance
+            .map(|v| parse_instance(at("instance"), &v))
+            .transpose()?;
+        Ok(ConnectorSettings {
+            id: self.id,
+            url,
+            token,
+            token_file: match &token_source {
+                TokenSource::File(p) => Some(p.clone()),
+                _ => None,
+            },
+            token_source,
+            scope: self.scope.filter(|s| !s.trim().is_empty()),
+            rate_limit_per_minute: self.rate_limit_per_minute,
+            instance,
+            allow_create_users: self.allow_create_users,
+        })
+    }
+}
+
+impl Settings {
+    /// Reads `file` (if any), then the environment. `need_connector`: at least one connector
+    /// must be configured (every command but `migrate` and `snapshots`).
+    pub fn load(file: Option<&Path>, need_connector: bool) -> Result<Self, ConfigError> {
+        let fc = match file {
+            None => FileConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+                    path: p.display().to_string(),
+                    message: format!("cannot read the configuration file: {e}"),
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File {
+                    path: p.display().to_string(),
+                    message: format!("not a valid configuration: {e}"),
+                })?
+            }
+        };
+        let mut connectors = BTreeMap::new();
+        for (i, c) in fc.connectors.into_iter().enumerate() {
+            let c = c.into_settings(i)?;
+            if connectors.contains_key(&c.id) {
+                return Err(invalid(
+                    format!("connectors[{i}].id"),
+                    format!("connector id {:?} is declared twice", c.id),
+                ));
+            }
+            connectors.insert(c.id.clone(), c);
+        }
+        if var("GITLAB_URL").is_some() {
+            let c = ConnectorSettings::from_env()?;
+            if connectors.contains_key(&c.id) {
+                return Err(invalid(
+                    "CONNECTOR_ID",
+                    format!(
+                        "the environment's connector {:?} is also declared in the configuration file; give it another CONNECTOR_ID or remove one",
+                        c.id
+                    ),
+                ));
+            }
+            connectors.insert(c.id.clone(), c);
+        } else if need_connector && connectors.is_empty() {
+            // The environment's message names GITLAB_URL, the usual first setting.
+            ConnectorSettings::from_env()?;
+        }
+
+        let database_url = var("DATABASE_URL")
+            .or(fc.database_url)
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres:")
+            || database_url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "DATABASE_URL",
+                format!(
+                    "{:?} is neither sqlite://FILE?mode=rwc nor postgres://USER@HOST/DB",
+                    crate::store::redact_url(&database_url)
+                ),
+            ));
+        }
+        let subject_prefix = var("NATS_SUBJECT_PREFIX")
+            .or(fc.nats_subject_prefix)
+            .unwrap_or_else(|| "gitlab".into());
+        if subject_prefix.is_empty()
+            || !subject_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "NATS_SUBJECT_PREFIX",
+                format!(
+                    "{subject_prefix:?} may only contain letters, digits, '-' and '_' (it names subjects and streams)"
+                ),
+            ));
+        }
+        let secret_env = |name: &str| var(name).map(|v| Secret::new(v.trim()));
+        let password = match fc.nats_password_env {
+            Some(v) => Some(secret_env(&v).ok_or_else(|| {
+                invalid(
+                    "nats_password_env",
+                    format!("the environment variable {v} is not set"),
+                )
+            })?),
+            None => secret_env("NATS_PASSWORD"),
+        };
+        let token = match fc.nats_token_env {
+            Some(v) => Some(secret_env(&v).ok_or_else(|| {
+                invalid(
+                    "nats_token_env",
+                    format!("the environment variable {v} is not set"),
+                )
+            })?),
+            None => secret_env("NATS_TOKEN"),
+        };
+        let user = var("NATS_USER").or(fc.nats_user);
+        if user.is_some() != password.is_some() {
+            return Err(invalid(
+                "NATS_USER",
+                "NATS_USER and NATS_PASSWORD go together; set both or neither",
+            ));
+        }
+        let creds_file = var("NATS_CREDS_FILE")
+            .map(PathBuf::from)
+            .or(fc.nats_creds_file);
+        if let Some(p) = &creds_file
+            && !p.is_file()
+        {
+            return Err(invalid(
+                "NATS_CREDS_FILE",
+                format!("{} is not a readable file", p.display()),
+            ));
+        }
+        let path_setting = |env: &str, file: Option<PathBuf>| var(env).map(PathBuf::from).or(file);
+        let nats = NatsSettings {
+            url: var("NATS_URL")
+                .or(fc.nats_url)
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            creds_file,
+            user,
+            password,
+            token,
+            tls_ca_file: path_setting("NATS_TLS_CA_FILE", fc.nats_tls_ca_file),
+            tls_cert_file: path_setting("NATS_TLS_CERT_FILE", fc.nats_tls_cert_file),
+            tls_key_file: path_setting("NATS_TLS_KEY_FILE", fc.nats_tls_key_file),
+            subject_prefix,
+            ack_wait: Duration::from_secs(match var("NATS_ACK_WAIT_SECONDS") {
+                Some(v) => positive::<u64>("NATS_ACK_WAIT_SECONDS", &v, "seconds")?,
+                None => fc.ack_wait_seconds.unwrap_or(30),
+            }),
+            max_deliver: match var("NATS_MAX_DELIVER") {
+                Some(v) => positive::<i64>("NATS_MAX_DELIVER", &v, "deliveries")?,
+                None => fc.max_deliver.unwrap_or(8),
+            },
+        };
+        if nats.tls_cert_file.is_some() != nats.tls_key_file.is_some() {
+            return Err(invalid(
+                "NATS_TLS_CERT_FILE",
+                "a client certificate needs its key: set NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE together",
+            ));
+        }
+        let http_text = var("HTTP_LISTEN")
+            .or(fc.http_listen)
+            .unwrap_or_else(|| "127.0.0.1:9464".into());
+        let http_listen = http_text.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "HTTP_LISTEN",
+                format!("{http_text:?} is not an address:port such as 127.0.0.1:9464"),
+            )
+        })?;
+        let concurrency = match var("WORKER_CONCURRENCY") {
+            Some(v) => positive::<usize>("WORKER_CONCURRENCY", &v, "jobs")?,
+            None => fc.concurrency.unwrap_or(4),
+        };
+        if concurrency == 0 || concurrency > 256 {
+            return Err(invalid(
+                "WORKER_CONCURRENCY",
+                format!("{concurrency} is outside 1..=256"),
+            ));
+        }
+        let shutdown_grace = Duration::from_secs(match var("SHUTDOWN_GRACE_SECONDS") {
+            Some(v) => positive::<u64>("SHUTDOWN_GRACE_SECONDS", &v, "seconds")?,
+            None => fc.shutdown_grace_seconds.unwrap_or(25),
+        });
+        Ok(Self {
+            connectors,
+            database_url,
+            nats,
+            http_listen,
+            concurrency,
+            shutdown_grace,
+        })
     }
 }

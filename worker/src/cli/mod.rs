@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod run_job;
+mod snapshots;
 mod sync;
 
 /// Exit codes of interface.md section 1.
@@ -56,6 +58,12 @@ pub enum Command {
         /// Skip pending invitations (one request per group and project fewer).
         #[arg(long)]
         no_invitations: bool,
+        /// The connector to sync when the configuration declares several.
+        #[arg(long)]
+        connector: Option<String>,
+        /// Do not store the snapshot in the database (DATABASE_URL); only write it out.
+        #[arg(long)]
+        no_store: bool,
     },
     /// Execute one job envelope locally (no NATS) and print the result envelope as JSON.
     RunJob {
@@ -76,14 +84,27 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotsCommand {
-    /// List stored snapshots.
-    List,
-    /// Show one snapshot's header and summary.
-    Show { id: String },
-    /// The access diff between two snapshots (snapshot files), as NDJSON on standard output.
+    /// List stored snapshots, oldest first.
+    List {
+        /// Only this connector's snapshots.
+        #[arg(long)]
+        connector: Option<String>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one stored snapshot's metadata, header and summary as JSON.
+    Show {
+        /// A snapshot id, or an unambiguous prefix of one.
+        id: String,
+    },
+    /// The access diff between two snapshots, as NDJSON on standard output. A and B are stored
+    /// snapshot ids (or prefixes) or snapshot files.
     Diff { a: String, b: String },
-    /// Export a stored snapshot.
+    /// Export a stored snapshot: NDJSON exactly as first written (sha256 checked), or the access
+    /// records as CSV.
     Export {
+        /// A snapshot id, or an unambiguous prefix of one.
         id: String,
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
@@ -96,19 +117,6 @@ pub enum ExportFormat {
     Csv,
 }
 
-impl Command {
-    fn name(&self) -> &'static str {
-        match self {
-            Command::Serve => "serve",
-            Command::Sync { .. } => "sync",
-            Command::RunJob { .. } => "run-job",
-            Command::Migrate => "migrate",
-            Command::Demo => "demo",
-            Command::Snapshots { .. } => "snapshots",
-        }
-    }
-}
-
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     if let Err(e) = crate::logging::init(cli.log_format.as_deref()) {
@@ -116,52 +124,89 @@ pub async fn run(cli: Cli) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     }
     gitlab_connector::client::install_crypto_provider();
-    match cli.command {
+    let config = cli.config.as_deref();
+    let code = match cli.command {
         Command::Sync {
             scope,
             out,
             prev,
             concurrency,
             no_invitations,
+            connector,
+            no_store,
         } => {
-            let code = sync::run(sync::SyncArgs {
-                scope,
-                out,
-                prev,
-                concurrency,
-                no_invitations,
-            })
-            .await;
-            return ExitCode::from(code);
-        }
-        Command::Snapshots {
-            command: SnapshotsCommand::Diff { a, b },
-        } if std::path::Path::new(&a).is_file() && std::path::Path::new(&b).is_file() => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            return match gitlab_connector::snapshot::diff::diff_files(
-                std::path::Path::new(&a),
-                std::path::Path::new(&b),
-                &mut out,
-            ) {
-                Ok(_) => match std::io::Write::flush(&mut out) {
-                    Ok(()) => ExitCode::from(exit::OK),
-                    Err(e) => {
-                        eprintln!("error: cannot write the diff: {e}");
-                        ExitCode::from(exit::FAILURE)
-                    }
+            sync::run(
+                config,
+                sync::SyncArgs {
+                    scope,
+                    out,
+                    prev,
+                    concurrency,
+                    no_invitations,
+                    connector,
+                    no_store,
                 },
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(exit::FAILURE)
-                }
-            };
+            )
+            .await
         }
-        _ => {}
+        Command::Serve => serve(config).await,
+        Command::RunJob { file } => run_job::run(config, &file).await,
+        Command::Migrate => migrate(config).await,
+        Command::Snapshots { command } => snapshots::run(config, command).await,
+        Command::Demo => {
+            eprintln!(
+                "gitlab-worker demo: not yet implemented in this build; it arrives with provisioning (see the README's roadmap)"
+            );
+            exit::FAILURE
+        }
+    };
+    ExitCode::from(code)
+}
+
+/// Prints an application error and returns its exit code.
+pub(crate) fn fail(e: &crate::app::AppError) -> u8 {
+    eprintln!("error: {e}");
+    if e.is_config() {
+        exit::USAGE
+    } else {
+        exit::FAILURE
     }
-    let name = cli.command.name();
-    eprintln!(
-        "gitlab-worker {name}: not yet implemented in this build; see the README's roadmap for the issue that adds it"
-    );
-    ExitCode::from(exit::FAILURE)
+}
+
+async fn serve(config: Option<&std::path::Path>) -> u8 {
+    let settings = match crate::config::Settings::load(config, true) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.into()),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    crate::app::cancel_on_signal(shutdown.clone());
+    match crate::app::serve(settings, shutdown).await {
+        Ok(()) => exit::OK,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn migrate(config: Option<&std::path::Path>) -> u8 {
+    let settings = match crate::config::Settings::load(config, false) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.into()),
+    };
+    let result = async {
+        let store = crate::store::Store::connect(&settings.database_url).await?;
+        let pending = store.pending_migrations().await?;
+        store.migrate().await?;
+        store.close().await?;
+        Ok::<_, crate::store::StoreError>(pending)
+    }
+    .await;
+    match result {
+        Ok(n) => {
+            eprintln!(
+                "database {}: {n} migration(s) applied, schema up to date",
+                crate::store::redact_url(&settings.database_url)
+            );
+            exit::OK
+        }
+        Err(e) => fail(&e.into()),
+    }
 }

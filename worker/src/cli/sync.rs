@@ -10,7 +10,8 @@ use gitlab_connector::snapshot;
 use gitlab_connector::sync::{self, Scope, SnapshotMeta, SyncError, SyncOptions};
 
 use super::exit;
-use crate::config::ConnectorSettings;
+use crate::config::{ConnectorSettings, Settings};
+use crate::store::Store;
 
 pub struct SyncArgs {
     pub scope: Option<String>,
@@ -18,15 +19,35 @@ pub struct SyncArgs {
     pub prev: Option<PathBuf>,
     pub concurrency: usize,
     pub no_invitations: bool,
+    pub connector: Option<String>,
+    pub no_store: bool,
 }
 
 /// Returns the exit code: 0 complete, 3 partial, 2 configuration, 1 failure.
-pub async fn run(args: SyncArgs) -> u8 {
-    let settings = match ConnectorSettings::from_env() {
+pub async fn run(config: Option<&Path>, args: SyncArgs) -> u8 {
+    let all = match Settings::load(config, true) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;
+        }
+    };
+    let settings = match pick(&all, args.connector.as_deref()) {
+        Ok(s) => s.clone(),
+        Err(message) => {
+            eprintln!("error: {message}");
+            return exit::USAGE;
+        }
+    };
+    let store = if args.no_store {
+        None
+    } else {
+        match Store::open(&all.database_url).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {e} (or pass --no-store to only write the file)");
+                return exit::FAILURE;
+            }
         }
     };
     let scope_text = match args.scope.clone().or_else(|| settings.scope.clone()) {
@@ -50,7 +71,17 @@ pub async fn run(args: SyncArgs) -> u8 {
         return exit::USAGE;
     }
     let prev_sha256 = match &args.prev {
-        None => None,
+        // Without --prev, chain to the latest stored snapshot of this connector and scope.
+        None => match &store {
+            None => None,
+            Some(st) => match st.latest_snapshot(&settings.id, &scope_text, false).await {
+                Ok(p) => p.map(|p| p.sha256),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+            },
+        },
         Some(p) => match previous(p, &settings.id, &scope_text) {
             Ok(sha) => Some(sha),
             Err(e) => {
@@ -59,7 +90,16 @@ pub async fn run(args: SyncArgs) -> u8 {
             }
         },
     };
-    match execute(&settings, scope, &scope_text, prev_sha256, &args).await {
+    match execute(
+        &settings,
+        store.as_ref(),
+        scope,
+        &scope_text,
+        prev_sha256,
+        &args,
+    )
+    .await
+    {
         Ok(complete) => {
             if complete {
                 exit::OK
@@ -75,6 +115,34 @@ pub async fn run(args: SyncArgs) -> u8 {
             eprintln!("error: {e:#}");
             exit::FAILURE
         }
+    }
+}
+
+/// The connector to sync: `--connector`, else the only one, else `default`.
+fn pick<'a>(all: &'a Settings, wanted: Option<&str>) -> Result<&'a ConnectorSettings, String> {
+    let ids = || {
+        all.connectors
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match wanted {
+        Some(id) => all.connectors.get(id).ok_or_else(|| {
+            format!(
+                "--connector {id:?} is not configured (configured: {})",
+                ids()
+            )
+        }),
+        None if all.connectors.len() == 1 => {
+            Ok(all.connectors.values().next().expect("one connector"))
+        }
+        None => all.connectors.get("default").ok_or_else(|| {
+            format!(
+                "several connectors are configured ({}); choose one with --connector",
+                ids()
+            )
+        }),
     }
 }
 
@@ -112,6 +180,7 @@ fn previous(path: &Path, connector: &str, scope: &str) -> anyhow::Result<String>
 
 async fn execute(
     settings: &ConnectorSettings,
+    store: Option<&Store>,
     scope: Scope,
     scope_text: &str,
     prev: Option<String>,
@@ -165,10 +234,21 @@ async fn execute(
         }
     });
     let meta = SnapshotMeta::new(&settings.id, scope_text);
+    // Written to a temporary file first: moved into place (--out) or copied to standard output
+    // only when complete, and stored from it.
     let (tmp, target): (Option<PathBuf>, Option<&PathBuf>) = match &args.out {
         Some(p) => (Some(tmp_path(p)), Some(p)),
+        None if store.is_some() => (
+            Some(crate::app::spool_dir().join(format!("{}.ndjson", meta.snapshot_id))),
+            None,
+        ),
         None => (None, None),
     };
+    if let Some(t) = &tmp
+        && let Some(dir) = t.parent()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let out: Box<dyn Write + Send> = match &tmp {
         Some(t) => Box::new(BufWriter::new(
             std::fs::File::create(t).with_context(|| format!("cannot create {}", t.display()))?,
@@ -190,9 +270,34 @@ async fn execute(
             });
         }
     };
-    if let (Some(t), Some(target)) = (&tmp, target) {
-        std::fs::rename(t, target)
-            .with_context(|| format!("cannot move the snapshot into {}", target.display()))?;
+    let written = match (&tmp, target) {
+        (Some(t), Some(target)) => {
+            std::fs::rename(t, target)
+                .with_context(|| format!("cannot move the snapshot into {}", target.display()))?;
+            Some(target.clone())
+        }
+        (Some(t), None) => {
+            let mut f = std::fs::File::open(t)?;
+            let mut so = std::io::stdout().lock();
+            std::io::copy(&mut f, &mut so).context("cannot write the snapshot")?;
+            so.flush()?;
+            Some(t.clone())
+        }
+        _ => None,
+    };
+    if let (Some(st), Some(path)) = (store, &written) {
+        let stored = st.store_snapshot(path, None).await;
+        if target.is_none() {
+            let _ = std::fs::remove_dir_all(crate::app::spool_dir());
+        }
+        let stored = stored.context("the snapshot was written but could not be stored")?;
+        eprintln!(
+            "stored as snapshot {} ({} record rows written, {} closed, {} unchanged)",
+            stored.info.snapshot_id,
+            stored.rows_inserted,
+            stored.rows_closed,
+            stored.rows_unchanged
+        );
     }
     let counts: Vec<String> = summary
         .counts

@@ -1,11 +1,15 @@
-//! Jobs, transport-agnostic: the envelope (interface.md section 3) and the result (section 4).
-//! NATS, `run-job` and `demo` all parse and answer through this module.
+//! Jobs, transport-agnostic: the envelope (interface.md section 3), the result (section 4), and
+//! the handler that NATS, `run-job` and `demo` all call.
 
 pub mod envelope;
+pub mod events;
+pub mod handler;
 pub mod result;
+mod sync_job;
 
 pub use envelope::{
     DeprovisionAction, GrantExpiry, Job, JobKind, JobParams, Rejection, TargetSelector,
     UserSelector, parse_job,
 };
+pub use handler::{Connector, Delivery, Disposition, Handled, Handler, HandlerError, Subjects};
 pub use result::{Change, JobError, JobResult, JobStatus, RESULT_SCHEMA};

@@ -1,0 +1,212 @@
+//! Assembles the running service from its settings: store, connectors (token checked), handler,
+//! NATS, HTTP, and the shutdown sequence. `serve` and the in-process tests both use [`serve`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitlab_connector::Client;
+use gitlab_connector::api::Capability;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Settings};
+use crate::http::{self, Health};
+use crate::jobs::{Connector, Handler, Subjects};
+use crate::nats::{self, NatsError};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Exit code 2: a setting is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Exit code 2: a connector's token cannot be used.
+    #[error("connector {connector:?}: {message}")]
+    Token { connector: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    #[error("cannot listen on HTTP_LISTEN {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl AppError {
+    /// Usage and configuration problems exit with 2 (interface.md section 1).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            AppError::Config(_)
+                | AppError::Token { .. }
+                | AppError::Store(StoreError::UnsupportedUrl(_))
+        )
+    }
+}
+
+/// Builds a client per connector and, when `check_tokens`, checks each token with
+/// `GET /personal_access_tokens/self` (expired, revoked, scopes, expiry soon).
+pub async fn connectors(
+    settings: &Settings,
+    check_tokens: bool,
+) -> Result<BTreeMap<String, Arc<Connector>>, AppError> {
+    let mut out = BTreeMap::new();
+    let today = chrono::Utc::now().date_naive();
+    for (id, s) in &settings.connectors {
+        let client = Client::new(s.client_config()).map_err(|e| AppError::Token {
+            connector: id.clone(),
+            message: e.to_string(),
+        })?;
+        let capability = if check_tokens {
+            let check = client
+                .check_token(today)
+                .await
+                .map_err(|e| AppError::Token {
+                    connector: id.clone(),
+                    message: e.to_string(),
+                })?;
+            for w in &check.warnings {
+                tracing::warn!(connector = %id, "token: {w}");
+            }
+            if check.capability == Capability::SyncOnly {
+                tracing::warn!(connector = %id, "the token has read_api only: sync jobs run, provisioning jobs are refused");
+            }
+            Some(check.capability)
+        } else {
+            None
+        };
+        out.insert(
+            id.clone(),
+            Arc::new(Connector {
+                settings: s.clone(),
+                client,
+                capability,
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// A per-process spool folder for snapshots on their way into the store.
+pub fn spool_dir() -> PathBuf {
+    std::env::var_os("SPOOL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("gitlab-worker-spool-{}", std::process::id()))
+}
+
+pub fn handler(
+    settings: &Settings,
+    store: Store,
+    connectors: BTreeMap<String, Arc<Connector>>,
+    publish: bool,
+) -> Handler {
+    Handler {
+        store,
+        connectors,
+        subjects: Subjects::new(&settings.nats.subject_prefix),
+        spool_dir: spool_dir(),
+        publish,
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down gracefully"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down gracefully"),
+        }
+        token.cancel();
+    });
+}
+
+/// `gitlab-worker serve`: runs until `shutdown` is cancelled, then drains.
+pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
+    let metrics = http::install_metrics();
+    let store = Store::open(&settings.database_url).await?;
+    let connectors = connectors(&settings, true).await?;
+    let subjects = Subjects::new(&settings.nats.subject_prefix);
+    let client = nats::connect(&settings.nats, Duration::from_secs(30)).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let max_ack_pending = i64::try_from(settings.concurrency * 64).unwrap_or(1024);
+    let consumer = nats::setup(&js, &subjects, &settings.nats, max_ack_pending).await?;
+
+    let health = Arc::new(Health {
+        nats: Some(client.clone()),
+        store: store.clone(),
+        shutting_down: shutdown.clone(),
+        metrics,
+        connectors: connectors.values().cloned().collect(),
+    });
+    let http_stop = CancellationToken::new();
+    let (bound, http_task) = http::serve(settings.http_listen, health, http_stop.clone())
+        .await
+        .map_err(|source| AppError::Http {
+            addr: settings.http_listen,
+            source,
+        })?;
+
+    let handler = Arc::new(handler(&settings, store.clone(), connectors, true));
+    let wake = Arc::new(Notify::new());
+    let background_stop = CancellationToken::new();
+    let publisher = nats::outbox::OutboxPublisher {
+        store: store.clone(),
+        js: js.clone(),
+        subjects: subjects.clone(),
+        wake: wake.clone(),
+    };
+    let outbox_task = tokio::spawn(publisher.run(background_stop.clone()));
+    let watcher = tokio::spawn(nats::serve::watch_consumer(
+        consumer.clone(),
+        background_stop.clone(),
+    ));
+    tracing::info!(http = %bound, consumer = %nats::consumer_name(&subjects), jobs = %subjects.jobs_all(), concurrency = settings.concurrency, "serving jobs");
+    // A stable line for scripts and tests, whatever the log format.
+    eprintln!("gitlab-worker: ready; http on {bound}");
+
+    nats::serve::run(
+        nats::serve::ServeContext {
+            handler,
+            js,
+            consumer,
+            concurrency: settings.concurrency,
+            ack_wait: settings.nats.ack_wait,
+            max_deliver: settings.nats.max_deliver,
+            shutdown_grace: settings.shutdown_grace,
+            outbox_wake: wake,
+        },
+        shutdown,
+    )
+    .await;
+
+    // Publish what the last jobs committed, then let NATS flush acks and publishes.
+    background_stop.cancel();
+    let _ = outbox_task.await;
+    let _ = watcher.await;
+    if let Err(e) = client.drain().await {
+        tracing::warn!("NATS drain: {e}");
+    }
+    http_stop.cancel();
+    let _ = http_task.await;
+    let _ = std::fs::remove_dir_all(spool_dir());
+    store.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! `gitlab-worker snapshots list|show|diff|export`: what an auditor reads from the store.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use gitlab_connector::model::{Record, ResourceRef, Via};
+
+use super::{ExportFormat, SnapshotsCommand, exit, fail};
+use crate::config::Settings;
+use crate::store::{Store, StoreError};
+
+pub async fn run(config: Option<&Path>, command: SnapshotsCommand) -> u8 {
+    // Two snapshot files need no database.
+    if let SnapshotsCommand::Diff { a, b } = &command
+        && Path::new(a).is_file()
+        && Path::new(b).is_file()
+    {
+        return diff_files(Path::new(a), Path::new(b));
+    }
+    let settings = match Settings::load(config, false) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.into()),
+    };
+    let store = match Store::open(&settings.database_url).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e.into()),
+    };
+    let code = match execute(&store, command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    };
+    let _ = store.close().await;
+    code
+}
+
+fn diff_files(a: &Path, b: &Path) -> u8 {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match gitlab_connector::snapshot::diff::diff_files(a, b, &mut out) {
+        Ok(_) => match out.flush() {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: cannot write the diff: {e}");
+                exit::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// A temporary export of a stored snapshot, removed when dropped.
+struct TempExport(PathBuf);
+
+impl Drop for TempExport {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn export_to_temp(store: &Store, id: &str) -> Result<TempExport, StoreError> {
+    let snap = store.find_snapshot(id).await?;
+    let path = std::env::temp_dir().join(format!(
+        "gitlab-worker-{}-{}.ndjson",
+        std::process::id(),
+        snap.snapshot_id
+    ));
+    let guard = TempExport(path);
+    let mut f = BufWriter::new(std::fs::File::create(&guard.0)?);
+    store.export_snapshot(&snap, &mut f).await?;
+    Ok(guard)
+}
+
+async fn execute(store: &Store, command: SnapshotsCommand) -> Result<u8, StoreError> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match command {
+        SnapshotsCommand::List { connector, json } => {
+            let list = store.list_snapshots(connector.as_deref()).await?;
+            if json {
+                for s in &list {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string(s).map_err(std::io::Error::other)?
+                    )?;
+                }
+            } else if list.is_empty() {
+                eprintln!(
+                    "no snapshots stored yet: run `gitlab-worker sync` or publish a sync job"
+                );
+            } else {
+                writeln!(
+                    out,
+                    "{:<38} {:<12} {:<20} {:<20} {:<8} {:>9}  sha256",
+                    "snapshot_id", "connector", "scope", "started_at", "complete", "records"
+                )?;
+                for s in &list {
+                    writeln!(
+                        out,
+                        "{:<38} {:<12} {:<20} {:<20} {:<8} {:>9}  {}",
+                        s.snapshot_id,
+                        s.connector,
+                        s.scope,
+                        s.started_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                        if s.complete { "yes" } else { "PARTIAL" },
+                        s.record_count,
+                        &s.sha256[..s.sha256.len().min(16)]
+                    )?;
+                }
+            }
+        }
+        SnapshotsCommand::Show { id } => {
+            let snap = store.find_snapshot(&id).await?;
+            let info = crate::store::SnapshotInfo::from(&snap);
+            let header: serde_json::Value =
+                serde_json::from_str(&snap.header).map_err(std::io::Error::other)?;
+            let summary: serde_json::Value =
+                serde_json::from_str(&snap.summary).map_err(std::io::Error::other)?;
+            let shown = serde_json::json!({"snapshot": info, "header": header, "summary": summary});
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&shown).map_err(std::io::Error::other)?
+            )?;
+        }
+        SnapshotsCommand::Diff { a, b } => {
+            let path_or_export =
+                |s: &str| -> Option<PathBuf> { Path::new(s).is_file().then(|| PathBuf::from(s)) };
+            let (_ga, pa) = match path_or_export(&a) {
+                Some(p) => (None, p),
+                None => {
+                    let g = export_to_temp(store, &a).await?;
+                    let p = g.0.clone();
+                    (Some(g), p)
+                }
+            };
+            let (_gb, pb) = match path_or_export(&b) {
+                Some(p) => (None, p),
+                None => {
+                    let g = export_to_temp(store, &b).await?;
+                    let p = g.0.clone();
+                    (Some(g), p)
+                }
+            };
+            drop(out);
+            return Ok(diff_files(&pa, &pb));
+        }
+        SnapshotsCommand::Export { id, format } => {
+            let snap = store.find_snapshot(&id).await?;
+            match format {
+                ExportFormat::Ndjson => store.export_snapshot(&snap, &mut out).await?,
+                ExportFormat::Csv => {
+                    let tmp = export_to_temp(store, &snap.snapshot_id).await?;
+                    write_csv(&tmp.0, &mut out)?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One CSV row per access record, with the user's name and the resource's path resolved.
+fn write_csv(path: &Path, out: &mut impl Write) -> Result<(), StoreError> {
+    writeln!(
+        out,
+        "user_id,username,user_state,resource_type,resource_id,resource_path,access_level,paths"
+    )?;
+    let mut users: HashMap<u64, (String, String)> = HashMap::new();
+    let mut paths: HashMap<ResourceRef, String> = HashMap::new();
+    for line in BufReader::new(std::fs::File::open(path)?).lines() {
+        let line = line?;
+        let Ok(record) = serde_json::from_str::<Record>(&line) else {
+            continue;
+        };
+        match record {
+            Record::User(u) => {
+                users.insert(u.id, (u.username.clone(), u.state.clone()));
+            }
+            Record::Group(g) => {
+                paths.insert(ResourceRef::Group(g.id), g.full_path.clone());
+            }
+            Record::Project(p) => {
+                paths.insert(ResourceRef::Project(p.id), p.path_with_namespace.clone());
+            }
+            Record::Access(a) => {
+                let (username, state) = users.get(&a.user_id).cloned().unwrap_or_default();
+                let (rtype, rid) = match a.resource {
+                    ResourceRef::Group(id) => ("group", id),
+                    ResourceRef::Project(id) => ("project", id),
+                };
+                let via: Vec<String> = a
+                    .paths
+                    .iter()
+                    .map(|p| {
+                        let v = match p.via {
+                            Via::Direct => "direct".to_string(),
+                            Via::Inherited => format!(
+                                "inherited from group {}",
+                                p.group_id.map_or_else(String::new, |g| g.to_string())
+                            ),
+                            Via::Shared => format!(
+                                "shared with group {}",
+                                p.group_id.map_or_else(String::new, |g| g.to_string())
+                            ),
+                        };
+                        match p.expires_at {
+                            Some(d) => format!("{v} at {} until {d}", p.access_level),
+                            None => format!("{v} at {}", p.access_level),
+                        }
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{}",
+                    a.user_id,
+                    csv_field(&username),
+                    csv_field(&state),
+                    rtype,
+                    rid,
+                    csv_field(paths.get(&a.resource).map_or("", String::as_str)),
+                    a.access_level,
+                    csv_field(&via.join("; "))
+                )?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! The serve loop: a permit is taken *before* each pull, so the worker never holds a job it
+//! cannot start; each job runs on a task tracker with a progress-ack ticker; on shutdown the
+//! loop stops pulling, in-flight jobs get until the deadline, and unfinished ones are handed back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::ack::{AckAction, decide};
+use crate::jobs::{Delivery, Handler};
+
+pub struct ServeContext {
+    pub handler: Arc<Handler>,
+    pub js: jetstream::Context,
+    pub consumer: PullConsumer,
+    pub concurrency: usize,
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub shutdown_grace: Duration,
+    pub outbox_wake: Arc<Notify>,
+}
+
+/// Pulls and runs jobs until `shutdown` is cancelled; returns when in-flight jobs are done or
+/// handed back.
+pub async fn run(ctx: ServeContext, shutdown: CancellationToken) {
+    let ctx = Arc::new(ctx);
+    let permits = Arc::new(Semaphore::new(ctx.concurrency));
+    let tracker = TaskTracker::new();
+    // Cancelled when the shutdown deadline passes: unfinished jobs are NAKed.
+    let deadline = CancellationToken::new();
+    let mut pull_failures = 0u32;
+    'pull: loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        // One message per pull, waiting up to 5 s for one to arrive.
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            b = ctx.consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages() => b,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                pull_failures += 1;
+                metrics::counter!("gitlab_worker_pull_errors_total").increment(1);
+                tracing::warn!("pulling jobs failed: {e}; retrying");
+                // Back off while NATS is away; the client reconnects by itself.
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(250 * u64::from(pull_failures.min(20)))) => {}
+                }
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'pull,
+                n = batch.next() => n,
+            };
+            match next {
+                None => break,
+                Some(Err(e)) => {
+                    pull_failures += 1;
+                    metrics::counter!("gitlab_worker_pull_errors_total").increment(1);
+                    tracing::debug!("pull: {e}");
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    pull_failures = 0;
+                    let ctx = ctx.clone();
+                    let deadline = deadline.clone();
+                    tracker.spawn(async move {
+                        process(&ctx, msg, deadline).await;
+                        drop(permit);
+                    });
+                    break;
+                }
+            }
+        }
+    }
+    tracker.close();
+    let in_flight = tracker.len();
+    if in_flight > 0 {
+        tracing::info!(
+            in_flight,
+            grace_s = ctx.shutdown_grace.as_secs(),
+            "shutting down: no new jobs; waiting for the jobs in flight"
+        );
+    }
+    if tokio::time::timeout(ctx.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = tracker.len(),
+            "shutdown deadline passed: unfinished jobs are handed back to NATS"
+        );
+        deadline.cancel();
+        tracker.wait().await;
+    }
+}
+
+async fn process(ctx: &ServeContext, msg: jetstream::Message, deadline: CancellationToken) {
+    let (stream_seq, delivered) = match msg.info() {
+        Ok(i) => (i.stream_sequence, i.delivered),
+        Err(e) => {
+            tracing::warn!("a message without JetStream metadata: {e}");
+            return;
+        }
+    };
+    let subject = msg.subject.to_string();
+    let payload = msg.payload.clone();
+    let headers = msg.headers.clone();
+    let (_, acker) = msg.split();
+    let acker = Arc::new(acker);
+    let attempt = u32::try_from(delivered).unwrap_or(u32::MAX);
+    let last_attempt = ctx.max_deliver > 0 && delivered >= ctx.max_deliver;
+    let span = tracing::info_span!("delivery", %subject, stream_seq, delivered);
+    metrics::counter!("gitlab_worker_deliveries_total", "redelivered" => if delivered > 1 { "true" } else { "false" }).increment(1);
+
+    // Progress acks keep a long job from being redelivered while it runs.
+    let ticker_stop = CancellationToken::new();
+    let ticker = {
+        let acker = acker.clone();
+        let stop = ticker_stop.clone();
+        let period = (ctx.ack_wait / 3).max(Duration::from_millis(200));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                            tracing::debug!("progress ack: {e}");
+                        }
+                    }
+                }
+            }
+        })
+    };
+    metrics::gauge!("gitlab_worker_jobs_in_flight").increment(1.0);
+    let started = Instant::now();
+    let delivery = Delivery {
+        attempt,
+        last_attempt,
+        stream_seq,
+    };
+    let outcome = tokio::select! {
+        o = ctx.handler.handle(&payload, delivery).instrument(span.clone()) => Some(o),
+        _ = deadline.cancelled() => None,
+    };
+    ticker_stop.cancel();
+    let _ = ticker.await;
+    metrics::gauge!("gitlab_worker_jobs_in_flight").decrement(1.0);
+    let _enter = span.enter();
+    let Some(outcome) = outcome else {
+        // Shutdown deadline: hand the job back at once. Whatever the handler committed stays;
+        // the redelivery resumes from it.
+        if let Err(e) = acker.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!("could not hand the job back ({e}); NATS redelivers it after ack_wait");
+        }
+        metrics::counter!("gitlab_worker_jobs_total", "kind" => "unknown", "outcome" => "interrupted").increment(1);
+        return;
+    };
+    if let Ok(h) = &outcome {
+        metrics::counter!("gitlab_worker_jobs_total", "kind" => h.kind.clone(), "outcome" => if h.repeated { "repeated".to_string() } else { crate::jobs::handler::status_name(h.status).to_string() }).increment(1);
+        metrics::histogram!("gitlab_worker_job_duration_seconds", "kind" => h.kind.clone())
+            .record(started.elapsed().as_secs_f64());
+        // Results were committed to the outbox: publish them now.
+        ctx.outbox_wake.notify_one();
+    }
+    let action = decide(&outcome, last_attempt);
+    let ack_result = match &action {
+        AckAction::Ack => acker.double_ack().await,
+        AckAction::Nak(delay) => acker.ack_with(AckKind::Nak(*delay)).await,
+        AckAction::DeadLetter { code, message } => {
+            let (connector, kind) = match &outcome {
+                Ok(h) => (h.connector.clone(), h.kind.clone()),
+                Err(_) => ("unknown".into(), "invalid".into()),
+            };
+            let dlq_subject = ctx.handler.subjects.dlq(&connector, &kind);
+            let mut publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(format!("dlq:{stream_seq}"))
+                .header("Gitlab-Connector-Error-Code", code.as_str())
+                .header(
+                    "Gitlab-Connector-Error",
+                    message.replace(['\r', '\n'], " ").as_str(),
+                )
+                .header("Gitlab-Connector-Original-Subject", subject.as_str())
+                .header(
+                    "Gitlab-Connector-Stream-Seq",
+                    stream_seq.to_string().as_str(),
+                )
+                .header(
+                    "Gitlab-Connector-Deliveries",
+                    delivered.to_string().as_str(),
+                );
+            if let Some(id) = headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+                publish = publish.header("Gitlab-Connector-Original-Msg-Id", id.as_str());
+            }
+            // The copy must be safely stored before the job leaves the work queue.
+            let copied = match ctx.js.send_publish(dlq_subject.clone(), publish).await {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match copied {
+                Ok(()) => {
+                    metrics::counter!("gitlab_worker_dead_lettered_total", "code" => code.clone())
+                        .increment(1);
+                    tracing::warn!(%dlq_subject, %code, "job dead-lettered: {message}");
+                    acker.double_ack_with(AckKind::Term).await
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "could not copy the job to the DLQ ({e}); it is handed back and tried again"
+                    );
+                    acker
+                        .ack_with(AckKind::Nak(Some(super::ack::STORE_RETRY)))
+                        .await
+                }
+            }
+        }
+    };
+    if let Err(e) = ack_result {
+        // The job's state is committed; a redelivery finds it and answers from the store.
+        tracing::warn!(
+            ?action,
+            "the ack did not reach NATS ({e}); a redelivery will be answered from the stored result"
+        );
+    }
+}
+
+/// Publishes `gitlab_worker_consumer_pending` every few seconds until `stop`.
+pub async fn watch_consumer(mut consumer: PullConsumer, stop: CancellationToken) {
+    loop {
+        match consumer.info().await {
+            Ok(info) => {
+                metrics::gauge!("gitlab_worker_consumer_pending").set(info.num_pending as f64);
+                metrics::gauge!("gitlab_worker_consumer_ack_pending")
+                    .set(info.num_ack_pending as f64);
+            }
+            Err(e) => tracing::debug!("consumer info: {e}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

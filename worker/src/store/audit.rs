@@ -1,0 +1,52 @@
+//! The audit log: every write the worker made in GitLab, whatever its outcome.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use super::entity::audit_log;
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub connector: String,
+    pub job_id: Option<String>,
+    pub action: String,
+    pub target: serde_json::Value,
+    pub user_id: Option<u64>,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    pub outcome: String,
+}
+
+impl Store {
+    pub async fn audit(&self, e: AuditEntry) -> Result<(), StoreError> {
+        audit_log::Entity::insert(audit_log::ActiveModel {
+            at: Set(e.at),
+            connector: Set(e.connector),
+            job_id: Set(e.job_id),
+            action: Set(e.action),
+            target: Set(e.target.to_string()),
+            user_id: Set(e.user_id.and_then(|u| i64::try_from(u).ok())),
+            before: Set(e.before.map(|v| v.to_string())),
+            after: Set(e.after.map(|v| v.to_string())),
+            outcome: Set(e.outcome),
+            ..Default::default()
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// The audit entries of one job (or all, oldest first).
+    pub async fn audit_entries(
+        &self,
+        job_id: Option<&str>,
+    ) -> Result<Vec<audit_log::Model>, StoreError> {
+        let mut q = audit_log::Entity::find().order_by_asc(audit_log::Column::Id);
+        if let Some(j) = job_id {
+            q = q.filter(audit_log::Column::JobId.eq(j));
+        }
+        Ok(q.all(&self.db).await?)
+    }
+}

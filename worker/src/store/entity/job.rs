@@ -1,0 +1,31 @@
+//! One row per job id ever seen: the idempotency key and, once finished, the stored result.
+use sea_orm::entity::prelude::*;
+
+#[sea_orm::model]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "jobs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub job_id: String,
+    pub connector: String,
+    pub kind: String,
+    /// `running` or `finished`.
+    pub state: String,
+    /// Deliveries that reached the handler.
+    pub attempts: i32,
+    #[sea_orm(column_type = "Text")]
+    pub request: String,
+    /// The result envelope, once finished.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub result: Option<String>,
+    pub status: Option<String>,
+    /// Handler checkpoints, so a redelivered job resumes instead of repeating (provisioning).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub progress: Option<String>,
+    /// The JetStream stream sequence of the delivery that first ran the job (0: not NATS).
+    pub stream_seq: i64,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,23 @@
+//! Messages committed with the state they describe and published afterwards, in id order.
+use sea_orm::entity::prelude::*;
+
+#[sea_orm::model]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "outbox")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// `Nats-Msg-Id`: deterministic, so a publish repeated after a crash is dropped by NATS.
+    #[sea_orm(unique)]
+    pub msg_id: String,
+    /// `message` (publish `payload` on `subject`) or `snapshot_object` (upload the stored
+    /// snapshot named in `payload` to the object store under the name `subject`).
+    pub kind: String,
+    pub subject: String,
+    #[sea_orm(column_type = "Text")]
+    pub payload: String,
+    pub created_at: DateTimeUtc,
+    pub sent_at: Option<DateTimeUtc>,
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,240 @@
+//! Jobs (the idempotency key and the stored result) and the outbox.
+
+use chrono::Utc;
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::entity::{job, outbox};
+use super::{Store, StoreError};
+
+/// What the store knows about a job id when a delivery arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// Never seen: recorded as running, attempt 1.
+    New,
+    /// Seen and not finished (a crash or a retry): this is attempt `attempts`; `progress` holds
+    /// the handler's checkpoints.
+    Resume {
+        attempts: u32,
+        progress: Option<String>,
+    },
+    /// Finished: the stored result envelope (JSON), to be published again, nothing executed.
+    /// `stream_seq` is the delivery that ran it.
+    Finished { result: String, stream_seq: u64 },
+}
+
+/// A message committed with the state it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxMessage {
+    /// Publish `payload` on `subject` with `Nats-Msg-Id: msg_id`.
+    Publish {
+        msg_id: String,
+        subject: String,
+        payload: String,
+    },
+    /// Upload the stored snapshot `snapshot_id` to the object store as `object_name`.
+    SnapshotObject {
+        msg_id: String,
+        object_name: String,
+        snapshot_id: String,
+    },
+}
+
+impl OutboxMessage {
+    fn into_active(self) -> outbox::ActiveModel {
+        let (msg_id, kind, subject, payload) = match self {
+            OutboxMessage::Publish {
+                msg_id,
+                subject,
+                payload,
+            } => (msg_id, "message", subject, payload),
+            OutboxMessage::SnapshotObject {
+                msg_id,
+                object_name,
+                snapshot_id,
+            } => (msg_id, "snapshot_object", object_name, snapshot_id),
+        };
+        outbox::ActiveModel {
+            msg_id: Set(msg_id),
+            kind: Set(kind.into()),
+            subject: Set(subject),
+            payload: Set(payload),
+            created_at: Set(Utc::now()),
+            sent_at: Set(None),
+            ..Default::default()
+        }
+    }
+
+    pub fn from_row(row: &outbox::Model) -> Self {
+        if row.kind == "snapshot_object" {
+            OutboxMessage::SnapshotObject {
+                msg_id: row.msg_id.clone(),
+                object_name: row.subject.clone(),
+                snapshot_id: row.payload.clone(),
+            }
+        } else {
+            OutboxMessage::Publish {
+                msg_id: row.msg_id.clone(),
+                subject: row.subject.clone(),
+                payload: row.payload.clone(),
+            }
+        }
+    }
+}
+
+pub(super) async fn insert_outbox<C: ConnectionTrait>(
+    db: &C,
+    messages: Vec<OutboxMessage>,
+) -> Result<(), StoreError> {
+    for m in messages {
+        outbox::Entity::insert(m.into_active())
+            .on_conflict(
+                OnConflict::column(outbox::Column::MsgId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Records a delivery of `job_id`: the idempotency check, in one statement that only one
+    /// worker can win.
+    pub async fn begin_job(
+        &self,
+        job_id: &str,
+        connector: &str,
+        kind: &str,
+        request: &str,
+        stream_seq: u64,
+    ) -> Result<Begin, StoreError> {
+        let now = Utc::now();
+        let inserted = job::Entity::insert(job::ActiveModel {
+            job_id: Set(job_id.into()),
+            connector: Set(connector.into()),
+            kind: Set(kind.into()),
+            state: Set("running".into()),
+            attempts: Set(1),
+            request: Set(request.into()),
+            result: Set(None),
+            status: Set(None),
+            progress: Set(None),
+            stream_seq: Set(i64::try_from(stream_seq).unwrap_or(0)),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::column(job::Column::JobId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(&self.db)
+        .await?;
+        if inserted == 1 {
+            return Ok(Begin::New);
+        }
+        let row = job::Entity::find_by_id(job_id.to_string())
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Db(sea_orm::DbErr::RecordNotFound(format!("job {job_id}")))
+            })?;
+        if let (Some(result), "finished") = (&row.result, row.state.as_str()) {
+            return Ok(Begin::Finished {
+                result: result.clone(),
+                stream_seq: u64::try_from(row.stream_seq).unwrap_or(0),
+            });
+        }
+        job::Entity::update_many()
+            .col_expr(
+                job::Column::Attempts,
+                Expr::col(job::Column::Attempts).add(1),
+            )
+            .col_expr(job::Column::UpdatedAt, Expr::value(now))
+            .filter(job::Column::JobId.eq(job_id))
+            .exec(&self.db)
+            .await?;
+        Ok(Begin::Resume {
+            attempts: u32::try_from(row.attempts).unwrap_or(0) + 1,
+            progress: row.progress,
+        })
+    }
+
+    /// Stores a handler checkpoint for a running job.
+    pub async fn save_progress(&self, job_id: &str, progress: &str) -> Result<(), StoreError> {
+        job::Entity::update_many()
+            .col_expr(job::Column::Progress, Expr::value(progress.to_string()))
+            .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(job::Column::JobId.eq(job_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Commits the result and the messages announcing it, together.
+    pub async fn finish_job(
+        &self,
+        job_id: &str,
+        status: &str,
+        result: &str,
+        outbox: Vec<OutboxMessage>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        finish_in(&txn, job_id, status, result).await?;
+        insert_outbox(&txn, outbox).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Outbox messages not yet sent, oldest first.
+    pub async fn unsent_outbox(&self, limit: u64) -> Result<Vec<outbox::Model>, StoreError> {
+        Ok(outbox::Entity::find()
+            .filter(outbox::Column::SentAt.is_null())
+            .order_by_asc(outbox::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn mark_sent(&self, id: i64) -> Result<(), StoreError> {
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::SentAt, Expr::value(Utc::now()))
+            .filter(outbox::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Messages for the outbox alone (e.g. a result published again).
+    pub async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
+        insert_outbox(&self.db, messages).await
+    }
+
+    pub async fn job(&self, job_id: &str) -> Result<Option<job::Model>, StoreError> {
+        Ok(job::Entity::find_by_id(job_id.to_string())
+            .one(&self.db)
+            .await?)
+    }
+}
+
+pub(super) async fn finish_in<C: ConnectionTrait>(
+    db: &C,
+    job_id: &str,
+    status: &str,
+    result: &str,
+) -> Result<(), StoreError> {
+    job::Entity::update_many()
+        .col_expr(job::Column::State, Expr::value("finished"))
+        .col_expr(job::Column::Status, Expr::value(status.to_string()))
+        .col_expr(job::Column::Result, Expr::value(result.to_string()))
+        .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(job::Column::JobId.eq(job_id))
+        .exec(db)
+        .await?;
+    Ok(())
+}

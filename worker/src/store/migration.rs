@@ -1,0 +1,230 @@
+//! Schema migrations, written once with sea-query builders for SQLite and PostgreSQL.
+
+#![allow(elided_lifetimes_in_paths)] // async_trait signatures of sea-orm-migration
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(M0001Initial)]
+    }
+}
+
+#[derive(DeriveMigrationName)]
+struct M0001Initial;
+
+#[derive(DeriveIden)]
+enum Jobs {
+    Table,
+    JobId,
+    Connector,
+    Kind,
+    State,
+    Attempts,
+    Request,
+    Result,
+    Status,
+    Progress,
+    StreamSeq,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum Outbox {
+    Table,
+    Id,
+    MsgId,
+    Kind,
+    Subject,
+    Payload,
+    CreatedAt,
+    SentAt,
+}
+
+#[derive(DeriveIden)]
+enum Snapshots {
+    Table,
+    Seq,
+    SnapshotId,
+    Connector,
+    Scope,
+    StartedAt,
+    FinishedAt,
+    Complete,
+    Sha256,
+    PrevSha256,
+    RecordCount,
+    JobId,
+    Header,
+    Summary,
+    StoredAt,
+}
+
+#[derive(DeriveIden)]
+enum SnapshotRecords {
+    Table,
+    Id,
+    Connector,
+    Scope,
+    RecordKey,
+    Content,
+    Digest,
+    ValidFrom,
+    ValidTo,
+}
+
+#[derive(DeriveIden)]
+enum AuditLog {
+    Table,
+    Id,
+    At,
+    Connector,
+    JobId,
+    Action,
+    Target,
+    UserId,
+    Before,
+    After,
+    Outcome,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0001Initial {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Jobs::Table)
+                .if_not_exists()
+                .col(string(Jobs::JobId).primary_key())
+                .col(string(Jobs::Connector))
+                .col(string(Jobs::Kind))
+                .col(string(Jobs::State))
+                .col(integer(Jobs::Attempts))
+                .col(text(Jobs::Request))
+                .col(text_null(Jobs::Result))
+                .col(string_null(Jobs::Status))
+                .col(text_null(Jobs::Progress))
+                .col(big_integer(Jobs::StreamSeq))
+                .col(timestamp_with_time_zone(Jobs::CreatedAt))
+                .col(timestamp_with_time_zone(Jobs::UpdatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(Outbox::Table)
+                .if_not_exists()
+                .col(big_pk_auto(Outbox::Id))
+                .col(string_uniq(Outbox::MsgId))
+                .col(string(Outbox::Kind))
+                .col(string(Outbox::Subject))
+                .col(text(Outbox::Payload))
+                .col(timestamp_with_time_zone(Outbox::CreatedAt))
+                .col(timestamp_with_time_zone_null(Outbox::SentAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("outbox_unsent")
+                .table(Outbox::Table)
+                .col(Outbox::SentAt)
+                .col(Outbox::Id)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(Snapshots::Table)
+                .if_not_exists()
+                .col(big_pk_auto(Snapshots::Seq))
+                .col(string_uniq(Snapshots::SnapshotId))
+                .col(string(Snapshots::Connector))
+                .col(string(Snapshots::Scope))
+                .col(timestamp_with_time_zone(Snapshots::StartedAt))
+                .col(timestamp_with_time_zone(Snapshots::FinishedAt))
+                .col(boolean(Snapshots::Complete))
+                .col(string(Snapshots::Sha256))
+                .col(string_null(Snapshots::PrevSha256))
+                .col(big_integer(Snapshots::RecordCount))
+                .col(string_null(Snapshots::JobId))
+                .col(text(Snapshots::Header))
+                .col(text(Snapshots::Summary))
+                .col(timestamp_with_time_zone(Snapshots::StoredAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("snapshots_by_scope")
+                .table(Snapshots::Table)
+                .col(Snapshots::Connector)
+                .col(Snapshots::Scope)
+                .col(Snapshots::Seq)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(SnapshotRecords::Table)
+                .if_not_exists()
+                .col(big_pk_auto(SnapshotRecords::Id))
+                .col(string(SnapshotRecords::Connector))
+                .col(string(SnapshotRecords::Scope))
+                .col(string(SnapshotRecords::RecordKey))
+                .col(text(SnapshotRecords::Content))
+                .col(string(SnapshotRecords::Digest))
+                .col(big_integer(SnapshotRecords::ValidFrom))
+                .col(big_integer_null(SnapshotRecords::ValidTo))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("snapshot_records_open")
+                .table(SnapshotRecords::Table)
+                .col(SnapshotRecords::Connector)
+                .col(SnapshotRecords::Scope)
+                .col(SnapshotRecords::ValidTo)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("snapshot_records_from")
+                .table(SnapshotRecords::Table)
+                .col(SnapshotRecords::Connector)
+                .col(SnapshotRecords::Scope)
+                .col(SnapshotRecords::ValidFrom)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(AuditLog::Table)
+                .if_not_exists()
+                .col(big_pk_auto(AuditLog::Id))
+                .col(timestamp_with_time_zone(AuditLog::At))
+                .col(string(AuditLog::Connector))
+                .col(string_null(AuditLog::JobId))
+                .col(string(AuditLog::Action))
+                .col(text(AuditLog::Target))
+                .col(big_integer_null(AuditLog::UserId))
+                .col(text_null(AuditLog::Before))
+                .col(text_null(AuditLog::After))
+                .col(string(AuditLog::Outcome))
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! Persistence (sea-orm 2): jobs and their results, the outbox, snapshots stored temporally, and
+//! the audit log. SQLite is the embedded default (WAL, busy timeout, one writer); PostgreSQL
+//! serves several workers. One set of migrations ([`migration`]) creates both.
+
+pub mod entity;
+pub mod migration;
+
+mod audit;
+mod jobs;
+mod snapshots;
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm_migration::MigratorTrait;
+
+pub use audit::AuditEntry;
+pub use jobs::{Begin, OutboxMessage};
+pub use snapshots::{JobCompletion, SnapshotInfo, StoredSnapshot};
+
+/// The default `DATABASE_URL` (interface.md section 2).
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://gitlab-connector.db?mode=rwc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the database {url}: {source}; check DATABASE_URL (sqlite://FILE?mode=rwc or postgres://USER@HOST/DB) and that the database is reachable"
+    )]
+    Connect {
+        /// The URL with any password removed.
+        url: String,
+        #[source]
+        source: DbErr,
+    },
+    #[error("DATABASE_URL {0:?} is neither sqlite:// nor postgres://")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    #[error("the stored snapshot {id} is damaged: {message}")]
+    Damaged { id: String, message: String },
+    #[error(
+        "no stored snapshot matches {0:?}; `gitlab-worker snapshots list` shows the stored ones"
+    )]
+    SnapshotNotFound(String),
+    #[error("{0:?} matches several stored snapshots; give more of the id")]
+    Ambiguous(String),
+    #[error("cannot read the snapshot file: {0}")]
+    Snapshot(#[from] gitlab_connector::snapshot::ReadError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A database URL with its password (if any) replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("[redacted]"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Opens the database. SQLite gets WAL, `synchronous = NORMAL`, a 10 s busy timeout and a
+    /// single connection (one writer; `sqlite::memory:` is per connection anyway).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut opts = ConnectOptions::new(url.to_string());
+        opts.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(30));
+        if url.starts_with("sqlite:") {
+            opts.max_connections(1).map_sqlx_sqlite_opts(|o| {
+                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            opts.max_connections(8).min_connections(1);
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        }
+        let db = Database::connect(opts)
+            .await
+            .map_err(|source| StoreError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        Ok(Self { db })
+    }
+
+    /// Opens and migrates.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let s = Self::connect(url).await?;
+        s.migrate().await?;
+        Ok(s)
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migration::Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// Migrations not yet applied.
+    pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        Ok(migration::Migrator::get_pending_migrations(&self.db)
+            .await?
+            .len())
+    }
+
+    /// For `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await?;
+        Ok(())
+    }
+}

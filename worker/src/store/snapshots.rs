@@ -1,0 +1,372 @@
+//! Snapshots stored temporally. A body record's row is written when the record first appears in
+//! a snapshot of its connector and scope and closed (`valid_to`) by the first snapshot that no
+//! longer has it in the same form, so a re-sync with little change writes little. Any stored
+//! snapshot is rebuilt from the rows valid at its `seq`, ordered by `record_key`, between its
+//! verbatim header and summary lines: byte-identical, and checked against its sha256.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use gitlab_connector::model::Record;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    ExprTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::entity::{snapshot, snapshot_record};
+use super::jobs::{OutboxMessage, finish_in, insert_outbox};
+use super::{Store, StoreError};
+
+/// Rows per INSERT: 8 columns each keeps every backend well under its bind-parameter limit.
+const INSERT_BATCH: usize = 500;
+const CLOSE_BATCH: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    pub seq: i64,
+    pub snapshot_id: String,
+    pub connector: String,
+    pub scope: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub complete: bool,
+    pub sha256: String,
+    pub prev_sha256: Option<String>,
+    pub record_count: i64,
+    pub job_id: Option<String>,
+}
+
+impl From<&snapshot::Model> for SnapshotInfo {
+    fn from(m: &snapshot::Model) -> Self {
+        Self {
+            seq: m.seq,
+            snapshot_id: m.snapshot_id.clone(),
+            connector: m.connector.clone(),
+            scope: m.scope.clone(),
+            started_at: m.started_at,
+            finished_at: m.finished_at,
+            complete: m.complete,
+            sha256: m.sha256.clone(),
+            prev_sha256: m.prev_sha256.clone(),
+            record_count: m.record_count,
+            job_id: m.job_id.clone(),
+        }
+    }
+}
+
+/// What storing one snapshot wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredSnapshot {
+    pub info: SnapshotInfo,
+    /// Record rows inserted (new or changed records).
+    pub rows_inserted: u64,
+    /// Record rows closed (records gone or changed).
+    pub rows_closed: u64,
+    /// Records carried over unchanged, with no write.
+    pub rows_unchanged: u64,
+}
+
+/// The job a snapshot belongs to, finished in the same transaction as the snapshot is stored.
+pub struct JobCompletion<'a> {
+    pub job_id: &'a str,
+    pub status: &'a str,
+    pub result: &'a str,
+    pub outbox: Vec<OutboxMessage>,
+}
+
+fn digest(line: &str) -> String {
+    let h = Sha256::digest(line.as_bytes());
+    gitlab_connector::snapshot::hex(&h[..16])
+}
+
+fn open(path: &Path) -> Result<BufReader<std::fs::File>, StoreError> {
+    Ok(BufReader::new(std::fs::File::open(path)?))
+}
+
+impl Store {
+    /// Stores a snapshot file (verified against its own hash first).
+    pub async fn store_snapshot(
+        &self,
+        path: &Path,
+        job_id: Option<&str>,
+    ) -> Result<StoredSnapshot, StoreError> {
+        self.store_snapshot_with(path, job_id, None).await
+    }
+
+    /// Stores a snapshot and, in the same transaction, finishes its job with `completion`.
+    pub async fn store_snapshot_with(
+        &self,
+        path: &Path,
+        job_id: Option<&str>,
+        completion: Option<JobCompletion<'_>>,
+    ) -> Result<StoredSnapshot, StoreError> {
+        let summary = gitlab_connector::snapshot::verify(open(path)?)?;
+        let mut lines = open(path)?.lines();
+        let header_line = lines.next().transpose()?.unwrap_or_default();
+        let header = match serde_json::from_str::<Record>(&header_line) {
+            Ok(Record::Snapshot(h)) => h,
+            _ => {
+                return Err(StoreError::Damaged {
+                    id: path.display().to_string(),
+                    message: "the first line is not a snapshot header".into(),
+                });
+            }
+        };
+        // The summary is kept verbatim (the last line), not re-serialized.
+        let mut summary_line = String::new();
+        for line in open(path)?.lines() {
+            let line = line?;
+            if !line.is_empty() {
+                summary_line = line;
+            }
+        }
+
+        let txn = self.db.begin().await?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            // Two workers storing snapshots of one scope would race on its open rows.
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                [format!("snapshots/{}/{}", header.connector, header.scope).into()],
+            ))
+            .await?;
+        }
+        let record_count: u64 = summary.counts.values().sum();
+        let inserted = snapshot::Entity::insert(snapshot::ActiveModel {
+            snapshot_id: Set(header.snapshot_id.clone()),
+            connector: Set(header.connector.clone()),
+            scope: Set(header.scope.clone()),
+            started_at: Set(header.started_at),
+            finished_at: Set(summary.finished_at),
+            complete: Set(summary.complete),
+            sha256: Set(summary.sha256.clone()),
+            prev_sha256: Set(summary.prev_sha256.clone()),
+            record_count: Set(i64::try_from(record_count).unwrap_or(i64::MAX)),
+            job_id: Set(job_id.map(str::to_string)),
+            header: Set(header_line),
+            summary: Set(summary_line.clone()),
+            stored_at: Set(Utc::now()),
+            ..Default::default()
+        })
+        .exec(&txn)
+        .await?;
+        let seq = inserted.last_insert_id;
+
+        let mut open_rows: HashMap<String, (i64, String)> = snapshot_record::Entity::find()
+            .select_only()
+            .columns([
+                snapshot_record::Column::RecordKey,
+                snapshot_record::Column::Id,
+                snapshot_record::Column::Digest,
+            ])
+            .filter(snapshot_record::Column::Connector.eq(&header.connector))
+            .filter(snapshot_record::Column::Scope.eq(&header.scope))
+            .filter(snapshot_record::Column::ValidTo.is_null())
+            .into_tuple::<(String, i64, String)>()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|(k, id, d)| (k, (id, d)))
+            .collect();
+
+        let mut pending = Vec::with_capacity(INSERT_BATCH);
+        let mut to_close = Vec::new();
+        let (mut rows_inserted, mut rows_unchanged) = (0u64, 0u64);
+        for line in lines {
+            let line = line?;
+            if line.is_empty() {
+                continue;
+            }
+            let record: Record = serde_json::from_str(&line).map_err(|e| StoreError::Damaged {
+                id: header.snapshot_id.clone(),
+                message: format!("a record cannot be read: {e}"),
+            })?;
+            let Some(key) = record.order_key() else {
+                continue;
+            };
+            let d = digest(&line);
+            match open_rows.remove(&key) {
+                Some((_, old)) if old == d => {
+                    rows_unchanged += 1;
+                    continue;
+                }
+                Some((id, _)) => to_close.push(id),
+                None => {}
+            }
+            pending.push(snapshot_record::ActiveModel {
+                connector: Set(header.connector.clone()),
+                scope: Set(header.scope.clone()),
+                record_key: Set(key),
+                content: Set(line),
+                digest: Set(d),
+                valid_from: Set(seq),
+                valid_to: Set(None),
+                ..Default::default()
+            });
+            if pending.len() == INSERT_BATCH {
+                rows_inserted += flush(&txn, &mut pending).await?;
+            }
+        }
+        rows_inserted += flush(&txn, &mut pending).await?;
+        to_close.extend(open_rows.into_values().map(|(id, _)| id));
+        let rows_closed = to_close.len() as u64;
+        for chunk in to_close.chunks(CLOSE_BATCH) {
+            snapshot_record::Entity::update_many()
+                .col_expr(snapshot_record::Column::ValidTo, Expr::value(seq))
+                .filter(snapshot_record::Column::Id.is_in(chunk.iter().copied()))
+                .exec(&txn)
+                .await?;
+        }
+        if let Some(c) = completion {
+            finish_in(&txn, c.job_id, c.status, c.result).await?;
+            insert_outbox(&txn, c.outbox).await?;
+        }
+        let row = snapshot::Entity::find_by_id(seq)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| StoreError::SnapshotNotFound(header.snapshot_id.clone()))?;
+        txn.commit().await?;
+        Ok(StoredSnapshot {
+            info: SnapshotInfo::from(&row),
+            rows_inserted,
+            rows_closed,
+            rows_unchanged,
+        })
+    }
+
+    /// Stored snapshots, oldest first, optionally of one connector.
+    pub async fn list_snapshots(
+        &self,
+        connector: Option<&str>,
+    ) -> Result<Vec<SnapshotInfo>, StoreError> {
+        let mut q = snapshot::Entity::find().order_by_asc(snapshot::Column::Seq);
+        if let Some(c) = connector {
+            q = q.filter(snapshot::Column::Connector.eq(c));
+        }
+        Ok(q.all(&self.db)
+            .await?
+            .iter()
+            .map(SnapshotInfo::from)
+            .collect())
+    }
+
+    /// A snapshot by its id or an unambiguous prefix of it.
+    pub async fn find_snapshot(&self, id: &str) -> Result<snapshot::Model, StoreError> {
+        if let Some(m) = snapshot::Entity::find()
+            .filter(snapshot::Column::SnapshotId.eq(id))
+            .one(&self.db)
+            .await?
+        {
+            return Ok(m);
+        }
+        let id_chars_ok = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !id_chars_ok {
+            return Err(StoreError::SnapshotNotFound(id.into()));
+        }
+        let mut found = snapshot::Entity::find()
+            .filter(snapshot::Column::SnapshotId.starts_with(id))
+            .limit(2)
+            .all(&self.db)
+            .await?;
+        match found.len() {
+            0 => Err(StoreError::SnapshotNotFound(id.into())),
+            1 => Ok(found.remove(0)),
+            _ => Err(StoreError::Ambiguous(id.into())),
+        }
+    }
+
+    /// The latest stored snapshot of a connector and scope (optionally only complete ones).
+    pub async fn latest_snapshot(
+        &self,
+        connector: &str,
+        scope: &str,
+        complete_only: bool,
+    ) -> Result<Option<SnapshotInfo>, StoreError> {
+        let mut q = snapshot::Entity::find()
+            .filter(snapshot::Column::Connector.eq(connector))
+            .filter(snapshot::Column::Scope.eq(scope));
+        if complete_only {
+            q = q.filter(snapshot::Column::Complete.eq(true));
+        }
+        Ok(q.order_by_desc(snapshot::Column::Seq)
+            .one(&self.db)
+            .await?
+            .as_ref()
+            .map(SnapshotInfo::from))
+    }
+
+    /// Writes a stored snapshot as it was written the first time, checking its sha256.
+    pub async fn export_snapshot(
+        &self,
+        snap: &snapshot::Model,
+        out: &mut impl Write,
+    ) -> Result<(), StoreError> {
+        let mut rows: Vec<(String, String)> = snapshot_record::Entity::find()
+            .select_only()
+            .columns([
+                snapshot_record::Column::RecordKey,
+                snapshot_record::Column::Content,
+            ])
+            .filter(snapshot_record::Column::Connector.eq(&snap.connector))
+            .filter(snapshot_record::Column::Scope.eq(&snap.scope))
+            .filter(snapshot_record::Column::ValidFrom.lte(snap.seq))
+            .filter(
+                snapshot_record::Column::ValidTo
+                    .is_null()
+                    .or(snapshot_record::Column::ValidTo.gt(snap.seq)),
+            )
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        // Byte order, as the writer's; not the database's collation.
+        rows.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut hasher = Sha256::new();
+        let mut put = |line: &str, out: &mut dyn Write, hash: bool| -> std::io::Result<()> {
+            if hash {
+                hasher.update(line.as_bytes());
+                hasher.update(b"\n");
+            }
+            out.write_all(line.as_bytes())?;
+            out.write_all(b"\n")
+        };
+        put(&snap.header, out, true)?;
+        for (_, content) in &rows {
+            put(content, out, true)?;
+        }
+        let sha = gitlab_connector::snapshot::hex(&hasher.finalize());
+        if sha != snap.sha256 {
+            return Err(StoreError::Damaged {
+                id: snap.snapshot_id.clone(),
+                message: format!(
+                    "its records hash to {sha}, not the stored {}; the database was changed outside the worker",
+                    snap.sha256
+                ),
+            });
+        }
+        out.write_all(snap.summary.as_bytes())?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+async fn flush(
+    txn: &DatabaseTransaction,
+    pending: &mut Vec<snapshot_record::ActiveModel>,
+) -> Result<u64, StoreError> {
+    let n = pending.len() as u64;
+    if n > 0 {
+        snapshot_record::Entity::insert_many(std::mem::take(pending))
+            .exec_without_returning(txn)
+            .await?;
+    }
+    Ok(n)
+}
