@@ -210,7 +210,485 @@ fn get(http: &str, path: &str) -> (u16, String) {
     (status, resp)
 }
 
-#[allow(dead_code)]
-fn unused(_: &std::path::Path) -> String {
-    sqlite_url(&tempdir("x"))
+fn total_requests(sim: &gitlab_sim::Running) -> u64 {
+    sim.sim.counts().values().map(|c| c.requests).sum()
+}
+
+fn msg_id(m: &async_nats::jetstream::Message) -> String {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_job_id_published_twice_executes_once() {
+    let e = env().await;
+    let dir = tempdir("dup");
+    let worker = spawn_worker(worker_env(&e, &sqlite_url(&dir), &[])).await;
+    let job = sync_job("dup-1", "default");
+
+    // A producer repeating its publish inside the duplicate window: NATS drops the copy.
+    let first = publish_job(
+        &e.js,
+        "gitlab.jobs.default.sync",
+        job.clone(),
+        Some("dup-1"),
+    )
+    .await;
+    let again = publish_job(
+        &e.js,
+        "gitlab.jobs.default.sync",
+        job.clone(),
+        Some("dup-1"),
+    )
+    .await;
+    assert!(!first.duplicate);
+    assert!(
+        again.duplicate,
+        "the JOBS stream deduplicates by Nats-Msg-Id"
+    );
+    let r1 = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(r1.len(), 1, "{}", worker.stderr());
+    let requests_after_first = total_requests(&e.sim);
+
+    // The same job id again without the header (past the window, or another producer): the
+    // worker's store recognises it, publishes the stored result again and executes nothing.
+    publish_job(&e.js, "gitlab.jobs.default.sync", job, None).await;
+    let both = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(both.len(), 2, "{}", worker.stderr());
+    assert_eq!(
+        both[0].payload, both[1].payload,
+        "the stored result, byte for byte"
+    );
+    assert_eq!(msg_id(&both[0]), "dup-1");
+    assert!(msg_id(&both[1]).starts_with("dup-1:repeat:"));
+    assert_eq!(
+        total_requests(&e.sim),
+        requests_after_first,
+        "no GitLab request for the repeat"
+    );
+    // One snapshot, not two.
+    let events = read_stream(
+        &e.js,
+        "GITLAB_EVENTS",
+        "gitlab.events.default.snapshot",
+        2,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(events.len(), 1);
+    assert!(worker.stderr().contains("job id seen before"));
+}
+
+/// Thirty malformed or unacceptable jobs of different kinds.
+fn malformed_jobs() -> Vec<Vec<u8>> {
+    let base = |kind: &str, params: Value| serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": format!("bad-{kind}"), "connector": "default", "kind": kind, "params": params});
+    let mut v: Vec<Value> = vec![
+        serde_json::json!({"job_id": "bad-1", "connector": "default", "kind": "sync", "params": {}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v2", "job_id": "bad-2", "connector": "default", "kind": "sync", "params": {}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "connector": "default", "kind": "sync", "params": {}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": "", "connector": "default", "kind": "sync", "params": {}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": 17, "connector": "default", "kind": "sync", "params": {}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": "bad-6", "kind": "sync", "params": {}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": "bad-7", "connector": "default", "kind": "explode", "params": {}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": "bad-8", "connector": "default", "params": {}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": "bad-9", "connector": "default", "kind": "sync", "params": {}, "dryrun": true}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": "bad-10", "connector": "default", "kind": "sync", "params": {"scope": 5, "extra": 1}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": "bad-11", "connector": "default", "kind": "sync", "dry_run": "yes", "params": {}}),
+        serde_json::json!({"schema": "gitlab-connector.job.v1", "job_id": "bad-12", "connector": "elsewhere", "kind": "sync", "params": {}}),
+    ];
+    v.push(base(
+        "grant",
+        serde_json::json!({"user": {"id": 1}, "target": {"group": "org"}}),
+    ));
+    v.push(base(
+        "grant",
+        serde_json::json!({"user": {"id": 1}, "target": {"group": "org"}, "access_level": 31}),
+    ));
+    v.push(base(
+        "grant",
+        serde_json::json!({"user": {"id": 1}, "target": {"group": "org"}, "access_level": "boss"}),
+    ));
+    v.push(base(
+        "grant",
+        serde_json::json!({"user": {}, "target": {"group": "org"}, "access_level": 30}),
+    ));
+    v.push(base("grant", serde_json::json!({"user": {"id": 1, "username": "x"}, "target": {"group": "org"}, "access_level": 30})));
+    v.push(base(
+        "grant",
+        serde_json::json!({"user": {"id": 1}, "target": {"team": "org"}, "access_level": 30}),
+    ));
+    v.push(base("grant", serde_json::json!({"user": {"id": 1}, "target": {"group": "org"}, "access_level": 30, "duration_seconds": -5})));
+    v.push(base("grant", serde_json::json!({"user": {"id": 1}, "target": {"group": "org"}, "access_level": 30, "duration_seconds": 60, "expires_at": "2030-01-01T00:00:00Z"})));
+    v.push(base("grant", serde_json::json!({"user": {"id": 1}, "target": {"group": "org"}, "access_level": 30, "expires_at": "next tuesday"})));
+    v.push(base("revoke", serde_json::json!({})));
+    v.push(base("revoke", serde_json::json!({"user": {"id": 1}})));
+    v.push(base("invite", serde_json::json!({"email": "not-an-email", "target": {"group": "org"}, "access_level": 30})));
+    v.push(base("invite", serde_json::json!({"email": "a@b.c", "target": {"group": "org"}, "access_level": 30, "expires_at": "2020-13-45"})));
+    v.push(base(
+        "deprovision",
+        serde_json::json!({"user": {"id": 1}, "actions": ["vaporize"]}),
+    ));
+    v.push(base(
+        "deprovision",
+        serde_json::json!({"user": {"id": 1}, "actions": "block"}),
+    ));
+    v.push(base(
+        "rotate_token",
+        serde_json::json!({"min_days_left": "soon"}),
+    ));
+    let mut out: Vec<Vec<u8>> = v.into_iter().map(|j| j.to_string().into_bytes()).collect();
+    out.push(b"this is not json".to_vec());
+    out.push(vec![0xff, 0xfe, 0x00, 0x01]);
+    assert_eq!(out.len(), 30);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_malformed_jobs_are_rejected_into_the_dlq_and_the_worker_keeps_serving() {
+    let e = env().await;
+    let dir = tempdir("malformed");
+    let worker = spawn_worker(worker_env(&e, &sqlite_url(&dir), &[])).await;
+    let jobs = malformed_jobs();
+    for (i, j) in jobs.iter().enumerate() {
+        let kind = [
+            "sync",
+            "grant",
+            "revoke",
+            "invite",
+            "deprovision",
+            "rotate_token",
+        ][i % 6];
+        publish_job(
+            &e.js,
+            &format!("gitlab.jobs.default.{kind}"),
+            j.clone(),
+            None,
+        )
+        .await;
+    }
+    let dlq = read_stream(
+        &e.js,
+        "GITLAB_DLQ",
+        "gitlab.dlq.>",
+        30,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(dlq.len(), 30, "{}", worker.stderr());
+    let results = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        30,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(results.len(), 30);
+    for r in &results {
+        let v = json(r);
+        assert_eq!(v["status"], "rejected", "{v}");
+        assert_eq!(v["error"]["retryable"], false);
+        let code = v["error"]["code"].as_str().unwrap();
+        assert!(code == "invalid_job" || code == "unknown_connector", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.len() > 15, "a precise message: {v}");
+    }
+    // Every DLQ copy is the original payload with the reason in its headers.
+    let mut payloads: Vec<Vec<u8>> = dlq.iter().map(|m| m.payload.to_vec()).collect();
+    let mut sent = jobs.clone();
+    payloads.sort();
+    sent.sort();
+    assert_eq!(payloads, sent);
+    for m in &dlq {
+        let h = m.headers.as_ref().unwrap();
+        assert!(!h.get("Gitlab-Connector-Error").unwrap().as_str().is_empty());
+        assert!(
+            h.get("Gitlab-Connector-Original-Subject")
+                .unwrap()
+                .as_str()
+                .starts_with("gitlab.jobs.default.")
+        );
+    }
+    // The work queue is empty: nothing is redelivered in a loop.
+    let mut jobs_stream = e.js.get_stream("GITLAB_JOBS").await.unwrap();
+    assert_eq!(jobs_stream.info().await.unwrap().state.messages, 0);
+
+    // And the worker still serves.
+    publish_job(
+        &e.js,
+        "gitlab.jobs.default.sync",
+        sync_job("after-bad", "default"),
+        Some("after-bad"),
+    )
+    .await;
+    let ok = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.default.sync",
+        100,
+        Duration::from_secs(3),
+    )
+    .await;
+    let found = ok
+        .iter()
+        .map(json)
+        .any(|v| v["job_id"] == "after-bad" && v["status"] == "succeeded");
+    if !found {
+        let again = read_stream(
+            &e.js,
+            "GITLAB_RESULTS",
+            "gitlab.results.>",
+            31,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(
+            again
+                .iter()
+                .map(json)
+                .any(|v| v["job_id"] == "after-bad" && v["status"] == "succeeded"),
+            "{}",
+            worker.stderr()
+        );
+    }
+}
+
+/// Waits until the simulator has answered more than `n` requests.
+async fn until_requests_exceed(sim: &gitlab_sim::Running, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while total_requests(sim) <= n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker made no GitLab requests"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn slow_gitlab(sim: &gitlab_sim::Running, latency_ms: u64) {
+    sim.sim.config.lock().unwrap().faults.latency_ms = latency_ms;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_sync_is_restarted_and_the_job_completes_with_one_result() {
+    let e = env().await;
+    let dir = tempdir("sigkill");
+    let db = sqlite_url(&dir);
+    let extra = [("NATS_ACK_WAIT_SECONDS", "2")];
+    let mut worker = spawn_worker(worker_env(&e, &db, &extra)).await;
+    slow_gitlab(&e.sim, 150);
+    let before = total_requests(&e.sim);
+    publish_job(
+        &e.js,
+        "gitlab.jobs.default.sync",
+        sync_job("kill-1", "default"),
+        Some("kill-1"),
+    )
+    .await;
+    until_requests_exceed(&e.sim, before + 3).await;
+    worker.kill();
+    slow_gitlab(&e.sim, 0);
+    let none = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        1,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(none.is_empty(), "killed before it could answer");
+
+    let worker = spawn_worker(worker_env(&e, &db, &extra)).await;
+    let results = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(results.len(), 1, "{}", worker.stderr());
+    let r = json(&results[0]);
+    assert_eq!(r["job_id"], "kill-1");
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["attempt"], 2, "the second attempt of the same job");
+    let more = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        2,
+        Duration::from_secs(4),
+    )
+    .await;
+    assert_eq!(more.len(), 1, "exactly one result");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_restart_during_a_run_loses_no_job() {
+    let mut e = env().await;
+    let dir = tempdir("natsrestart");
+    let worker = spawn_worker(worker_env(
+        &e,
+        &sqlite_url(&dir),
+        &[("NATS_ACK_WAIT_SECONDS", "3")],
+    ))
+    .await;
+    slow_gitlab(&e.sim, 40);
+    let ids: Vec<String> = (0..4).map(|i| format!("restart-{i}")).collect();
+    for id in &ids {
+        publish_job(
+            &e.js,
+            "gitlab.jobs.default.sync",
+            sync_job(id, "default"),
+            Some(id),
+        )
+        .await;
+    }
+    let before = total_requests(&e.sim);
+    until_requests_exceed(&e.sim, before + 3).await;
+    let nats = &mut e.nats;
+    tokio::task::block_in_place(|| nats.restart(Duration::from_secs(1)));
+    slow_gitlab(&e.sim, 0);
+    // A new connection for the test's own reads (the old one reconnects too).
+    let js = async_nats::jetstream::new(async_nats::connect(&e.nats.url).await.unwrap());
+    let results = read_stream(
+        &js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        4,
+        Duration::from_secs(90),
+    )
+    .await;
+    let mut got: Vec<String> = results
+        .iter()
+        .map(|m| json(m)["job_id"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, ids, "{}", worker.stderr());
+    for m in &results {
+        assert_eq!(json(m)["status"], "succeeded");
+    }
+    let extra = read_stream(
+        &js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        5,
+        Duration::from_secs(4),
+    )
+    .await;
+    assert_eq!(extra.len(), 4, "no duplicate results");
+    let log = worker.stderr();
+    assert!(
+        log.contains("NATS disconnected"),
+        "the worker saw the outage: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_job_in_flight_then_exits_cleanly() {
+    let e = env().await;
+    let dir = tempdir("sigterm");
+    let mut worker = spawn_worker(worker_env(&e, &sqlite_url(&dir), &[])).await;
+    slow_gitlab(&e.sim, 60);
+    let before = total_requests(&e.sim);
+    publish_job(
+        &e.js,
+        "gitlab.jobs.default.sync",
+        sync_job("term-1", "default"),
+        Some("term-1"),
+    )
+    .await;
+    until_requests_exceed(&e.sim, before + 3).await;
+    worker.terminate();
+    let status = tokio::task::block_in_place(|| worker.wait_exit(Duration::from_secs(60)));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        worker.stderr()
+    );
+    let results = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        results.len(),
+        1,
+        "the job in flight finished and its result was published before exit"
+    );
+    assert_eq!(json(&results[0])["status"], "succeeded");
+    let log = worker.stderr();
+    assert!(log.contains("SIGTERM"), "{log}");
+    let mut jobs = e.js.get_stream("GITLAB_JOBS").await.unwrap();
+    assert_eq!(
+        jobs.info().await.unwrap().state.messages,
+        0,
+        "acknowledged before exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_past_the_deadline_hands_the_job_back_to_another_worker() {
+    let e = env().await;
+    let dir = tempdir("sigterm-deadline");
+    let db = sqlite_url(&dir);
+    let mut worker = spawn_worker(worker_env(&e, &db, &[("SHUTDOWN_GRACE_SECONDS", "1")])).await;
+    slow_gitlab(&e.sim, 300);
+    let before = total_requests(&e.sim);
+    publish_job(
+        &e.js,
+        "gitlab.jobs.default.sync",
+        sync_job("handback-1", "default"),
+        Some("handback-1"),
+    )
+    .await;
+    until_requests_exceed(&e.sim, before + 1).await;
+    worker.terminate();
+    let status = tokio::task::block_in_place(|| worker.wait_exit(Duration::from_secs(30)));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        worker.stderr()
+    );
+    assert!(
+        worker.stderr().contains("handed back"),
+        "{}",
+        worker.stderr()
+    );
+    slow_gitlab(&e.sim, 0);
+    // NAKed without delay: the next worker takes it at once (ack_wait is the default 30 s).
+    let next = spawn_worker(worker_env(&e, &db, &[])).await;
+    let results = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(results.len(), 1, "{}", next.stderr());
+    assert_eq!(json(&results[0])["job_id"], "handback-1");
+    assert_eq!(json(&results[0])["status"], "succeeded");
 }
