@@ -1,0 +1,358 @@
+//! The worker's persistence, run identically on SQLite and on PostgreSQL: migrations, the job
+//! idempotency key, the outbox, snapshots stored temporally (little written for little change,
+//! every snapshot exported byte-identically) and the audit log.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use gitlab_connector::Client;
+use gitlab_connector::Secret;
+use gitlab_connector::api::{AccessLevel, AddMember, EditMember, RemoveMember, Source};
+use gitlab_connector::client::{BaseUrl, ClientConfig, IdOrPath};
+use gitlab_connector::model::{Record, ResourceRef};
+use gitlab_connector::sync::{self, Scope, SnapshotMeta, SyncOptions};
+use gitlab_e2e::{PgDb, sqlite_url, tempdir};
+use gitlab_sim::{Mode, SeedSpec, SimConfig};
+use gitlab_worker::store::{AuditEntry, Begin, OutboxMessage, Store};
+
+enum Backend {
+    Sqlite(PathBuf),
+    Postgres(PgDb),
+}
+
+impl Backend {
+    fn url(&self) -> String {
+        match self {
+            Backend::Sqlite(d) => sqlite_url(d),
+            Backend::Postgres(db) => db.url.clone(),
+        }
+    }
+}
+
+async fn sqlite() -> Backend {
+    Backend::Sqlite(tempdir("store"))
+}
+
+async fn postgres() -> Backend {
+    Backend::Postgres(PgDb::create().await)
+}
+
+/// Runs one test body on both backends.
+macro_rules! on_both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                super::$body(super::sqlite().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                super::$body(super::postgres().await).await;
+            }
+        }
+    };
+}
+
+on_both!(migrations, migrations_apply_once);
+on_both!(jobs, a_job_id_is_recorded_once_and_its_result_kept);
+on_both!(outbox, outbox_rows_are_unique_by_message_id_and_marked_sent);
+on_both!(
+    temporal,
+    snapshots_are_stored_temporally_and_exported_byte_identically
+);
+on_both!(audit, the_audit_log_keeps_every_write);
+
+async fn migrations_apply_once(b: Backend) {
+    let store = Store::connect(&b.url()).await.unwrap();
+    assert_eq!(store.pending_migrations().await.unwrap(), 1);
+    store.migrate().await.unwrap();
+    assert_eq!(store.pending_migrations().await.unwrap(), 0);
+    // Opening again (every command migrates on start) changes nothing.
+    let again = Store::open(&b.url()).await.unwrap();
+    assert_eq!(again.pending_migrations().await.unwrap(), 0);
+    again.ping().await.unwrap();
+}
+
+async fn a_job_id_is_recorded_once_and_its_result_kept(b: Backend) {
+    let store = Store::open(&b.url()).await.unwrap();
+    let begin = |seq| {
+        let store = store.clone();
+        async move {
+            store
+                .begin_job("job-1", "default", "sync", "{}", seq)
+                .await
+                .unwrap()
+        }
+    };
+    // Two deliveries racing: exactly one is new.
+    let (x, y) = tokio::join!(begin(10), begin(11));
+    let news = [&x, &y].iter().filter(|b| matches!(b, Begin::New)).count();
+    assert_eq!(news, 1, "{x:?} {y:?}");
+    assert!(matches!(begin(12).await, Begin::Resume { attempts: 3, .. }));
+    store.save_progress("job-1", "{\"step\":2}").await.unwrap();
+    match begin(13).await {
+        Begin::Resume { attempts, progress } => {
+            assert_eq!(attempts, 4);
+            assert_eq!(progress.as_deref(), Some("{\"step\":2}"));
+        }
+        other => panic!("{other:?}"),
+    }
+    store
+        .finish_job("job-1", "succeeded", "{\"status\":\"succeeded\"}", vec![])
+        .await
+        .unwrap();
+    match begin(14).await {
+        Begin::Finished { result, stream_seq } => {
+            assert_eq!(result, "{\"status\":\"succeeded\"}");
+            assert!(
+                stream_seq == 10 || stream_seq == 11,
+                "the delivery that ran it"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let row = store.job("job-1").await.unwrap().unwrap();
+    assert_eq!(row.status.as_deref(), Some("succeeded"));
+    assert_eq!(row.attempts, 4);
+}
+
+async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
+    let store = Store::open(&b.url()).await.unwrap();
+    store
+        .begin_job("j", "default", "sync", "{}", 1)
+        .await
+        .unwrap();
+    let msg = |id: &str| OutboxMessage::Publish {
+        msg_id: id.into(),
+        subject: "gitlab.results.default.sync".into(),
+        payload: format!("{{\"id\":\"{id}\"}}"),
+    };
+    store
+        .finish_job("j", "succeeded", "{}", vec![msg("a"), msg("b")])
+        .await
+        .unwrap();
+    // The same message again (a retried commit) is not queued twice.
+    store.enqueue(vec![msg("a"), msg("c")]).await.unwrap();
+    let rows = store.unsent_outbox(10).await.unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.msg_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"], "in commit order");
+    store.mark_sent(rows[0].id).await.unwrap();
+    let left: Vec<String> = store
+        .unsent_outbox(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.msg_id)
+        .collect();
+    assert_eq!(left, ["b", "c"]);
+    assert_eq!(OutboxMessage::from_row(&rows[1]), msg("b"));
+}
+
+async fn the_audit_log_keeps_every_write(b: Backend) {
+    let store = Store::open(&b.url()).await.unwrap();
+    for (i, action) in ["add_member", "remove_member"].into_iter().enumerate() {
+        store
+            .audit(AuditEntry {
+                at: chrono::Utc::now(),
+                connector: "default".into(),
+                job_id: Some("grant-1".into()),
+                action: action.into(),
+                target: serde_json::json!({"type": "group", "id": 42}),
+                user_id: Some(7),
+                before: (i == 1).then(|| serde_json::json!({"access_level": 30})),
+                after: (i == 0).then(|| serde_json::json!({"access_level": 30})),
+                outcome: "ok".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let entries = store.audit_entries(Some("grant-1")).await.unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].action, "add_member");
+    assert_eq!(entries[1].before.as_deref(), Some("{\"access_level\":30}"));
+    assert!(store.audit_entries(Some("other")).await.unwrap().is_empty());
+}
+
+async fn sync_to(client: &Client, dir: &Path, name: &str, prev: Option<String>) -> PathBuf {
+    let path = dir.join(name);
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let opts = SyncOptions::new(Scope::parse("org").unwrap());
+    let (summary, _) = sync::run(
+        client,
+        &opts,
+        SnapshotMeta::new("default", "org"),
+        prev,
+        file,
+    )
+    .await
+    .unwrap();
+    assert!(summary.complete);
+    path
+}
+
+fn body_lines(p: &Path) -> HashSet<String> {
+    let text = std::fs::read_to_string(p).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[1..lines.len() - 1]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+async fn export(store: &Store, id: &str) -> Vec<u8> {
+    let snap = store.find_snapshot(id).await.unwrap();
+    let mut out = Vec::new();
+    store.export_snapshot(&snap, &mut out).await.unwrap();
+    out
+}
+
+async fn snapshots_are_stored_temporally_and_exported_byte_identically(b: Backend) {
+    gitlab_connector::client::install_crypto_provider();
+    let seeded = gitlab_sim::seed::generate(&SeedSpec::small(3, Mode::SelfManaged));
+    let sim = gitlab_sim::start(
+        seeded.world,
+        SimConfig::for_mode(Mode::SelfManaged),
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    let client = Client::new(ClientConfig::new(
+        BaseUrl::parse(&sim.url).unwrap(),
+        Secret::new(seeded.token.clone()),
+    ))
+    .unwrap();
+    let dir = tempdir("temporal");
+    let store = Store::open(&b.url()).await.unwrap();
+
+    let a = sync_to(&client, &dir, "a.ndjson", None).await;
+    let sa = store.store_snapshot(&a, None).await.unwrap();
+    let all = body_lines(&a).len() as u64;
+    assert_eq!(
+        (sa.rows_inserted, sa.rows_closed, sa.rows_unchanged),
+        (all, 0, 0)
+    );
+
+    // Change GitLab a little: one membership's level, one membership removed, one added.
+    let records: Vec<Record> = gitlab_connector::snapshot::records(std::io::BufReader::new(
+        std::fs::File::open(&a).unwrap(),
+    ))
+    .map(Result::unwrap)
+    .collect();
+    let group_members: Vec<(u64, u64, u16)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Membership(m) => match m.resource {
+                ResourceRef::Group(g) if m.access_level < 50 && m.access_level >= 10 => {
+                    Some((g, m.user_id, m.access_level))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let (g, u1, level) = group_members[0];
+    let (g2, u2, _) = *group_members.iter().find(|(_, u, _)| *u != u1).unwrap();
+    let src = |g| Source::Group(IdOrPath::Id(g));
+    client
+        .edit_member(
+            &src(g),
+            u1,
+            &EditMember {
+                access_level: AccessLevel(if level == 40 { 30 } else { 40 }),
+                expires_at: None,
+                member_role_id: None,
+            },
+        )
+        .await
+        .unwrap();
+    client
+        .remove_member(
+            &src(g2),
+            u2,
+            RemoveMember {
+                skip_subresources: true,
+                unassign_issuables: false,
+            },
+        )
+        .await
+        .unwrap();
+    let member_of_g: HashSet<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Membership(m) if m.resource == ResourceRef::Group(g) => Some(m.user_id),
+            _ => None,
+        })
+        .collect();
+    let newcomer = records
+        .iter()
+        .find_map(|r| match r {
+            Record::User(u)
+                if !member_of_g.contains(&u.id)
+                    && u.kind == gitlab_connector::model::UserKind::Human =>
+            {
+                Some(u.id)
+            }
+            _ => None,
+        })
+        .unwrap();
+    client
+        .add_member(
+            &src(g),
+            &AddMember {
+                user_id: newcomer,
+                access_level: AccessLevel(20),
+                expires_at: None,
+                member_role_id: None,
+            },
+        )
+        .await
+        .unwrap();
+
+    let bfile = sync_to(&client, &dir, "b.ndjson", Some(sa.info.sha256.clone())).await;
+    let sb = store.store_snapshot(&bfile, None).await.unwrap();
+    let (la, lb) = (body_lines(&a), body_lines(&bfile));
+    let added = lb.difference(&la).count() as u64;
+    let gone = la.difference(&lb).count() as u64;
+    assert!(
+        added >= 3 && added < all / 2,
+        "a small change writes little: {added} of {all}"
+    );
+    assert_eq!(sb.rows_inserted, added);
+    assert_eq!(sb.rows_closed, gone);
+    assert_eq!(sb.rows_unchanged, lb.len() as u64 - added);
+    assert_eq!(
+        sb.info.prev_sha256.as_deref(),
+        Some(sa.info.sha256.as_str())
+    );
+
+    // No change: nothing written at all.
+    let c = sync_to(&client, &dir, "c.ndjson", Some(sb.info.sha256.clone())).await;
+    let sc = store.store_snapshot(&c, None).await.unwrap();
+    assert_eq!((sc.rows_inserted, sc.rows_closed), (0, 0));
+    assert_eq!(sc.rows_unchanged, lb.len() as u64);
+
+    // Every stored snapshot comes back exactly as written.
+    for (file, info) in [(&a, &sa), (&bfile, &sb), (&c, &sc)] {
+        assert_eq!(
+            export(&store, &info.info.snapshot_id).await,
+            std::fs::read(file).unwrap(),
+            "{}",
+            file.display()
+        );
+    }
+    let listed = store.list_snapshots(Some("default")).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let latest = store
+        .latest_snapshot("default", "org", true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(latest.snapshot_id, sc.info.snapshot_id);
+    // A unique prefix finds a snapshot; a shared one is refused.
+    let id = &sc.info.snapshot_id;
+    assert_eq!(
+        store.find_snapshot(&id[..30]).await.unwrap().snapshot_id,
+        *id
+    );
+    assert!(store.find_snapshot("0").await.is_err());
+}
