@@ -11,7 +11,11 @@ fn worker_sync(url: &str, token: &str, extra: &[&str], env: &[(&str, &str)]) -> 
         .env_clear()
         .env("GITLAB_URL", url)
         .env("GITLAB_TOKEN", token)
-        .env("GITLAB_SCOPE", "org");
+        .env("GITLAB_SCOPE", "org")
+        .env(
+            "DATABASE_URL",
+            gitlab_e2e::sqlite_url(&gitlab_e2e::tempdir("sync-db")),
+        );
     for (k, v) in env {
         cmd.env(k, v);
     }
