@@ -209,9 +209,10 @@ mod tests {
 /// The first line of a diff.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffHeader {
-    pub from_snapshot_id: String,
+    /// `None` when there is no earlier snapshot: every access is then `access_added`.
+    pub from_snapshot_id: Option<String>,
     pub to_snapshot_id: String,
-    pub from_sha256: String,
+    pub from_sha256: Option<String>,
     pub to_sha256: String,
     pub connector: String,
     pub scope: String,
@@ -300,9 +301,9 @@ pub fn diff_files(
     }
     let removals_reported = sa.complete && sb.complete;
     let header = DiffHeader {
-        from_snapshot_id: ha.snapshot_id,
+        from_snapshot_id: Some(ha.snapshot_id),
         to_snapshot_id: hb.snapshot_id,
-        from_sha256: sa.sha256,
+        from_sha256: Some(sa.sha256),
         to_sha256: sb.sha256,
         connector: ha.connector,
         scope: ha.scope,

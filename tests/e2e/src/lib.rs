@@ -54,6 +54,7 @@ fn nats_server_bin() -> PathBuf {
 pub struct NatsServer {
     pub port: u16,
     pub url: String,
+    extra: Vec<String>,
     store: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -61,11 +62,17 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra server arguments (`--auth TOKEN`, `--user U --pass P`, ...).
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = tempdir("nats");
         let port = free_port();
         let mut s = Self {
             port,
             url: format!("nats://127.0.0.1:{port}"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             store: dir.join("store"),
             log: dir.join("nats.log"),
             child: None,
@@ -81,6 +88,7 @@ impl NatsServer {
             .arg(&self.store)
             .arg("-l")
             .arg(&self.log)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -394,4 +402,18 @@ pub fn sync_job(job_id: &str, connector: &str) -> String {
         "params": {}
     })
     .to_string()
+}
+
+/// A validator for one of the schemas in schemas/.
+pub fn schema(file: &str) -> jsonschema::Validator {
+    let path = workspace_root().join("schemas").join(file);
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+/// Panics with every schema violation of `value`.
+pub fn assert_valid(v: &jsonschema::Validator, value: &serde_json::Value) {
+    let errors: Vec<String> = v.iter_errors(value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{value}");
 }

@@ -102,6 +102,10 @@ async fn a_sync_job_stores_a_snapshot_and_publishes_its_result_and_events_postgr
         "sync-1"
     );
     let snapshot_id = r["snapshot"]["snapshot_id"].as_str().unwrap().to_string();
+    gitlab_e2e::assert_valid(
+        &gitlab_e2e::schema("gitlab-connector.result.v1.schema.json"),
+        &r,
+    );
 
     // Events: the summary, then the access diff (all access is new: no earlier snapshot).
     let snap_ev = read_stream(
@@ -144,8 +148,16 @@ async fn a_sync_job_stores_a_snapshot_and_publishes_its_result_and_events_postgr
         added, access_count,
         "every access record is announced as added"
     );
+    let events_schema = gitlab_e2e::schema("gitlab-connector.event.v1.schema.json");
+    let diff_schema = gitlab_e2e::schema("gitlab-access-diff.v1.schema.json");
+    gitlab_e2e::assert_valid(&events_schema, &ev);
     for m in &access_ev {
         assert!(m.payload.len() < 1024 * 1024);
+        let v = json(m);
+        gitlab_e2e::assert_valid(&events_schema, &v);
+        for line in v["lines"].as_array().unwrap() {
+            gitlab_e2e::assert_valid(&diff_schema, line);
+        }
     }
 
     // The full snapshot is in the object store, byte-identical to the database's export.
@@ -691,4 +703,70 @@ async fn sigterm_past_the_deadline_hands_the_job_back_to_another_worker() {
     assert_eq!(results.len(), 1, "{}", next.stderr());
     assert_eq!(json(&results[0])["job_id"], "handback-1");
     assert_eq!(json(&results[0])["status"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_authenticates_to_nats_with_a_token_or_a_user_and_password() {
+    gitlab_connector::client::install_crypto_provider();
+    let seeded = gitlab_sim::seed::generate(&SeedSpec::small(2, Mode::SelfManaged));
+    let sim = gitlab_sim::start(
+        seeded.world,
+        SimConfig::for_mode(Mode::SelfManaged),
+        "127.0.0.1:0",
+    )
+    .await
+    .unwrap();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case<'_>; 2] = [
+        (
+            &["--auth", "s3cret-nats-token"],
+            &[("NATS_TOKEN", "s3cret-nats-token")],
+        ),
+        (
+            &["--user", "worker", "--pass", "s3cret-pass"],
+            &[("NATS_USER", "worker"), ("NATS_PASSWORD", "s3cret-pass")],
+        ),
+    ];
+    for (server_args, creds) in cases {
+        let args: Vec<String> = server_args.iter().map(|s| s.to_string()).collect();
+        let nats = tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            NatsServer::start_with(&a)
+        })
+        .await
+        .unwrap();
+        let dir = tempdir("auth");
+        let mut env: Vec<(&'static str, String)> = vec![
+            ("GITLAB_URL", sim.url.clone()),
+            ("GITLAB_TOKEN", seeded.token.clone()),
+            ("GITLAB_SCOPE", "org".into()),
+            ("DATABASE_URL", sqlite_url(&dir)),
+            ("NATS_URL", nats.url.clone()),
+        ];
+        for (k, v) in creds {
+            let k: &'static str = Box::leak(k.to_string().into_boxed_str());
+            env.push((k, v.to_string()));
+        }
+        let mut worker = spawn_worker(env).await;
+        let (status, body) = worker.get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        // The container healthcheck command agrees.
+        let hc = assert_cmd::Command::cargo_bin("gitlab-worker")
+            .unwrap()
+            .args(["healthcheck", "--addr", &worker.http])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(
+            hc.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&hc.stderr)
+        );
+        let log = worker.stderr();
+        assert!(!log.contains("s3cret"), "credentials never logged: {log}");
+        worker.terminate();
+        let exit = tokio::task::block_in_place(|| worker.wait_exit(Duration::from_secs(30)));
+        assert_eq!(exit.and_then(|s| s.code()), Some(0));
+    }
 }

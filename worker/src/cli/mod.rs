@@ -75,6 +75,16 @@ pub enum Command {
     /// The quick start: an in-process simulated GitLab, SQLite, a sync, a JIT grant that expires,
     /// an invitation, a deprovisioning and the access diff.
     Demo,
+    /// Exit 0 when the worker's health endpoint answers 200 (for container healthchecks, which
+    /// have no curl): GET http://HTTP_LISTEN/readyz.
+    Healthcheck {
+        /// The worker's HTTP address.
+        #[arg(long, env = "HTTP_LISTEN", default_value = "127.0.0.1:9464")]
+        addr: String,
+        /// `/readyz` (default) or `/livez`.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
     /// What an auditor reads: stored snapshots and their differences.
     Snapshots {
         #[command(subcommand)]
@@ -153,6 +163,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::RunJob { file } => run_job::run(config, &file).await,
         Command::Migrate => migrate(config).await,
         Command::Snapshots { command } => snapshots::run(config, command).await,
+        Command::Healthcheck { addr, path } => healthcheck(&addr, &path),
         Command::Demo => {
             eprintln!(
                 "gitlab-worker demo: not yet implemented in this build; it arrives with provisioning (see the README's roadmap)"
@@ -208,5 +219,40 @@ async fn migrate(config: Option<&std::path::Path>) -> u8 {
             exit::OK
         }
         Err(e) => fail(&e.into()),
+    }
+}
+
+fn healthcheck(addr: &str, path: &str) -> u8 {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    use std::time::Duration;
+    // 0.0.0.0 (listen on every interface) is reached through loopback.
+    let addr = addr.replace("0.0.0.0", "127.0.0.1");
+    let result = (|| -> std::io::Result<String> {
+        let target = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        Ok(resp)
+    })();
+    match result {
+        Ok(resp) if resp.starts_with("HTTP/1.1 200") => exit::OK,
+        Ok(resp) => {
+            let body = resp.split_once("\r\n\r\n").map_or("", |x| x.1).trim();
+            eprintln!("unhealthy: {body}");
+            exit::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: cannot reach http://{addr}{path}: {e}");
+            exit::FAILURE
+        }
     }
 }

@@ -96,20 +96,17 @@ pub fn build(
         }
         None => {
             // No earlier complete snapshot: every access is new.
-            lines.push(
-                json!({
-                    "type": "diff",
-                    "from_snapshot_id": null,
-                    "to_snapshot_id": h.snapshot_id,
-                    "from_sha256": null,
-                    "to_sha256": summary.sha256,
-                    "connector": h.connector,
-                    "scope": h.scope,
-                    "removals_reported": false,
-                    "reason": "no earlier complete snapshot of this connector and scope",
-                })
-                .to_string(),
-            );
+            let header = diff::DiffLine::Diff(diff::DiffHeader {
+                from_snapshot_id: None,
+                to_snapshot_id: h.snapshot_id.clone(),
+                from_sha256: None,
+                to_sha256: summary.sha256.clone(),
+                connector: h.connector.clone(),
+                scope: h.scope.clone(),
+                removals_reported: false,
+                reason: Some("no earlier complete snapshot of this connector and scope".into()),
+            });
+            lines.push(serde_json::to_string(&header).map_err(std::io::Error::other)?);
             let counts = diff::diff(std::iter::empty(), access(path)?, false, |r| {
                 lines.push(
                     serde_json::to_string(&diff::DiffLine::AccessChange(r))

@@ -35,7 +35,7 @@ pub async fn run(ctx: ServeContext, shutdown: CancellationToken) {
     // Cancelled when the shutdown deadline passes: unfinished jobs are NAKed.
     let deadline = CancellationToken::new();
     let mut pull_failures = 0u32;
-    'pull: loop {
+    loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -59,29 +59,26 @@ pub async fn run(ctx: ServeContext, shutdown: CancellationToken) {
                 continue;
             }
         };
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'pull,
-                n = batch.next() => n,
-            };
-            match next {
-                None => break,
-                Some(Err(e)) => {
-                    pull_failures += 1;
-                    metrics::counter!("gitlab_worker_pull_errors_total").increment(1);
-                    tracing::debug!("pull: {e}");
-                    break;
-                }
-                Some(Ok(msg)) => {
-                    pull_failures = 0;
-                    let ctx = ctx.clone();
-                    let deadline = deadline.clone();
-                    tracker.spawn(async move {
-                        process(&ctx, msg, deadline).await;
-                        drop(permit);
-                    });
-                    break;
-                }
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = batch.next() => n,
+        };
+        match next {
+            // No job within the pull's expiry: pull again (the permit is released and retaken).
+            None => {}
+            Some(Err(e)) => {
+                pull_failures += 1;
+                metrics::counter!("gitlab_worker_pull_errors_total").increment(1);
+                tracing::debug!("pull: {e}");
+            }
+            Some(Ok(msg)) => {
+                pull_failures = 0;
+                let ctx = ctx.clone();
+                let deadline = deadline.clone();
+                tracker.spawn(async move {
+                    process(&ctx, msg, deadline).await;
+                    drop(permit);
+                });
             }
         }
     }
