@@ -6,6 +6,7 @@ pub mod api;
 pub mod client;
 pub mod error;
 pub mod model;
+pub mod provision;
 pub mod secret;
 pub mod snapshot;
 pub mod sync;

@@ -66,6 +66,17 @@ pub async fn connectors(
             message: e.to_string(),
         })?;
         let capability = if check_tokens {
+            let probe = Connector {
+                settings: s.clone(),
+                client: client.clone(),
+                capability: None,
+            };
+            crate::jobs::rotation::check_interrupted(&probe)
+                .await
+                .map_err(|message| AppError::Token {
+                    connector: id.clone(),
+                    message,
+                })?;
             let check = client
                 .check_token(today)
                 .await
@@ -177,6 +188,24 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         consumer.clone(),
         background_stop.clone(),
     ));
+    let scheduler = tokio::spawn(crate::scheduler::run(
+        handler.clone(),
+        Some(wake.clone()),
+        background_stop.clone(),
+    ));
+    let rotations: Vec<_> = handler
+        .connectors
+        .values()
+        .filter(|c| c.settings.rotate_when_days_left > 0)
+        .map(|c| {
+            tokio::spawn(crate::jobs::rotation::auto_rotate(
+                vec![c.clone()],
+                c.settings.rotate_when_days_left,
+                settings.token_check_interval,
+                background_stop.clone(),
+            ))
+        })
+        .collect();
     tracing::info!(http = %bound, consumer = %nats::consumer_name(&subjects), jobs = %subjects.jobs_all(), concurrency = settings.concurrency, "serving jobs");
     // A stable line for scripts and tests, whatever the log format.
     eprintln!("gitlab-worker: ready; http on {bound}");
@@ -190,7 +219,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
             ack_wait: settings.nats.ack_wait,
             max_deliver: settings.nats.max_deliver,
             shutdown_grace: settings.shutdown_grace,
-            outbox_wake: wake,
+            outbox_wake: wake.clone(),
         },
         shutdown,
     )
@@ -198,6 +227,10 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
 
     // Publish what the last jobs committed, then let NATS flush acks and publishes.
     background_stop.cancel();
+    let _ = scheduler.await;
+    for r in rotations {
+        let _ = r.await;
+    }
     let _ = outbox_task.await;
     let _ = watcher.await;
     if let Err(e) = client.drain().await {

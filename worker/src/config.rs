@@ -78,6 +78,8 @@ pub struct ConnectorSettings {
     pub instance: Option<InstanceKind>,
     /// Self-managed with an admin token: a grant to an unknown email may create the user.
     pub allow_create_users: bool,
+    /// `serve` rotates a file-backed token when fewer days than this are left (0: never).
+    pub rotate_when_days_left: u32,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -192,7 +194,17 @@ impl ConnectorSettings {
                 ));
             }
         };
+        let rotate_when_days_left = match var("GITLAB_ROTATE_DAYS_LEFT") {
+            Some(v) => v.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    "GITLAB_ROTATE_DAYS_LEFT",
+                    format!("{v:?} is not a whole number of days (0 turns automatic rotation off)"),
+                )
+            })?,
+            None => 7,
+        };
         Ok(Self {
+            rotate_when_days_left,
             id,
             url,
             token,
@@ -256,6 +268,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// How long SIGTERM waits for jobs in flight before handing them back to NATS.
     pub shutdown_grace: Duration,
+    /// How often `serve` checks the tokens' expiry for automatic rotation.
+    pub token_check_interval: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -292,6 +306,7 @@ struct FileConnector {
     instance: Option<String>,
     #[serde(default)]
     allow_create_users: bool,
+    rotate_when_days_left: Option<u32>,
 }
 
 impl FileConnector {
@@ -346,6 +361,7 @@ impl FileConnector {
             rate_limit_per_minute: self.rate_limit_per_minute,
             instance,
             allow_create_users: self.allow_create_users,
+            rotate_when_days_left: self.rotate_when_days_left.unwrap_or(7),
         })
     }
 }
@@ -513,7 +529,12 @@ impl Settings {
             Some(v) => positive::<u64>("SHUTDOWN_GRACE_SECONDS", &v, "seconds")?,
             None => fc.shutdown_grace_seconds.unwrap_or(25),
         });
+        let token_check_interval = Duration::from_secs(match var("TOKEN_CHECK_INTERVAL_SECONDS") {
+            Some(v) => positive::<u64>("TOKEN_CHECK_INTERVAL_SECONDS", &v, "seconds")?,
+            None => 3600,
+        });
         Ok(Self {
+            token_check_interval,
             connectors,
             database_url,
             nats,

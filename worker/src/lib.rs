@@ -8,4 +8,5 @@ pub mod http;
 pub mod jobs;
 pub mod logging;
 pub mod nats;
+pub mod scheduler;
 pub mod store;

@@ -189,7 +189,8 @@ pub struct Client {
 struct Inner {
     http: reqwest::Client,
     config: ClientConfig,
-    token_header: HeaderValue,
+    /// Replaced after a token rotation; every request reads it.
+    token_header: std::sync::RwLock<HeaderValue>,
     limiter: RateLimiter,
     stats: Stats,
 }
@@ -201,6 +202,17 @@ impl std::fmt::Debug for Client {
             .field("instance", &self.inner.config.instance)
             .finish_non_exhaustive()
     }
+}
+
+fn token_header(token: &Secret) -> Result<HeaderValue, Error> {
+    let mut h = HeaderValue::from_str(token.expose()).map_err(|_| {
+        Error::InvalidConfig(
+            "the GitLab token contains characters that cannot be sent in a header (a stray newline?)"
+                .into(),
+        )
+    })?;
+    h.set_sensitive(true);
+    Ok(h)
 }
 
 impl Client {
@@ -217,13 +229,7 @@ impl Client {
                 config.per_page
             )));
         }
-        let mut token_header = HeaderValue::from_str(config.token.expose()).map_err(|_| {
-            Error::InvalidConfig(
-                "the GitLab token contains characters that cannot be sent in a header (a stray newline?)"
-                    .into(),
-            )
-        })?;
-        token_header.set_sensitive(true);
+        let token_header = token_header(&config.token)?;
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.connect_timeout)
@@ -235,10 +241,21 @@ impl Client {
                 limiter: RateLimiter::new(&config.rate_limit),
                 http,
                 config,
-                token_header,
+                token_header: std::sync::RwLock::new(token_header),
                 stats: Stats::default(),
             }),
         })
+    }
+
+    /// Uses `token` from the next request on (after a rotation).
+    pub fn set_token(&self, token: &Secret) -> Result<(), Error> {
+        let header = token_header(token)?;
+        *self
+            .inner
+            .token_header
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = header;
+        Ok(())
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -286,7 +303,14 @@ impl Client {
         let mut builder = inner
             .http
             .request(req.method.clone(), url.clone())
-            .header("PRIVATE-TOKEN", inner.token_header.clone())
+            .header(
+                "PRIVATE-TOKEN",
+                inner
+                    .token_header
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            )
             .header(ACCEPT, "application/json")
             .header(
                 USER_AGENT,

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::envelope::{Job, JobKind, Rejection, parse_job};
 use super::result::{JobError, JobResult, JobStatus};
-use super::sync_job;
+use super::{provision, sync_job};
 use crate::config::ConnectorSettings;
 use crate::store::{Begin, OutboxMessage, Store, StoreError};
 
@@ -344,14 +344,18 @@ impl Handler {
             Begin::New => 1,
             Begin::Resume { attempts, .. } => attempts,
         };
+        let result = JobResult::for_job(&job, started, attempt);
         let outcome = match job.kind() {
             JobKind::Sync => {
                 sync_job::run(self, &connector, &job, started, attempt, delivery).await
             }
-            other => Outcome {
-                result: not_implemented(&job, other, started, attempt),
-                retry: false,
-            },
+            JobKind::Grant => provision::grant(self, &connector, &job, result).await,
+            JobKind::Revoke => provision::revoke(self, &connector, &job, result).await,
+            JobKind::Invite => provision::invite(self, &connector, &job, result).await,
+            JobKind::Deprovision => provision::deprovision(self, &connector, &job, result).await,
+            JobKind::RotateToken => {
+                super::rotation::rotate_job(self, &connector, &job, result).await
+            }
         };
         self.commit(job, outcome, delivery).await
     }
@@ -429,26 +433,6 @@ pub(crate) fn status_name(s: JobStatus) -> &'static str {
         JobStatus::Failed => "failed",
         JobStatus::Rejected => "rejected",
     }
-}
-
-fn not_implemented(
-    job: &Job,
-    kind: JobKind,
-    started: chrono::DateTime<Utc>,
-    attempt: u32,
-) -> JobResult {
-    let mut r = JobResult::for_job(job, started, attempt);
-    r.status = JobStatus::Rejected;
-    r.finished_at = Utc::now();
-    r.error = Some(JobError {
-        code: "not_implemented".into(),
-        message: format!(
-            "`{}` jobs are not implemented by this worker version yet; nothing was changed",
-            kind.as_str()
-        ),
-        retryable: false,
-    });
-    r
 }
 
 /// Maps a GitLab client error to the result's error code (interface.md section 4).

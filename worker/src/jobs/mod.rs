@@ -4,7 +4,9 @@
 pub mod envelope;
 pub mod events;
 pub mod handler;
+pub mod provision;
 pub mod result;
+pub mod rotation;
 mod sync_job;
 
 pub use envelope::{

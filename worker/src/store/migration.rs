@@ -10,7 +10,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial)]
+        vec![Box::new(M0001Initial), Box::new(M0002Grants)]
     }
 }
 
@@ -222,6 +222,66 @@ impl MigrationTrait for M0001Initial {
                 .col(text_null(AuditLog::Before))
                 .col(text_null(AuditLog::After))
                 .col(string(AuditLog::Outcome))
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[derive(DeriveMigrationName)]
+struct M0002Grants;
+
+#[derive(DeriveIden)]
+enum Grants {
+    Table,
+    JobId,
+    Connector,
+    TargetType,
+    TargetId,
+    TargetPath,
+    UserId,
+    Created,
+    Prior,
+    Applied,
+    ExpiresAt,
+    State,
+    EndedAt,
+    Note,
+    UpdatedAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002Grants {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Grants::Table)
+                .if_not_exists()
+                .col(string(Grants::JobId).primary_key())
+                .col(string(Grants::Connector))
+                .col(string(Grants::TargetType))
+                .col(big_integer(Grants::TargetId))
+                .col(string(Grants::TargetPath))
+                .col(big_integer(Grants::UserId))
+                .col(boolean(Grants::Created))
+                .col(text_null(Grants::Prior))
+                .col(text(Grants::Applied))
+                .col(timestamp_with_time_zone_null(Grants::ExpiresAt))
+                .col(string(Grants::State))
+                .col(timestamp_with_time_zone_null(Grants::EndedAt))
+                .col(text_null(Grants::Note))
+                .col(timestamp_with_time_zone(Grants::UpdatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("grants_due")
+                .table(Grants::Table)
+                .col(Grants::State)
+                .col(Grants::ExpiresAt)
+                .if_not_exists()
                 .to_owned(),
         )
         .await?;

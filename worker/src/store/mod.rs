@@ -6,6 +6,7 @@ pub mod entity;
 pub mod migration;
 
 mod audit;
+mod grants;
 mod jobs;
 mod snapshots;
 

@@ -1,0 +1,329 @@
+//! Provisioning logic that only needs GitLab: resolving the user and target a job names, and
+//! reading what access a user has on a target and through which paths. The worker's handlers
+//! plan and execute writes on top of this; the database (checkpoints, JIT grants, audit) stays
+//! in the worker.
+
+use chrono::NaiveDate;
+use futures::TryStreamExt;
+use serde::Serialize;
+
+use crate::api::{AccessLevel, Group, Member, Source, User, UsersQuery};
+use crate::client::IdOrPath;
+use crate::{Client, Error};
+
+/// `U` of a job, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRef {
+    Id(u64),
+    Username(String),
+    Email(String),
+}
+
+/// `T` of a job, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetRef {
+    Group(IdOrPath),
+    Project(IdOrPath),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("no GitLab user matches {0}; check the job's `user` (ids and usernames are exact)")]
+    UserNotFound(String),
+    #[error(
+        "the {kind} {reference} does not exist or the connector's token cannot see it; check the job's `target`"
+    )]
+    TargetNotFound {
+        kind: &'static str,
+        reference: String,
+    },
+    #[error(transparent)]
+    GitLab(#[from] Error),
+}
+
+impl ProvisionError {
+    /// The result's error code (interface.md section 4).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProvisionError::UserNotFound(_) => "user_not_found",
+            ProvisionError::TargetNotFound { .. } => "target_not_found",
+            ProvisionError::GitLab(e) => match e {
+                Error::TokenExpired { .. }
+                | Error::TokenRevoked { .. }
+                | Error::Unauthorized { .. } => "token_invalid",
+                Error::InsufficientScope { .. } | Error::Forbidden { .. } => "forbidden",
+                Error::RateLimited { .. } | Error::BudgetExhausted { .. } => "rate_limited",
+                Error::Conflict { .. } | Error::AlreadyMember { .. } => "conflict",
+                _ => "gitlab_error",
+            },
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ProvisionError::GitLab(e) if e.is_transient())
+    }
+}
+
+/// A resolved group or project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: u64,
+    pub full_path: String,
+    /// The groups above it, nearest first (for a project: its namespace group first).
+    #[serde(skip)]
+    pub ancestors: Vec<Group>,
+}
+
+impl Target {
+    pub fn source(&self) -> Source {
+        if self.kind == "group" {
+            Source::Group(IdOrPath::Id(self.id))
+        } else {
+            Source::Project(IdOrPath::Id(self.id))
+        }
+    }
+
+    /// `{"type": "group", "id": 42}`, as results name targets.
+    pub fn reference(&self) -> serde_json::Value {
+        serde_json::json!({"type": self.kind, "id": self.id})
+    }
+
+    /// The top-level group (for SAML links), when the target lives in one.
+    pub fn top_level_group(&self) -> Option<u64> {
+        if self.kind == "group" && self.ancestors.is_empty() {
+            return Some(self.id);
+        }
+        self.ancestors.last().map(|g| g.id)
+    }
+}
+
+fn describe_user(u: &UserRef) -> String {
+    match u {
+        UserRef::Id(id) => format!("id {id}"),
+        UserRef::Username(n) => format!("username {n:?}"),
+        UserRef::Email(e) => format!("email {e:?}"),
+    }
+}
+
+/// Finds the user a job names. Emails resolve through the users search (all emails for an
+/// administrator, public emails otherwise); exactly one match is required.
+pub async fn resolve_user(client: &Client, u: &UserRef) -> Result<User, ProvisionError> {
+    let found = match u {
+        UserRef::Id(id) => match client.user(*id).await {
+            Ok(user) => Some(user),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        },
+        UserRef::Username(name) => client.user_by_username(name).await?,
+        UserRef::Email(email) => {
+            let q = UsersQuery {
+                search: Some(email.clone()),
+                ..Default::default()
+            };
+            let users: Vec<User> = client.users(&q).try_collect().await?;
+            let mut matching: Vec<User> = users
+                .into_iter()
+                .filter(|x| {
+                    [&x.email, &x.public_email]
+                        .iter()
+                        .any(|e| e.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email)))
+                })
+                .collect();
+            if matching.len() > 1 {
+                return Err(ProvisionError::UserNotFound(format!(
+                    "{} (several users match; name the user by id or username)",
+                    describe_user(u)
+                )));
+            }
+            matching.pop()
+        }
+    };
+    found.ok_or_else(|| ProvisionError::UserNotFound(describe_user(u)))
+}
+
+async fn ancestors(client: &Client, mut parent: Option<u64>) -> Result<Vec<Group>, Error> {
+    let mut out = Vec::new();
+    while let Some(id) = parent {
+        // Bounded: GitLab nests at most 20 levels.
+        if out.len() > 25 {
+            break;
+        }
+        let g = client.group(&IdOrPath::Id(id)).await?;
+        parent = g.parent_id;
+        out.push(g);
+    }
+    Ok(out)
+}
+
+pub async fn resolve_target(client: &Client, t: &TargetRef) -> Result<Target, ProvisionError> {
+    match t {
+        TargetRef::Group(r) => {
+            let g = match client.group(r).await {
+                Ok(g) => g,
+                Err(e) if e.is_not_found() => {
+                    return Err(ProvisionError::TargetNotFound {
+                        kind: "group",
+                        reference: r.to_string(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            Ok(Target {
+                kind: "group",
+                id: g.id,
+                full_path: g.full_path.clone(),
+                ancestors: ancestors(client, g.parent_id).await?,
+            })
+        }
+        TargetRef::Project(r) => {
+            let p = match client.project(r).await {
+                Ok(p) => p,
+                Err(e) if e.is_not_found() => {
+                    return Err(ProvisionError::TargetNotFound {
+                        kind: "project",
+                        reference: r.to_string(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let in_group = p.namespace.kind.as_deref() == Some("group");
+            Ok(Target {
+                kind: "project",
+                id: p.id,
+                full_path: p.path_with_namespace.clone(),
+                ancestors: if in_group {
+                    ancestors(client, Some(p.namespace.id)).await?
+                } else {
+                    Vec::new()
+                },
+            })
+        }
+    }
+}
+
+/// A membership's state as the worker sets and restores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MemberState {
+    pub access_level: u16,
+    pub expires_at: Option<NaiveDate>,
+    pub member_role_id: Option<u64>,
+}
+
+impl MemberState {
+    pub fn of(m: &Member) -> Self {
+        Self {
+            access_level: m.access_level.0,
+            expires_at: m.expires_at,
+            member_role_id: m.member_role_id(),
+        }
+    }
+
+    pub fn level(&self) -> AccessLevel {
+        AccessLevel(self.access_level)
+    }
+}
+
+/// One way a user reaches a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessPathView {
+    /// `direct`, `inherited`, `shared` or `invitation`.
+    pub via: &'static str,
+    pub group_id: Option<u64>,
+    pub group_path: Option<String>,
+    pub access_level: u16,
+    pub expires_at: Option<NaiveDate>,
+}
+
+/// What a user can do on a target, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessView {
+    /// The direct membership, if any.
+    pub direct: Option<MemberState>,
+    /// The effective level (GitLab's `members/all`), 0 when none.
+    pub effective_level: u16,
+    pub paths: Vec<AccessPathView>,
+}
+
+/// Reads a user's access on a target: the direct membership, the effective membership, and the
+/// paths that explain it (direct, each ancestor's direct membership; what remains comes from a
+/// group share).
+pub async fn access_on(
+    client: &Client,
+    target: &Target,
+    user_id: u64,
+) -> Result<AccessView, ProvisionError> {
+    let source = target.source();
+    let direct = client.direct_member(&source, user_id).await?;
+    let effective = client.effective_member(&source, user_id).await?;
+    let mut paths = Vec::new();
+    if let Some(d) = &direct
+        && !d.is_awaiting()
+    {
+        paths.push(AccessPathView {
+            via: "direct",
+            group_id: None,
+            group_path: None,
+            access_level: d.access_level.0,
+            expires_at: d.expires_at,
+        });
+    }
+    let mut explained = direct
+        .as_ref()
+        .filter(|d| !d.is_awaiting())
+        .map_or(0, |d| d.access_level.0);
+    let effective_level = effective
+        .as_ref()
+        .filter(|m| !m.is_awaiting())
+        .map_or(0, |m| m.access_level.0);
+    if effective_level > 0 {
+        for g in &target.ancestors {
+            if let Some(m) = client
+                .direct_member(&Source::Group(IdOrPath::Id(g.id)), user_id)
+                .await?
+                .filter(|m| !m.is_awaiting() && m.access_level.0 > 5)
+            {
+                explained = explained.max(m.access_level.0);
+                paths.push(AccessPathView {
+                    via: "inherited",
+                    group_id: Some(g.id),
+                    group_path: Some(g.full_path.clone()),
+                    access_level: m.access_level.0,
+                    expires_at: m.expires_at,
+                });
+            }
+        }
+        if effective_level > explained {
+            // Neither direct nor inherited: a group shared with the target (or an ancestor).
+            paths.push(AccessPathView {
+                via: "shared",
+                group_id: None,
+                group_path: None,
+                access_level: effective_level,
+                expires_at: effective.as_ref().and_then(|m| m.expires_at),
+            });
+        }
+    }
+    Ok(AccessView {
+        direct: direct.as_ref().map(MemberState::of),
+        effective_level,
+        paths,
+    })
+}
+
+/// Pending invitations on `target` for `email`.
+pub async fn pending_invitations(
+    client: &Client,
+    target: &Target,
+    email: &str,
+) -> Result<Vec<crate::api::Invitation>, ProvisionError> {
+    let all: Vec<crate::api::Invitation> = client
+        .invitations(&target.source(), Some(email))
+        .try_collect()
+        .await?;
+    Ok(all
+        .into_iter()
+        .filter(|i| i.invite_email.eq_ignore_ascii_case(email))
+        .collect())
+}

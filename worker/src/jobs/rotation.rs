@@ -1,0 +1,285 @@
+//! Token rotation: the `rotate_token` job and the automatic check. The new token is written to
+//! the token file atomically (temp file, fsync, rename, mode 0600) *before* it is used, the
+//! rotate call is sent once, and a marker file makes a crash between rotation and write visible
+//! on the next start: GitLab's reuse detection revokes the whole token family if the old,
+//! rotated token is used again, so the worker must not carry on as if nothing happened.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{Duration as ChronoDuration, Utc};
+use gitlab_connector::Secret;
+use gitlab_connector::api::Capability;
+use serde_json::json;
+
+use super::envelope::{Job, JobParams};
+use super::handler::{Connector, Handler, Outcome};
+use super::result::{Change, JobError, JobResult, JobStatus};
+use crate::store::AuditEntry;
+
+/// Lifetime of a rotated token.
+pub const ROTATED_LIFETIME_DAYS: i64 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error(
+        "connector {0:?} reads its token from an environment variable: rotation is refused because the new token could not be saved; use GITLAB_TOKEN_FILE (or token_file) to allow rotation"
+    )]
+    EnvToken(String),
+    #[error("GitLab: {0}")]
+    GitLab(#[from] gitlab_connector::Error),
+    #[error(
+        "GitLab rotated the token but the new one could not be written to {path}: {message}. The old token is revoked; do not use it again (GitLab would revoke the whole token family). Create a new token and write it to {path}"
+    )]
+    Write { path: String, message: String },
+}
+
+/// What a rotation check did.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub rotated: bool,
+    pub days_left: Option<i64>,
+    pub new_expires_at: Option<chrono::NaiveDate>,
+    pub token_id: u64,
+}
+
+pub fn marker_path(token_file: &Path) -> PathBuf {
+    let mut name = token_file.file_name().unwrap_or_default().to_os_string();
+    name.push(".rotating");
+    token_file.with_file_name(name)
+}
+
+fn write_synced(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(content)?;
+    f.sync_all()
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })?
+        .sync_all()?;
+    }
+    Ok(())
+}
+
+/// Writes `token` to `path` atomically: a temp file beside it, fsync, rename, fsync the folder.
+pub fn write_token_file(path: &Path, token: &Secret) -> std::io::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".new");
+    let tmp = path.with_file_name(tmp_name);
+    write_synced(&tmp, format!("{}\n", token.expose()).as_bytes())?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+/// Rotates the connector's token when it expires within `min_days_left` days (always when
+/// `None`). Never retried: a rotate sent twice would present a revoked token.
+pub async fn rotate(
+    c: &Connector,
+    min_days_left: Option<u32>,
+    dry_run: bool,
+) -> Result<Rotation, RotationError> {
+    let Some(path) = c.settings.token_file.clone() else {
+        return Err(RotationError::EnvToken(c.settings.id.clone()));
+    };
+    let current = c.client.token_self().await?;
+    let today = Utc::now().date_naive();
+    let days_left = current.expires_at.map(|d| (d - today).num_days());
+    if let (Some(min), Some(left)) = (min_days_left, days_left)
+        && left > i64::from(min)
+    {
+        return Ok(Rotation {
+            rotated: false,
+            days_left,
+            new_expires_at: None,
+            token_id: current.id,
+        });
+    }
+    let expires_at = today + ChronoDuration::days(ROTATED_LIFETIME_DAYS);
+    if dry_run {
+        return Ok(Rotation {
+            rotated: false,
+            days_left,
+            new_expires_at: Some(expires_at),
+            token_id: current.id,
+        });
+    }
+    let marker = marker_path(&path);
+    write_synced(
+        &marker,
+        json!({"started_at": Utc::now(), "token_id": current.id})
+            .to_string()
+            .as_bytes(),
+    )
+    .map_err(|e| RotationError::Write {
+        path: marker.display().to_string(),
+        message: format!("cannot write the rotation marker ({e}); nothing was rotated"),
+    })?;
+    let rotated = match c.client.rotate_token_self(expires_at).await {
+        Ok(t) => t,
+        Err(e) => {
+            // Not rotated: the old token still works.
+            let _ = std::fs::remove_file(&marker);
+            return Err(e.into());
+        }
+    };
+    write_token_file(&path, &rotated.token).map_err(|e| RotationError::Write {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let _ = std::fs::remove_file(&marker);
+    let _ = sync_dir(&marker);
+    c.client
+        .set_token(&rotated.token)
+        .map_err(RotationError::GitLab)?;
+    tracing::info!(connector = %c.settings.id, new_expires_at = %expires_at, "token rotated and saved to the token file");
+    Ok(Rotation {
+        rotated: true,
+        days_left,
+        new_expires_at: Some(expires_at),
+        token_id: rotated.info.id,
+    })
+}
+
+/// On start: a marker left by an interrupted rotation. Returns a message when the token in
+/// the file no longer works (the rotation happened, the write did not).
+pub async fn check_interrupted(c: &Connector) -> Result<(), String> {
+    let Some(path) = &c.settings.token_file else {
+        return Ok(());
+    };
+    let marker = marker_path(path);
+    let Ok(text) = std::fs::read_to_string(&marker) else {
+        return Ok(());
+    };
+    match c.client.token_self().await {
+        Ok(t) if t.active => {
+            tracing::warn!(marker = %marker.display(), "a token rotation was interrupted before GitLab rotated the token; the token in the file still works");
+            let _ = std::fs::remove_file(&marker);
+            Ok(())
+        }
+        _ => Err(format!(
+            "a token rotation was interrupted ({}; marker {}): GitLab rotated the token but the new token never reached {}, and the token there is revoked. Do not use it again: GitLab's reuse detection would revoke the whole token family. Create a new token for the service account, write it to {}, then delete {}",
+            text.trim(),
+            marker.display(),
+            path.display(),
+            path.display(),
+            marker.display()
+        )),
+    }
+}
+
+pub(crate) async fn rotate_job(h: &Handler, c: &Connector, job: &Job, mut r: JobResult) -> Outcome {
+    let JobParams::RotateToken { min_days_left } = &job.params else {
+        unreachable!("routed by kind")
+    };
+    let fail = |mut r: JobResult, code: &str, message: String| {
+        r.status = JobStatus::Failed;
+        r.finished_at = Utc::now();
+        r.error = Some(JobError {
+            code: code.into(),
+            message,
+            retryable: false,
+        });
+        // Never retried: a second rotate would present the revoked token.
+        Outcome {
+            result: r,
+            retry: false,
+        }
+    };
+    if c.capability == Some(Capability::SyncOnly) {
+        return fail(
+            r,
+            "forbidden",
+            "a read_api token cannot rotate itself; it needs the `api` scope".into(),
+        );
+    }
+    match rotate(c, *min_days_left, job.dry_run).await {
+        Ok(rot) => {
+            r.finished_at = Utc::now();
+            if rot.rotated || (job.dry_run && rot.new_expires_at.is_some()) {
+                let change = Change {
+                    action: "rotate_token".into(),
+                    target: json!({"type": "token", "id": rot.token_id}),
+                    user_id: None,
+                    email: None,
+                    before: Some(json!({"days_left": rot.days_left})),
+                    after: Some(json!({"expires_at": rot.new_expires_at})),
+                    note: None,
+                };
+                if rot.rotated {
+                    let _ = h
+                        .store
+                        .audit(AuditEntry {
+                            at: Utc::now(),
+                            connector: job.connector.clone(),
+                            job_id: Some(job.job_id.clone()),
+                            action: change.action.clone(),
+                            target: change.target.clone(),
+                            user_id: None,
+                            before: change.before.clone(),
+                            after: change.after.clone(),
+                            outcome: "ok".into(),
+                        })
+                        .await;
+                }
+                r.changes.push(change);
+                r.status = JobStatus::Succeeded;
+            } else {
+                r.status = JobStatus::Noop;
+                r.warnings.push(format!(
+                    "the token has {} days left (more than {}): not rotated",
+                    rot.days_left.unwrap_or(-1),
+                    min_days_left.unwrap_or(0)
+                ));
+            }
+            Outcome {
+                result: r,
+                retry: false,
+            }
+        }
+        Err(e @ RotationError::EnvToken(_)) => fail(r, "forbidden", e.to_string()),
+        Err(e @ RotationError::Write { .. }) => fail(r, "token_invalid", e.to_string()),
+        Err(RotationError::GitLab(e)) => fail(r, super::handler::error_code(&e), e.to_string()),
+    }
+}
+
+/// Serve's background check: rotates each file-backed token when fewer than `days_left` days
+/// remain, every `interval`.
+pub async fn auto_rotate(
+    connectors: Vec<std::sync::Arc<Connector>>,
+    days_left: u32,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        for c in &connectors {
+            if c.settings.token_file.is_none() || c.capability == Some(Capability::SyncOnly) {
+                continue;
+            }
+            match rotate(c, Some(days_left), false).await {
+                Ok(r) if r.rotated => {
+                    tracing::info!(connector = %c.settings.id, "automatic token rotation done")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(connector = %c.settings.id, "automatic token rotation: {e}")
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
