@@ -126,6 +126,7 @@ pub fn handler(
         subjects: Subjects::new(&settings.nats.subject_prefix),
         spool_dir: spool_dir(),
         publish,
+        lease: settings.nats.ack_wait,
     }
 }
 

@@ -205,7 +205,8 @@ async fn run_job_executes_one_job_and_prints_its_result() {
     );
     let out = worker(&["run-job", "-"], &env, Some(&grant)).await;
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["error"]["code"], "not_implemented", "{r}");
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["changes"][0]["action"], "add_member", "{r}");
 
     let other = job("rj-3", "sync", "elsewhere", serde_json::json!({}));
     let out = worker(&["run-job", "-"], &env, Some(&other)).await;

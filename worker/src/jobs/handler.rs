@@ -146,6 +146,10 @@ pub struct Handler {
     pub spool_dir: PathBuf,
     /// Commit result and event messages to the outbox (false for `run-job`, which only prints).
     pub publish: bool,
+    /// How long a running job is reserved for its delivery without a renewal (renewed every
+    /// third of it). `serve` uses the consumer's `ack_wait`, so a dead worker's job is taken
+    /// over when NATS redelivers it.
+    pub lease: Duration,
 }
 
 /// A job outcome before it is committed.
@@ -333,9 +337,33 @@ impl Handler {
                 job.kind().as_str(),
                 &request,
                 delivery.stream_seq,
+                self.lease,
             )
             .await?
         {
+            Begin::Busy => {
+                // The same job id is running in another delivery: come back when it is done
+                // (its result is then published again), or drop this copy on its last delivery.
+                tracing::info!("the job id is running in another delivery");
+                let mut result = JobResult::for_job(&job, started, delivery.attempt);
+                result.status = JobStatus::Noop;
+                return Ok(Handled {
+                    result: serde_json::to_string(&result).expect("results serialize"),
+                    status: JobStatus::Noop,
+                    kind: result.kind.clone(),
+                    connector: result.connector.clone(),
+                    job_id: job.job_id.clone(),
+                    disposition: if delivery.last_attempt {
+                        Disposition::Done { dead_letter: false }
+                    } else {
+                        Disposition::Retry {
+                            delay: (self.lease / 2).max(Duration::from_secs(1)),
+                        }
+                    },
+                    error: None,
+                    repeated: true,
+                });
+            }
             Begin::Finished { result, stream_seq } => {
                 return self
                     .republish(&job.job_id, &result, stream_seq, delivery)
@@ -345,6 +373,20 @@ impl Handler {
             Begin::Resume { attempts, .. } => attempts,
         };
         let result = JobResult::for_job(&job, started, attempt);
+        // Keep the lease while the job runs.
+        let renewal = {
+            let store = self.store.clone();
+            let job_id = job.job_id.clone();
+            let lease = self.lease;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    if let Err(e) = store.renew_lease(&job_id, lease).await {
+                        tracing::warn!("cannot renew the job's lease: {e}");
+                    }
+                }
+            })
+        };
         let outcome = match job.kind() {
             JobKind::Sync => {
                 sync_job::run(self, &connector, &job, started, attempt, delivery).await
@@ -357,6 +399,7 @@ impl Handler {
                 super::rotation::rotate_job(self, &connector, &job, result).await
             }
         };
+        renewal.abort();
         self.commit(job, outcome, delivery).await
     }
 
@@ -371,6 +414,7 @@ impl Handler {
         let mut result = outcome.result;
         if outcome.retry && !delivery.last_attempt {
             let delay = retry_delay(delivery.attempt);
+            self.store.release_lease(&job.job_id).await?;
             tracing::warn!(
                 delay_s = delay.as_secs(),
                 error = ?result.error.as_ref().map(|e| &e.message),

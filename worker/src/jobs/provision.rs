@@ -95,19 +95,14 @@ async fn audit(h: &Handler, job_id: Option<&str>, connector: &str, change: &Chan
     }
 }
 
-fn refuse_read_only(c: &Connector, r: JobResult) -> Result<JobResult, Outcome> {
-    if c.capability == Some(Capability::SyncOnly) {
-        return Err(fail(
-            r,
-            "forbidden",
-            format!(
-                "connector {:?} has a read_api token: provisioning needs a token with the `api` scope",
-                c.settings.id
-            ),
-            false,
-        ));
-    }
-    Ok(r)
+/// Why a read-only (read_api) connector cannot run a provisioning job.
+fn read_only(c: &Connector) -> Option<String> {
+    (c.capability == Some(Capability::SyncOnly)).then(|| {
+        format!(
+            "connector {:?} has a read_api token: provisioning needs a token with the `api` scope",
+            c.settings.id
+        )
+    })
 }
 
 fn paths_json(v: &AccessView) -> Value {
@@ -128,10 +123,9 @@ pub(crate) async fn grant(h: &Handler, c: &Connector, job: &Job, r: JobResult) -
     else {
         unreachable!("routed by kind")
     };
-    let r = match refuse_read_only(c, r) {
-        Ok(r) => r,
-        Err(o) => return o,
-    };
+    if let Some(why) = read_only(c) {
+        return fail(r, "forbidden", why, false);
+    }
     let client = &c.client;
     let target = match provision::resolve_target(client, &target_ref(target)).await {
         Ok(t) => t,
@@ -551,10 +545,10 @@ pub(crate) async fn revoke(h: &Handler, c: &Connector, job: &Job, r: JobResult) 
     else {
         unreachable!("routed by kind")
     };
-    let mut r = match refuse_read_only(c, r) {
-        Ok(r) => r,
-        Err(o) => return o,
-    };
+    if let Some(why) = read_only(c) {
+        return fail(r, "forbidden", why, false);
+    }
+    let mut r = r;
     let client = &c.client;
     if let Some(gid) = grant_job_id {
         let g = match h.store.grant(gid).await {
@@ -806,10 +800,9 @@ pub(crate) async fn invite(h: &Handler, c: &Connector, job: &Job, r: JobResult) 
     else {
         unreachable!("routed by kind")
     };
-    let r = match refuse_read_only(c, r) {
-        Ok(r) => r,
-        Err(o) => return o,
-    };
+    if let Some(why) = read_only(c) {
+        return fail(r, "forbidden", why, false);
+    }
     let target = match provision::resolve_target(&c.client, &target_ref(target)).await {
         Ok(t) => t,
         Err(e) => return from_error(r, e),
@@ -1001,10 +994,10 @@ pub(crate) async fn deprovision(h: &Handler, c: &Connector, job: &Job, r: JobRes
     let JobParams::Deprovision { user, actions } = &job.params else {
         unreachable!("routed by kind")
     };
-    let mut r = match refuse_read_only(c, r) {
-        Ok(r) => r,
-        Err(o) => return o,
-    };
+    if let Some(why) = read_only(c) {
+        return fail(r, "forbidden", why, false);
+    }
+    let mut r = r;
     let client = &c.client;
     let user = match provision::resolve_user(client, &user_ref(user)).await {
         Ok(u) => u,

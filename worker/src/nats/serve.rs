@@ -159,7 +159,14 @@ async fn process(ctx: &ServeContext, msg: jetstream::Message, deadline: Cancella
     let _enter = span.enter();
     let Some(outcome) = outcome else {
         // Shutdown deadline: hand the job back at once. Whatever the handler committed stays;
-        // the redelivery resumes from it.
+        // the redelivery resumes from it, and the job's lease is given up so it may.
+        if let Ok(job) = crate::jobs::parse_job(&payload, chrono::Utc::now())
+            && let Err(e) = ctx.handler.store.release_lease(&job.job_id).await
+        {
+            tracing::warn!(
+                "could not release the job's lease ({e}); it is taken over when the lease runs out"
+            );
+        }
         if let Err(e) = acker.ack_with(AckKind::Nak(None)).await {
             tracing::warn!("could not hand the job back ({e}); NATS redelivers it after ack_wait");
         }

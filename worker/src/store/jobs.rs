@@ -21,6 +21,8 @@ pub enum Begin {
         attempts: u32,
         progress: Option<String>,
     },
+    /// Another delivery of the same job id is running it now (its lease is current).
+    Busy,
     /// Finished: the stored result envelope (JSON), to be published again, nothing executed.
     /// `stream_seq` is the delivery that ran it.
     Finished { result: String, stream_seq: u64 },
@@ -112,8 +114,11 @@ impl Store {
         kind: &str,
         request: &str,
         stream_seq: u64,
+        lease: std::time::Duration,
     ) -> Result<Begin, StoreError> {
         let now = Utc::now();
+        let lease_until =
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
         let inserted = job::Entity::insert(job::ActiveModel {
             job_id: Set(job_id.into()),
             connector: Set(connector.into()),
@@ -125,6 +130,7 @@ impl Store {
             status: Set(None),
             progress: Set(None),
             stream_seq: Set(i64::try_from(stream_seq).unwrap_or(0)),
+            lease_until: Set(lease_until),
             created_at: Set(now),
             updated_at: Set(now),
         })
@@ -150,19 +156,58 @@ impl Store {
                 stream_seq: u64::try_from(row.stream_seq).unwrap_or(0),
             });
         }
-        job::Entity::update_many()
+        // Take the job over only if no delivery holds a current lease: one statement, so two
+        // deliveries cannot both win.
+        let taken = job::Entity::update_many()
             .col_expr(
                 job::Column::Attempts,
                 Expr::col(job::Column::Attempts).add(1),
             )
+            .col_expr(job::Column::LeaseUntil, Expr::value(lease_until))
             .col_expr(job::Column::UpdatedAt, Expr::value(now))
             .filter(job::Column::JobId.eq(job_id))
+            .filter(job::Column::State.eq("running"))
+            .filter(job::Column::LeaseUntil.lt(now))
             .exec(&self.db)
             .await?;
+        if taken.rows_affected == 0 {
+            return Ok(Begin::Busy);
+        }
         Ok(Begin::Resume {
             attempts: u32::try_from(row.attempts).unwrap_or(0) + 1,
             progress: row.progress,
         })
+    }
+
+    /// Extends a running job's lease.
+    pub async fn renew_lease(
+        &self,
+        job_id: &str,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let until =
+            Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+        job::Entity::update_many()
+            .col_expr(job::Column::LeaseUntil, Expr::value(until))
+            .filter(job::Column::JobId.eq(job_id))
+            .filter(job::Column::State.eq("running"))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives a running job's lease up (the job is handed back for a later delivery).
+    pub async fn release_lease(&self, job_id: &str) -> Result<(), StoreError> {
+        job::Entity::update_many()
+            .col_expr(
+                job::Column::LeaseUntil,
+                Expr::value(Utc::now() - chrono::Duration::seconds(1)),
+            )
+            .filter(job::Column::JobId.eq(job_id))
+            .filter(job::Column::State.eq("running"))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     /// Stores a handler checkpoint for a running job.

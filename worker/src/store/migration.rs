@@ -14,8 +14,15 @@ impl MigratorTrait for Migrator {
     }
 }
 
-#[derive(DeriveMigrationName)]
+/// Names are explicit: `DeriveMigrationName` takes the module's name, the same for every
+/// migration in this file.
 struct M0001Initial;
+
+impl MigrationName for M0001Initial {
+    fn name(&self) -> &str {
+        "m0001_initial"
+    }
+}
 
 #[derive(DeriveIden)]
 enum Jobs {
@@ -30,6 +37,7 @@ enum Jobs {
     Status,
     Progress,
     StreamSeq,
+    LeaseUntil,
     CreatedAt,
     UpdatedAt,
 }
@@ -110,6 +118,7 @@ impl MigrationTrait for M0001Initial {
                 .col(string_null(Jobs::Status))
                 .col(text_null(Jobs::Progress))
                 .col(big_integer(Jobs::StreamSeq))
+                .col(timestamp_with_time_zone(Jobs::LeaseUntil))
                 .col(timestamp_with_time_zone(Jobs::CreatedAt))
                 .col(timestamp_with_time_zone(Jobs::UpdatedAt))
                 .to_owned(),
@@ -229,8 +238,13 @@ impl MigrationTrait for M0001Initial {
     }
 }
 
-#[derive(DeriveMigrationName)]
 struct M0002Grants;
+
+impl MigrationName for M0002Grants {
+    fn name(&self) -> &str {
+        "m0002_grants"
+    }
+}
 
 #[derive(DeriveIden)]
 enum Grants {

@@ -24,6 +24,9 @@ pub struct Model {
     pub progress: Option<String>,
     /// The JetStream stream sequence of the delivery that first ran the job (0: not NATS).
     pub stream_seq: i64,
+    /// While a delivery runs the job it renews this lease; another delivery of the same job id
+    /// may take the job over only once the lease has run out (the first one died).
+    pub lease_until: DateTimeUtc,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
