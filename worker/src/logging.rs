@@ -4,11 +4,19 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-const DEFAULT_FILTER: &str = "info,hyper=warn,reqwest=warn,sqlx=warn,sea_orm=warn,async_nats=info";
+pub const DEFAULT_FILTER: &str =
+    "info,hyper=warn,reqwest=warn,sqlx=warn,sea_orm=warn,async_nats=info";
+
+/// The demo prints its own story; only warnings and errors are logged unless RUST_LOG says more.
+pub const QUIET_FILTER: &str = "warn,sea_orm_migration=warn";
 
 pub fn init(format: Option<&str>) -> Result<(), String> {
+    init_with(format, DEFAULT_FILTER)
+}
+
+pub fn init_with(format: Option<&str>, default_filter: &str) -> Result<(), String> {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = match format.map(str::to_ascii_lowercase).as_deref() {
         Some("json") => true,
         Some("pretty") => false,

@@ -359,3 +359,30 @@ async fn serve_refuses_to_start_with_a_token_gitlab_rejects() {
     assert!(err.contains("connector \"default\""), "{err}");
     assert!(!err.contains("not-a-valid-token-for-this-sim"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_runs_without_any_external_service() {
+    let started = std::time::Instant::now();
+    let out = worker(&["demo"], &[], None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    for step in [
+        "== 1. Full sync",
+        "alice on acme/platform is maintainer",
+        "expired: undone",
+        "alice on acme/platform is now none",
+        "invite",
+        "residual access after re-reading GitLab: []",
+        "access_removed  bob",
+        "audit log:",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod demo;
 mod run_job;
 mod snapshots;
 mod sync;
@@ -129,7 +130,12 @@ pub enum ExportFormat {
 
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    if let Err(e) = crate::logging::init(cli.log_format.as_deref()) {
+    let default_filter = if matches!(cli.command, Command::Demo) {
+        crate::logging::QUIET_FILTER
+    } else {
+        crate::logging::DEFAULT_FILTER
+    };
+    if let Err(e) = crate::logging::init_with(cli.log_format.as_deref(), default_filter) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);
     }
@@ -164,12 +170,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(config).await,
         Command::Snapshots { command } => snapshots::run(config, command).await,
         Command::Healthcheck { addr, path } => healthcheck(&addr, &path),
-        Command::Demo => {
-            eprintln!(
-                "gitlab-worker demo: not yet implemented in this build; it arrives with provisioning (see the README's roadmap)"
-            );
-            exit::FAILURE
-        }
+        Command::Demo => demo::run().await,
     };
     ExitCode::from(code)
 }
