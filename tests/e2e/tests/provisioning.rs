@@ -97,6 +97,20 @@ fn org() -> Org {
             created_by: Some(root),
         },
     );
+    w.saml_links
+        .entry(org)
+        .or_default()
+        .push(gitlab_sim::model::SamlGroupLink {
+            name: "okta-engineering".into(),
+            access_level: 30,
+            member_role_id: None,
+            provider: None,
+        });
+    // alice was active yesterday (GitLab refuses to deactivate her); dave long ago.
+    w.users.get_mut(&ids["alice"]).unwrap().last_activity_on =
+        Some(today - chrono::Duration::days(1));
+    w.users.get_mut(&ids["dave"]).unwrap().last_activity_on =
+        Some(today - chrono::Duration::days(200));
     w.add_token(
         root,
         "connector",
@@ -292,6 +306,15 @@ async fn grants_add_upgrade_or_find_enough_and_keep_custom_roles() {
     assert_eq!(r["status"], "succeeded", "{r}\n{}", w.stderr());
     assert_eq!(r["changes"][0]["action"], "add_member");
     assert_eq!(e.member(a, "alice"), Some((30, None, None)));
+    let saml = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("SAML group link"));
+    assert!(
+        saml,
+        "the top-level group's SAML links are pointed out: {r}"
+    );
 
     // Upgrade: the later of the two expiries is kept, and a permanent grant has none (never
     // expiring is the latest).
@@ -314,10 +337,11 @@ async fn grants_add_upgrade_or_find_enough_and_keep_custom_roles() {
     let r = e.run("g-enough", "grant", json!({"user": {"username": "carol"}, "target": {"group": "org/a"}, "access_level": 20}), false).await;
     assert_eq!(r["status"], "noop", "{r}");
     assert!(
-        r["warnings"][0]
-            .as_str()
+        r["warnings"]
+            .as_array()
             .unwrap()
-            .contains("inherited from org"),
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("inherited from org")),
         "{r}"
     );
     assert_eq!(e.writes(), writes);
@@ -775,4 +799,121 @@ async fn an_env_token_is_not_rotated() {
     );
     let world = e.sim.sim.world.read().unwrap();
     assert!(world.tokens.values().all(|t| !t.revoked));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_to_an_unknown_email_invites_or_creates_the_user_when_allowed() {
+    let e = env().await;
+    let w = e.worker(&[]).await;
+    let r = e.run("ue-1", "grant", json!({"user": {"email": "newbie@example.org"}, "target": {"group": "org/b"}, "access_level": 20}), false).await;
+    assert_eq!(r["status"], "succeeded", "{r}\n{}", w.stderr());
+    assert_eq!(r["changes"][0]["action"], "invite");
+    assert!(
+        e.sim.sim.world.read().unwrap().invitations[&e.group("b")]
+            .contains_key("newbie@example.org")
+    );
+    drop(w);
+
+    let w = e
+        .worker(&[("GITLAB_ALLOW_CREATE_USERS", "true".into())])
+        .await;
+    let r = e.run("ue-2", "grant", json!({"user": {"email": "second.newbie@example.org"}, "target": {"group": "org/b"}, "access_level": 20}), false).await;
+    assert_eq!(r["status"], "succeeded", "{r}\n{}", w.stderr());
+    let actions: Vec<&str> = r["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["create_user", "add_member"]);
+    let world = e.sim.sim.world.read().unwrap();
+    let id = world.index.user_by_email["second.newbie@example.org"];
+    assert_eq!(world.members[&e.group("b")][&id].access_level, 20);
+    assert!(
+        !r.to_string().to_lowercase().contains("password\":\"")
+            || r.to_string().contains("random, not stored")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deprovisioning_account_actions_fall_back_when_gitlab_refuses() {
+    let e = env().await;
+    let w = e.worker(&[]).await;
+    // GitLab refuses to deactivate a recently active user: blocked instead, with a note.
+    let r = e
+        .run(
+            "acct-1",
+            "deprovision",
+            json!({"user": {"username": "alice"}, "actions": ["deactivate"]}),
+            false,
+        )
+        .await;
+    assert_eq!(r["status"], "succeeded", "{r}\n{}", w.stderr());
+    assert_eq!(r["changes"][0]["action"], "block_user");
+    assert!(
+        r["changes"][0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("blocked instead"),
+        "{r}"
+    );
+    let state = |u: &str| {
+        e.sim
+            .sim
+            .world
+            .read()
+            .unwrap()
+            .users
+            .get(&e.ids[u])
+            .map(|x| x.state.clone())
+    };
+    assert_eq!(state("alice").as_deref(), Some("blocked"));
+    let r = e
+        .run(
+            "acct-2",
+            "deprovision",
+            json!({"user": {"username": "dave"}, "actions": ["deactivate"]}),
+            false,
+        )
+        .await;
+    assert_eq!(r["changes"][0]["action"], "deactivate_user", "{r}");
+    assert_eq!(state("dave").as_deref(), Some("deactivated"));
+    let r = e
+        .run(
+            "acct-3",
+            "deprovision",
+            json!({"user": {"username": "erin"}, "actions": ["ban"]}),
+            false,
+        )
+        .await;
+    assert_eq!(r["changes"][0]["action"], "ban_user", "{r}");
+    assert_eq!(state("erin").as_deref(), Some("banned"));
+    let r = e
+        .run(
+            "acct-4",
+            "deprovision",
+            json!({"user": {"username": "frank"}, "actions": ["remove_memberships", "delete"]}),
+            false,
+        )
+        .await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let deleted = e
+        .sim
+        .sim
+        .world
+        .read()
+        .unwrap()
+        .users
+        .get(&e.ids["frank"])
+        .is_none_or(|u| u.state != "active");
+    assert!(deleted, "frank's account is deleted (or being deleted)");
+    // Every write is in the audit log.
+    let audit = e
+        .sim
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET")
+        .count();
+    assert!(audit >= 4);
 }
