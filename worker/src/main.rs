@@ -2,7 +2,27 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    gitlab_worker::cli::run(gitlab_worker::cli::Cli::parse()).await
+fn main() -> ExitCode {
+    let cli = gitlab_worker::cli::Cli::parse();
+    // A one-shot sync is a single crawl whose work is parsing responses: one runtime thread
+    // keeps the connection tasks and the parser together and avoids waking threads on every
+    // response. Everything else (serve's concurrent jobs, the demo) gets the multi-threaded one.
+    let single = matches!(cli.command, gitlab_worker::cli::Command::Sync { .. })
+        && std::env::var_os("GITLAB_WORKER_MULTI_THREAD").is_none();
+    let runtime = if single {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(gitlab_worker::cli::run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -144,7 +144,11 @@ impl Client {
         let req = Request::get(
             "/groups/:id/descendant_groups",
             format!("/groups/{}/descendant_groups", group.segment()),
-        );
+        )
+        // A stable order for offset pages (the default, by name, shifts when a group is
+        // renamed mid-crawl) that is also the cheapest for GitLab to serve.
+        .query("order_by", "id")
+        .query("sort", "asc");
         crate::client::items_stream(self, ListSpec::offset(req))
     }
 

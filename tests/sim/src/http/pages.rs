@@ -192,6 +192,11 @@ fn encode_cursor(id: u64) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(format!("{{\"id\":\"{id}\",\"_kd\":\"n\"}}"))
 }
 
+/// The id an opaque keyset cursor points after (`None` for a cursor that is not ours).
+pub(crate) fn cursor_id(c: &str) -> Option<u64> {
+    decode_cursor(c)
+}
+
 fn decode_cursor(c: &str) -> Option<u64> {
     let bytes = base64::engine::general_purpose::URL_SAFE.decode(c).ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
