@@ -41,21 +41,27 @@ pub enum ProvisionError {
     GitLab(#[from] Error),
 }
 
+/// A GitLab error as a result's error code (interface.md section 4).
+pub fn result_code(e: &Error) -> &'static str {
+    match e {
+        Error::TokenExpired { .. } | Error::TokenRevoked { .. } | Error::Unauthorized { .. } => {
+            "token_invalid"
+        }
+        Error::InsufficientScope { .. } | Error::Forbidden { .. } => "forbidden",
+        Error::RateLimited { .. } | Error::BudgetExhausted { .. } => "rate_limited",
+        Error::Conflict { .. } | Error::AlreadyMember { .. } => "conflict",
+        Error::NotFoundOrHidden { .. } => "target_not_found",
+        _ => "gitlab_error",
+    }
+}
+
 impl ProvisionError {
     /// The result's error code (interface.md section 4).
     pub fn code(&self) -> &'static str {
         match self {
             ProvisionError::UserNotFound(_) => "user_not_found",
             ProvisionError::TargetNotFound { .. } => "target_not_found",
-            ProvisionError::GitLab(e) => match e {
-                Error::TokenExpired { .. }
-                | Error::TokenRevoked { .. }
-                | Error::Unauthorized { .. } => "token_invalid",
-                Error::InsufficientScope { .. } | Error::Forbidden { .. } => "forbidden",
-                Error::RateLimited { .. } | Error::BudgetExhausted { .. } => "rate_limited",
-                Error::Conflict { .. } | Error::AlreadyMember { .. } => "conflict",
-                _ => "gitlab_error",
-            },
+            ProvisionError::GitLab(e) => result_code(e),
         }
     }
 

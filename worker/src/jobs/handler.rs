@@ -388,9 +388,7 @@ impl Handler {
             })
         };
         let outcome = match job.kind() {
-            JobKind::Sync => {
-                sync_job::run(self, &connector, &job, started, attempt, delivery).await
-            }
+            JobKind::Sync => sync_job::run(self, &connector, &job, started, attempt).await,
             JobKind::Grant => provision::grant(self, &connector, &job, result).await,
             JobKind::Revoke => provision::revoke(self, &connector, &job, result).await,
             JobKind::Invite => provision::invite(self, &connector, &job, result).await,
@@ -481,12 +479,5 @@ pub(crate) fn status_name(s: JobStatus) -> &'static str {
 
 /// Maps a GitLab client error to the result's error code (interface.md section 4).
 pub(crate) fn error_code(e: &gitlab_connector::Error) -> &'static str {
-    use gitlab_connector::Error as E;
-    match e {
-        E::TokenExpired { .. } | E::TokenRevoked { .. } | E::Unauthorized { .. } => "token_invalid",
-        E::InsufficientScope { .. } | E::Forbidden { .. } => "forbidden",
-        E::RateLimited { .. } | E::BudgetExhausted { .. } => "rate_limited",
-        E::NotFoundOrHidden { .. } => "target_not_found",
-        _ => "gitlab_error",
-    }
+    gitlab_connector::provision::result_code(e)
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::envelope::{Job, JobParams};
 use super::events;
-use super::handler::{Connector, Delivery, Handler, Outcome, error_code, status_name};
+use super::handler::{Connector, Handler, Outcome, error_code, status_name};
 use super::result::{JobError, JobResult, JobStatus};
 use crate::store::{JobCompletion, OutboxMessage};
 
@@ -44,7 +44,6 @@ pub(crate) async fn run(
     job: &Job,
     started: DateTime<Utc>,
     attempt: u32,
-    delivery: Delivery,
 ) -> Outcome {
     let result = JobResult::for_job(job, started, attempt);
     let JobParams::Sync { scope } = &job.params else {
@@ -226,7 +225,6 @@ pub(crate) async fn run(
                 rows_unchanged = s.rows_unchanged,
                 "snapshot stored"
             );
-            let _ = delivery;
             Outcome {
                 result: r,
                 retry: false,
