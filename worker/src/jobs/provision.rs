@@ -95,6 +95,36 @@ async fn audit(h: &Handler, job_id: Option<&str>, connector: &str, change: &Chan
     }
 }
 
+/// Removes a user's direct membership on `source` only (`skip_subresources`), recording the
+/// write in the audit log. A membership already gone is not an error and leaves no entry.
+async fn remove_direct(
+    h: &Handler,
+    job_id: Option<&str>,
+    connector: &str,
+    source: &Source,
+    user_id: u64,
+    change: &Change,
+) -> Result<(), GlError> {
+    let Some(c) = h.connectors.get(connector) else {
+        unreachable!("the connector was resolved")
+    };
+    let options = RemoveMember {
+        skip_subresources: true,
+        unassign_issuables: false,
+    };
+    match c.client.remove_member(source, user_id, options).await {
+        Ok(()) => {
+            audit(h, job_id, connector, change, "ok").await;
+            Ok(())
+        }
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => {
+            audit(h, job_id, connector, change, e.code()).await;
+            Err(e)
+        }
+    }
+}
+
 /// Why a read-only (read_api) connector cannot run a provisioning job.
 fn read_only(c: &Connector) -> Option<String> {
     (c.capability == Some(Capability::SyncOnly)).then(|| {
@@ -466,24 +496,7 @@ pub async fn undo_grant(
                     after: None,
                     note: Some(why.into()),
                 };
-                let res = client
-                    .remove_member(
-                        &source,
-                        user_id,
-                        RemoveMember {
-                            skip_subresources: true,
-                            unassign_issuables: false,
-                        },
-                    )
-                    .await;
-                match res {
-                    Ok(()) => audit(h, Some(&g.job_id), &g.connector, &change, "ok").await,
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => {
-                        audit(h, Some(&g.job_id), &g.connector, &change, e.code()).await;
-                        return Err(e.into());
-                    }
-                }
+                remove_direct(h, Some(&g.job_id), &g.connector, &source, user_id, &change).await?;
                 changes.push(change);
             } else if let Some(p) = &prior {
                 let change = Change {
@@ -717,23 +730,17 @@ pub(crate) async fn revoke(h: &Handler, c: &Connector, job: &Job, r: JobResult) 
             note: None,
         };
         if !job.dry_run {
-            let res = client
-                .remove_member(
-                    &target.source(),
-                    user.id,
-                    RemoveMember {
-                        skip_subresources: true,
-                        unassign_issuables: false,
-                    },
-                )
-                .await;
-            match res {
-                Ok(()) => audit(h, Some(&job.job_id), &job.connector, &change, "ok").await,
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    audit(h, Some(&job.job_id), &job.connector, &change, e.code()).await;
-                    return from_error(r, e.into());
-                }
+            let removed = remove_direct(
+                h,
+                Some(&job.job_id),
+                &job.connector,
+                &target.source(),
+                user.id,
+                &change,
+            )
+            .await;
+            if let Err(e) = removed {
+                return from_error(r, e.into());
             }
             // A JIT grant on this membership is over: the scheduler must not restore it.
             if let Ok(active) = h
@@ -1018,7 +1025,7 @@ pub(crate) async fn deprovision(h: &Handler, c: &Connector, job: &Job, r: JobRes
         Ok(x) => x,
         Err(e) => return from_error(r, e),
     };
-    let write = |_: ()| !job.dry_run;
+    let write = !job.dry_run;
     if wants(DeprovisionAction::RemoveMemberships) {
         for (t, m) in &members {
             let change = Change {
@@ -1030,24 +1037,18 @@ pub(crate) async fn deprovision(h: &Handler, c: &Connector, job: &Job, r: JobRes
                 after: None,
                 note: None,
             };
-            if write(()) {
-                match client
-                    .remove_member(
-                        &t.source(),
-                        user.id,
-                        RemoveMember {
-                            skip_subresources: true,
-                            unassign_issuables: false,
-                        },
-                    )
-                    .await
-                {
-                    Ok(()) => audit(h, Some(&job.job_id), &job.connector, &change, "ok").await,
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => {
-                        audit(h, Some(&job.job_id), &job.connector, &change, e.code()).await;
-                        return from_error(r, e.into());
-                    }
+            if write {
+                let removed = remove_direct(
+                    h,
+                    Some(&job.job_id),
+                    &job.connector,
+                    &t.source(),
+                    user.id,
+                    &change,
+                )
+                .await;
+                if let Err(e) = removed {
+                    return from_error(r, e.into());
                 }
             }
             r.changes.push(change);
@@ -1063,7 +1064,7 @@ pub(crate) async fn deprovision(h: &Handler, c: &Connector, job: &Job, r: JobRes
             after: None,
             note: None,
         };
-        if write(()) {
+        if write {
             match client.cancel_invitation(&t.source(), email).await {
                 Ok(()) => audit(h, Some(&job.job_id), &job.connector, &change, "ok").await,
                 Err(e) if e.is_not_found() => {}
@@ -1086,7 +1087,7 @@ pub(crate) async fn deprovision(h: &Handler, c: &Connector, job: &Job, r: JobRes
                         after: None,
                         note: None,
                     };
-                    if write(()) {
+                    if write {
                         if let Err(e) = client.revoke_token(t.id).await {
                             audit(h, Some(&job.job_id), &job.connector, &change, e.code()).await;
                             return from_error(r, e.into());
@@ -1118,7 +1119,7 @@ pub(crate) async fn deprovision(h: &Handler, c: &Connector, job: &Job, r: JobRes
             after: None,
             note: None,
         };
-        if !write(()) {
+        if !write {
             r.changes.push(change);
             continue;
         }
