@@ -168,13 +168,74 @@ pub mod lenient_timestamp {
         }
     }
 
+    /// A string that parses as RFC 3339 gives a time; anything else (null, a number, an
+    /// unparsable string) gives `None`. A visitor rather than a `serde_json::Value`: every
+    /// member of every page has timestamps, and this avoids one allocation per field.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-        let raw: Option<serde_json::Value> = Option::deserialize(d)?;
-        Ok(raw
-            .as_ref()
-            .and_then(serde_json::Value::as_str)
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc)))
+        d.deserialize_any(Lenient)
+    }
+
+    struct Lenient;
+
+    impl<'de> serde::de::Visitor<'de> for Lenient {
+        type Value = Option<DateTime<Utc>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an RFC 3339 timestamp or anything else")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(DateTime::parse_from_rfc3339(v)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)))
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            while a
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(None)
+        }
     }
 }
 
@@ -248,5 +309,42 @@ mod tests {
         assert_eq!(d(r#"{"expires_at":null}"#), None);
         assert_eq!(d(r#"{}"#), None);
         assert!(serde_json::from_str::<E>(r#"{"expires_at":"soon"}"#).is_err());
+    }
+
+    #[derive(Deserialize)]
+    struct T {
+        #[serde(default, with = "lenient_timestamp")]
+        at: Option<DateTime<Utc>>,
+        next: u8,
+    }
+
+    /// Anything that is not an RFC 3339 string is `None`, and the fields after it still parse.
+    #[test]
+    fn lenient_timestamps_take_times_and_ignore_anything_else() {
+        let t = |v: &str| {
+            let parsed: T = serde_json::from_str(&format!(r#"{{"at":{v},"next":7}}"#)).unwrap();
+            assert_eq!(parsed.next, 7, "{v}");
+            parsed.at
+        };
+        assert_eq!(
+            t(r#""2024-05-01T23:30:00.000-02:00""#),
+            DateTime::parse_from_rfc3339("2024-05-02T01:30:00Z")
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        );
+        for other in [
+            "null",
+            r#""yesterday""#,
+            "12",
+            "-3",
+            "1.5",
+            "true",
+            r#"["2024-05-01T00:00:00Z"]"#,
+            r#"{"a":{"b":[1]}}"#,
+        ] {
+            assert_eq!(t(other), None, "{other}");
+        }
+        let missing: T = serde_json::from_str(r#"{"next":1}"#).unwrap();
+        assert_eq!(missing.at, None);
     }
 }

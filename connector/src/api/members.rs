@@ -103,6 +103,87 @@ pub struct Member {
 
 impl PageItem for Member {}
 
+/// An id-only reference (`created_by`, `member_role`): the other fields are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct IdRef {
+    pub id: u64,
+}
+
+/// The fields of a member that a full sync needs, for reading member lists in bulk: the rest of
+/// GitLab's member entity (URLs, avatar, `created_by`'s names, SAML identity, …) is skipped
+/// without being allocated. A million of these are read in a large sync.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MemberRow {
+    /// The user's id.
+    pub id: u64,
+    pub username: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub state: Option<String>,
+    pub access_level: AccessLevel,
+    #[serde(default, with = "date_or_timestamp")]
+    pub expires_at: Option<NaiveDate>,
+    #[serde(default, with = "lenient_timestamp")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub created_by: Option<IdRef>,
+    /// `membership_state == "awaiting"` (EE; always sent by GitLab.com).
+    #[serde(
+        default,
+        rename = "membership_state",
+        deserialize_with = "awaiting_state"
+    )]
+    pub awaiting: bool,
+    #[serde(default)]
+    pub member_role: Option<IdRef>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub bot: Option<bool>,
+}
+
+impl PageItem for MemberRow {}
+
+fn awaiting_state<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a membership state")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+            Ok(v == "awaiting")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+    }
+    d.deserialize_option(OptionOf(V))
+}
+
+/// Lets a plain visitor also accept `null` through `deserialize_option`.
+struct OptionOf<V>(V);
+
+impl<'de, V: serde::de::Visitor<'de, Value = bool>> serde::de::Visitor<'de> for OptionOf<V> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.expecting(f)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self.0)
+    }
+}
+
 impl Member {
     pub fn member_role_id(&self) -> Option<u64> {
         self.member_role.as_ref().map(|r| r.id)
@@ -158,6 +239,15 @@ fn date(d: Option<NaiveDate>) -> serde_json::Value {
 impl Client {
     /// `GET …/members`: direct members only.
     pub fn members(&self, source: &Source) -> BoxStream<'static, Result<Member, Error>> {
+        let req = Request::get(
+            source.t("/groups/:id/members", "/projects/:id/members"),
+            format!("{}/members", source.base()),
+        );
+        crate::client::items_stream(self, ListSpec::offset(req))
+    }
+
+    /// [`Client::members`] with only the fields a sync needs ([`MemberRow`]).
+    pub fn member_rows(&self, source: &Source) -> BoxStream<'static, Result<MemberRow, Error>> {
         let req = Request::get(
             source.t("/groups/:id/members", "/projects/:id/members"),
             format!("{}/members", source.base()),
@@ -312,5 +402,65 @@ impl Client {
             },
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member as GitLab.com sends it (doc/api/members.md), with every field a sync skips.
+    const FULL: &str = r#"{
+        "id": 1, "username": "raymond_smith", "name": "Raymond Smith", "state": "active",
+        "locked": false, "avatar_url": "https://www.gravatar.com/avatar/c2525a7f58ae3776070e44c106c48e15?s=80&d=identicon",
+        "web_url": "http://192.168.1.8:3000/root", "created_at": "2012-10-22T14:13:35Z",
+        "created_by": {"id": 2, "username": "john_doe", "name": "John Doe", "state": "active",
+                       "avatar_url": "https://x", "web_url": "http://192.168.1.8:3000/root"},
+        "expires_at": "2012-10-22T14:13:35Z", "access_level": 30,
+        "group_saml_identity": {"extern_uid": "ABC-1234567890", "provider": "group_saml",
+                                "saml_provider_id": 10},
+        "email": "john@example.com", "membership_state": "awaiting",
+        "member_role": {"id": 3, "group_id": 31, "name": "Custom", "description": "x",
+                        "base_access_level": 10, "admin_merge_request": true}
+    }"#;
+
+    #[test]
+    fn a_member_row_reads_what_the_full_member_reads() {
+        let full: Member = serde_json::from_str(FULL).unwrap();
+        let row: MemberRow = serde_json::from_str(FULL).unwrap();
+        assert_eq!(row.id, full.id);
+        assert_eq!(row.username, full.username);
+        assert_eq!(row.name, full.name);
+        assert_eq!(row.state, full.state);
+        assert_eq!(row.access_level, full.access_level);
+        assert_eq!(row.expires_at, full.expires_at);
+        assert_eq!(row.created_at, full.created_at);
+        assert_eq!(
+            row.created_by.map(|c| c.id),
+            full.created_by.as_ref().map(|c| c.id)
+        );
+        assert_eq!(row.awaiting, full.is_awaiting());
+        assert!(row.awaiting);
+        assert_eq!(row.member_role.map(|r| r.id), full.member_role_id());
+        assert_eq!(row.email, full.email);
+    }
+
+    #[test]
+    fn a_member_row_tolerates_absent_and_null_optional_fields() {
+        let row: MemberRow = serde_json::from_str(
+            r#"{"id": 5, "username": "bot", "access_level": 10, "membership_state": null,
+                "created_by": null, "member_role": null, "created_at": null}"#,
+        )
+        .unwrap();
+        assert!(!row.awaiting);
+        assert_eq!(
+            (row.created_by, row.member_role, row.created_at),
+            (None, None, None)
+        );
+        let active: MemberRow = serde_json::from_str(
+            r#"{"id": 5, "username": "u", "access_level": 10, "membership_state": "active"}"#,
+        )
+        .unwrap();
+        assert!(!active.awaiting);
     }
 }

@@ -12,7 +12,9 @@ pub mod users;
 pub use common::{AccessLevel, UserRef};
 pub use groups::{BillableMember, Group, MemberRole, SamlGroupLink, SharedWithGroup};
 pub use invitations::{CreateInvitation, Invitation, InvitationAccepted};
-pub use members::{AddMember, EditMember, Member, MemberRoleRef, RemoveMember, Source};
+pub use members::{
+    AddMember, EditMember, IdRef, Member, MemberRoleRef, MemberRow, RemoveMember, Source,
+};
 pub use projects::{Project, ProjectNamespace, ProjectsQuery};
 pub use tokens::{Capability, PersonalAccessToken, RotatedToken, TokenCheck, TokenProblem};
 pub use users::{CreateUser, User, UserAction, UsersQuery};

@@ -23,6 +23,8 @@ pub struct BaseUrl {
     instance: String,
     /// `instance` + `/api/v4`.
     api: String,
+    /// `api` parsed once: endpoints only set the path (no host parsing per request).
+    api_url: Url,
     origin: url::Origin,
 }
 
@@ -66,8 +68,11 @@ impl BaseUrl {
         let mut root = url.clone();
         root.set_path(&path);
         let instance = root.as_str().trim_end_matches('/').to_string();
+        let api = format!("{instance}/api/v4");
+        let api_url = Url::parse(&api).map_err(|e| invalid(&e.to_string()))?;
         Ok(Self {
-            api: format!("{instance}/api/v4"),
+            api,
+            api_url,
             origin: url.origin(),
             instance,
         })
@@ -90,8 +95,14 @@ impl BaseUrl {
     /// `path` is an already-encoded API path starting with `/`, e.g. `/groups/a%2Fb/members`.
     pub fn endpoint(&self, path: &str) -> Result<Url, Error> {
         debug_assert!(path.starts_with('/'));
-        Url::parse(&format!("{}{}", self.api, path))
-            .map_err(|e| Error::InvalidConfig(format!("could not build a URL for {path}: {e}")))
+        if path.contains(['?', '#']) {
+            return Err(Error::InvalidConfig(format!(
+                "could not build a URL for {path}: a path cannot hold a query or fragment"
+            )));
+        }
+        let mut url = self.api_url.clone();
+        url.set_path(&format!("{}{}", self.api_url.path(), path));
+        Ok(url)
     }
 
     /// A `Link` URL from GitLab is followed verbatim when it points at this instance. When a
@@ -248,6 +259,8 @@ mod tests {
             .as_str(),
             "https://gitlab.com/api/v4/projects/org%2Fmy%2Eapp"
         );
+        // Queries go in the request's query pairs, never in the path.
+        assert!(b.endpoint("/users?search=x").is_err());
     }
 
     #[test]

@@ -167,7 +167,7 @@ fn method_name(m: &Method) -> &'static str {
 #[derive(Debug)]
 pub(crate) struct Response {
     pub headers: HeaderMap,
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
     pub url: Url,
 }
 
@@ -330,9 +330,10 @@ impl Client {
             }
         };
         let status = response.status();
-        let headers = response.headers().clone();
+        let mut response = response;
+        let headers = std::mem::take(response.headers_mut());
         let body = match response.bytes().await {
-            Ok(b) => b.to_vec(),
+            Ok(b) => b,
             Err(e) => {
                 inner.limiter.abandon();
                 inner.stats.response(req.route, 0);

@@ -20,6 +20,7 @@ use chrono::NaiveDate;
 
 use super::{AccessPath, AccessRecord, DirectMember, ResourceRef, ShareRecord, Via};
 
+#[derive(Clone, Copy)]
 pub struct AccessInput<'a> {
     pub as_of: NaiveDate,
     /// Every known group → its parent.

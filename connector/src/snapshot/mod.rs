@@ -2,6 +2,9 @@
 //! interface.md section 5, and a summary whose `sha256` covers every line before it.
 
 pub mod diff;
+mod parallel;
+
+pub use parallel::{Chunk, write_ordered};
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
@@ -14,7 +17,7 @@ use crate::model::{Record, Summary};
 pub struct SnapshotWriter<W: Write> {
     out: W,
     hasher: Sha256,
-    counts: BTreeMap<String, u64>,
+    counts: BTreeMap<&'static str, u64>,
     line: Vec<u8>,
 }
 
@@ -35,21 +38,32 @@ impl<W: Write> SnapshotWriter<W> {
         self.hasher.update(&self.line);
         self.out.write_all(&self.line)?;
         if !matches!(record, Record::Snapshot(_) | Record::Summary(_)) {
-            *self
-                .counts
-                .entry(record.type_name().to_string())
-                .or_default() += 1;
+            *self.counts.entry(record.type_name()).or_default() += 1;
         }
         Ok(())
     }
 
-    pub fn counts(&self) -> &BTreeMap<String, u64> {
+    /// Appends lines encoded elsewhere (see [`write_ordered`]), hashing and counting them.
+    pub fn write_chunk(&mut self, chunk: &Chunk) -> io::Result<()> {
+        self.hasher.update(&chunk.bytes);
+        self.out.write_all(&chunk.bytes)?;
+        for (kind, n) in &chunk.counts {
+            *self.counts.entry(kind).or_default() += n;
+        }
+        Ok(())
+    }
+
+    pub fn counts(&self) -> &BTreeMap<&'static str, u64> {
         &self.counts
     }
 
     /// Completes `summary` with the counts and hash, writes it last and flushes.
     pub fn finish(mut self, mut summary: Summary) -> io::Result<(Summary, W)> {
-        summary.counts = std::mem::take(&mut self.counts);
+        summary.counts = self
+            .counts
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect();
         summary.sha256 = hex(&self.hasher.finalize_reset());
         let mut line =
             serde_json::to_vec(&Record::Summary(summary.clone())).map_err(io::Error::other)?;

@@ -7,7 +7,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
 use super::{Inventory, Progress, Scope, SyncError, SyncOptions};
-use crate::api::{Group, Invitation, Member, Project, Source, User, UsersQuery};
+use crate::api::{Group, Invitation, MemberRow, Project, Source, User, UsersQuery};
 use crate::client::{Client, IdOrPath, InstanceKind};
 use crate::error::Error;
 use crate::model::{
@@ -25,7 +25,7 @@ enum Task {
 
 enum Outcome {
     GroupDetail(Group),
-    Members(ResourceRef, Vec<Member>),
+    Members(ResourceRef, Vec<MemberRow>),
     Invitations(ResourceRef, Vec<Invitation>),
 }
 
@@ -55,7 +55,7 @@ impl Task {
                 .await
                 .map(Outcome::GroupDetail),
             Task::Members(r) => client
-                .members(&source(r))
+                .member_rows(&source(r))
                 .try_collect()
                 .await
                 .map(|m| Outcome::Members(r, m)),
@@ -148,10 +148,10 @@ fn shares_of(r: ResourceRef, links: &[crate::api::SharedWithGroup]) -> Vec<Share
     v
 }
 
-fn membership(m: &Member) -> DirectMember {
+fn membership(m: &MemberRow) -> DirectMember {
     DirectMember {
         user_id: m.id,
-        member_role_id: m.member_role_id().and_then(std::num::NonZeroU64::new),
+        member_role_id: m.member_role.and_then(|r| std::num::NonZeroU64::new(r.id)),
         created_by_id: m
             .created_by
             .as_ref()
@@ -159,7 +159,7 @@ fn membership(m: &Member) -> DirectMember {
         created_at_ms: m.created_at.map(|t| t.timestamp_millis()),
         expires_at: m.expires_at,
         access_level: m.access_level.0,
-        state: if m.is_awaiting() {
+        state: if m.awaiting {
             MembershipState::Awaiting
         } else {
             MembershipState::Active
@@ -167,7 +167,7 @@ fn membership(m: &Member) -> DirectMember {
     }
 }
 
-fn user_from_member(m: &Member) -> UserRecord {
+fn user_from_member(m: &MemberRow) -> UserRecord {
     UserRecord {
         id: m.id,
         username: m.username.clone(),

@@ -8,9 +8,10 @@ use chrono::{DateTime, Utc};
 use super::{Inventory, SyncError, SyncOptions, crawl};
 use crate::client::{Client, InstanceKind, StatsSnapshot};
 use crate::model::{
-    AccessComputer, AccessInput, Record, ResourceRef, SNAPSHOT_SCHEMA, SnapshotHeader, Summary,
+    AccessComputer, AccessInput, DirectMember, GroupRecord, ProjectRecord, Record, ResourceRef,
+    SNAPSHOT_SCHEMA, SnapshotHeader, Summary, UserRecord,
 };
-use crate::snapshot::SnapshotWriter;
+use crate::snapshot::{Chunk, SnapshotWriter, write_ordered};
 
 /// What identifies a snapshot.
 #[derive(Debug, Clone)]
@@ -29,6 +30,77 @@ impl SnapshotMeta {
             scope: scope.to_string(),
             started_at: Utc::now(),
         }
+    }
+}
+
+/// Records per part for the one-record-per-object kinds.
+const RECORDS_PER_PART: usize = 2_000;
+/// Resources per part for memberships and access (each resource has many lines).
+const RESOURCES_PER_PART: usize = 100;
+
+/// A run of consecutive snapshot records, encoded independently of the others.
+enum Part<'a> {
+    Users(&'a [&'a UserRecord]),
+    Groups(&'a [&'a GroupRecord]),
+    Projects(&'a [&'a ProjectRecord]),
+    Members(&'a [(&'a ResourceRef, &'a Vec<DirectMember>)]),
+    SharesInvitationsRolesLinks,
+    Access(&'a [ResourceRef]),
+}
+
+impl Part<'_> {
+    fn encode(
+        &self,
+        inv: &Inventory,
+        computer: &AccessComputer<'_>,
+        chunk: &mut Chunk,
+    ) -> io::Result<()> {
+        match self {
+            Part::Users(users) => {
+                for u in *users {
+                    chunk.push(&Record::User((*u).clone()))?;
+                }
+            }
+            Part::Groups(groups) => {
+                for g in *groups {
+                    chunk.push(&Record::Group((*g).clone()))?;
+                }
+            }
+            Part::Projects(projects) => {
+                for p in *projects {
+                    chunk.push(&Record::Project((*p).clone()))?;
+                }
+            }
+            Part::Members(members) => {
+                for (r, members) in *members {
+                    for m in *members {
+                        chunk.push(&Record::Membership(m.record(**r)))?;
+                    }
+                }
+            }
+            Part::SharesInvitationsRolesLinks => {
+                for s in inv.shares.values().flatten() {
+                    chunk.push(&Record::Share(s.clone()))?;
+                }
+                for i in inv.invitations.values().flatten() {
+                    chunk.push(&Record::Invitation(i.clone()))?;
+                }
+                for r in &inv.roles {
+                    chunk.push(&Record::Role(r.clone()))?;
+                }
+                for l in &inv.saml_links {
+                    chunk.push(&Record::SamlGroupLink(l.clone()))?;
+                }
+            }
+            Part::Access(resources) => {
+                for r in *resources {
+                    for a in computer.access(*r) {
+                        chunk.push(&Record::Access(a))?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -58,32 +130,26 @@ pub fn write_snapshot<W: Write>(
         },
         connector_user_id: inv.connector_user_id,
     }))?;
-    for u in inv.users.values() {
-        w.write(&Record::User(u.clone()))?;
-    }
-    for g in inv.groups.values() {
-        w.write(&Record::Group(g.clone()))?;
-    }
-    for p in inv.projects.values() {
-        w.write(&Record::Project(p.clone()))?;
-    }
-    for (r, members) in &inv.members {
-        for m in members {
-            w.write(&Record::Membership(m.record(*r)))?;
-        }
-    }
-    for s in inv.shares.values().flatten() {
-        w.write(&Record::Share(s.clone()))?;
-    }
-    for i in inv.invitations.values().flatten() {
-        w.write(&Record::Invitation(i.clone()))?;
-    }
-    for r in &inv.roles {
-        w.write(&Record::Role(r.clone()))?;
-    }
-    for l in &inv.saml_links {
-        w.write(&Record::SamlGroupLink(l.clone()))?;
-    }
+    let users: Vec<&UserRecord> = inv.users.values().collect();
+    let groups: Vec<&GroupRecord> = inv.groups.values().collect();
+    let projects: Vec<&ProjectRecord> = inv.projects.values().collect();
+    let members: Vec<(&ResourceRef, &Vec<DirectMember>)> = inv.members.iter().collect();
+    let access: Vec<ResourceRef> = inv
+        .groups
+        .values()
+        .filter(|g| g.in_scope)
+        .map(|g| ResourceRef::Group(g.id))
+        .chain(inv.projects.keys().map(|p| ResourceRef::Project(*p)))
+        .collect();
+    // Parts in snapshot order; a part is a few hundred kilobytes of lines at most.
+    let mut parts: Vec<Part<'_>> = Vec::new();
+    parts.extend(users.chunks(RECORDS_PER_PART).map(Part::Users));
+    parts.extend(groups.chunks(RECORDS_PER_PART).map(Part::Groups));
+    parts.extend(projects.chunks(RECORDS_PER_PART).map(Part::Projects));
+    parts.extend(members.chunks(RESOURCES_PER_PART).map(Part::Members));
+    parts.push(Part::SharesInvitationsRolesLinks);
+    parts.extend(access.chunks(RESOURCES_PER_PART).map(Part::Access));
+
     let parents = inv.groups.values().map(|g| (g.id, g.parent_id)).collect();
     let project_group = inv
         .projects
@@ -97,24 +163,21 @@ pub fn write_snapshot<W: Write>(
             )
         })
         .collect();
-    let computer = AccessComputer::new(AccessInput {
+    let input = AccessInput {
         as_of: inv.as_of,
         parents: &parents,
         project_group: &project_group,
         members: &inv.members,
         shares: &inv.shares,
-    });
-    let resources = inv
-        .groups
-        .values()
-        .filter(|g| g.in_scope)
-        .map(|g| ResourceRef::Group(g.id))
-        .chain(inv.projects.keys().map(|p| ResourceRef::Project(*p)));
-    for r in resources {
-        for a in computer.access(r) {
-            w.write(&Record::Access(a))?;
-        }
-    }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    write_ordered(
+        &mut w,
+        &parts,
+        threads,
+        || AccessComputer::new(input),
+        |computer, part, chunk| part.encode(inv, computer, chunk),
+    )?;
     w.finish(Summary {
         snapshot_id: meta.snapshot_id.clone(),
         complete: inv.is_complete(),

@@ -195,7 +195,7 @@ pub(crate) async fn projects(
         Err(r) => return r,
     };
     let include_subgroups = req.flag("include_subgroups");
-    let mut ids = w.projects_of(g, include_subgroups);
+    let mut ids = w.projects_of_cached(g, include_subgroups).to_vec();
     if req.param("with_shared").is_none_or(super::is_true) {
         for (r, shares) in &w.shares {
             if let Resource::Project(p) = r

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::{Sim, error, header, url_pairs};
+use super::{Json, Sim, error, header, url_pairs};
 
 /// The request's pagination parameters and where it was sent.
 pub(crate) struct PageRequest {
@@ -177,7 +177,7 @@ pub(crate) fn offset<T: serde::Serialize>(
         ));
     }
     headers.insert("link", links.join(", ").parse().expect("valid header"));
-    (StatusCode::OK, headers, axum::Json(items)).into_response()
+    (StatusCode::OK, headers, Json(items)).into_response()
 }
 
 /// How a keyset list encodes its position.
@@ -270,10 +270,5 @@ pub(crate) fn keyset(
                 .expect("valid header"),
         );
     }
-    (
-        StatusCode::OK,
-        headers,
-        axum::Json(Value::Array(render(page))),
-    )
-        .into_response()
+    (StatusCode::OK, headers, Json(Value::Array(render(page)))).into_response()
 }

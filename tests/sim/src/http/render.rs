@@ -136,76 +136,147 @@ pub(crate) fn project(w: &World, base: &str, p: &Project) -> Value {
     })
 }
 
-#[derive(serde::Serialize)]
-pub(crate) struct UserBasicOut<'a> {
-    id: u64,
-    username: &'a str,
-    name: &'a str,
-    state: &'a str,
-    locked: bool,
-    avatar_url: String,
-    web_url: String,
-}
+/// A string produced by `Display` straight into the JSON output (no intermediate `String`).
+struct Collect<T>(T);
 
-impl<'a> UserBasicOut<'a> {
-    fn new(base: &str, u: &'a User) -> Self {
-        Self {
-            id: u.id,
-            username: &u.username,
-            name: &u.name,
-            state: &u.state,
-            locked: false,
-            avatar_url: format!("{base}/uploads/-/system/user/avatar/{}/avatar.png", u.id),
-            web_url: format!("{base}/{}", u.username),
-        }
+impl<T: std::fmt::Display> serde::Serialize for Collect<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
     }
 }
 
-/// A member as GitLab's member entity shows it (typed: lists are the simulator's hot path).
-#[derive(serde::Serialize)]
+/// `2024-05-01T12:00:00.000Z`, as `to_rfc3339_opts(SecondsFormat::Millis, true)` writes it.
+struct Millis(chrono::DateTime<chrono::Utc>);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use chrono::{Datelike, Timelike};
+        let t = self.0.naive_utc();
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.nanosecond() / 1_000_000
+        )
+    }
+}
+
+/// `YYYY-MM-DD`.
+struct Day(chrono::NaiveDate);
+
+impl std::fmt::Display for Day {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use chrono::Datelike;
+        write!(
+            f,
+            "{:04}-{:02}-{:02}",
+            self.0.year(),
+            self.0.month(),
+            self.0.day()
+        )
+    }
+}
+
+/// The fields of GitLab's `UserBasic` entity, in its order.
+fn user_basic_fields<S: serde::ser::SerializeStruct>(
+    s: &mut S,
+    base: &str,
+    u: &User,
+) -> Result<(), S::Error> {
+    s.serialize_field("id", &u.id)?;
+    s.serialize_field("username", &u.username)?;
+    s.serialize_field("name", &u.name)?;
+    s.serialize_field("state", &u.state)?;
+    s.serialize_field("locked", &false)?;
+    s.serialize_field(
+        "avatar_url",
+        &Collect(format_args!(
+            "{base}/uploads/-/system/user/avatar/{}/avatar.png",
+            u.id
+        )),
+    )?;
+    s.serialize_field("web_url", &Collect(format_args!("{base}/{}", u.username)))
+}
+
+struct UserBasicOut<'a> {
+    base: &'a str,
+    user: &'a User,
+}
+
+impl serde::Serialize for UserBasicOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("UserBasic", 7)?;
+        user_basic_fields(&mut st, self.base, self.user)?;
+        st.end()
+    }
+}
+
+/// A member as GitLab's member entity shows it, serialized without intermediate values
+/// (member lists are the simulator's hot path).
 pub(crate) struct MemberOut<'a> {
-    #[serde(flatten)]
-    user: UserBasicOut<'a>,
+    base: &'a str,
+    user: &'a User,
+    membership: &'a Membership,
     access_level: u16,
-    created_at: String,
-    expires_at: Option<String>,
-    membership_state: &'static str,
-    created_by: Option<UserBasicOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    member_role: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    email: Option<&'a str>,
+    created_by: Option<&'a User>,
+    member_role: Option<&'a crate::model::MemberRole>,
+    show_email: bool,
+}
+
+impl serde::Serialize for MemberOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let m = self.membership;
+        let mut st = s.serialize_struct("Member", 14)?;
+        user_basic_fields(&mut st, self.base, self.user)?;
+        st.serialize_field("access_level", &self.access_level)?;
+        st.serialize_field("created_at", &Collect(Millis(m.created_at)))?;
+        st.serialize_field("expires_at", &m.expires_at.map(|d| Collect(Day(d))))?;
+        st.serialize_field("membership_state", m.state.as_str())?;
+        st.serialize_field(
+            "created_by",
+            &self.created_by.map(|user| UserBasicOut {
+                base: self.base,
+                user,
+            }),
+        )?;
+        if let Some(role) = self.member_role {
+            st.serialize_field(
+                "member_role",
+                &json!({"id": role.id, "name": role.name, "description": null,
+                   "group_id": role.group_id, "base_access_level": role.base_access_level}),
+            )?;
+        }
+        if self.show_email {
+            st.serialize_field("email", &self.user.email)?;
+        }
+        st.end()
+    }
 }
 
 pub(crate) fn member_out<'a>(
     w: &'a World,
-    base: &str,
+    base: &'a str,
     user_id: u64,
-    m: &Membership,
+    m: &'a Membership,
     level: u16,
     show_email: bool,
 ) -> Option<MemberOut<'a>> {
-    let u = w.users.get(&user_id)?;
+    let user = w.users.get(&user_id)?;
     Some(MemberOut {
-        user: UserBasicOut::new(base, u),
+        base,
+        user,
+        membership: m,
         access_level: level,
-        created_at: m
-            .created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        expires_at: m.expires_at.map(|d| d.format("%Y-%m-%d").to_string()),
-        membership_state: m.state.as_str(),
-        created_by: m
-            .created_by
-            .and_then(|c| w.users.get(&c))
-            .map(|c| UserBasicOut::new(base, c)),
-        member_role: m
-            .member_role_id
-            .and_then(|r| w.member_roles.get(&r))
-            .map(|role| {
-                json!({"id": role.id, "name": role.name, "description": null,
-                   "group_id": role.group_id, "base_access_level": role.base_access_level})
-            }),
-        email: show_email.then_some(u.email.as_str()),
+        created_by: m.created_by.and_then(|c| w.users.get(&c)),
+        member_role: m.member_role_id.and_then(|r| w.member_roles.get(&r)),
+        show_email,
     })
 }
 
