@@ -33,6 +33,11 @@ struct Args {
     /// Skip the throttled run.
     #[arg(long)]
     no_throttled: bool,
+    /// Runtime threads of the simulator. GitLab's own CPU is not on the client's machine; one
+    /// simulator thread leaves the other core to the client under test (and python-gitlab is
+    /// single-threaded anyway). With 2, the simulator competes with the sync for both cores.
+    #[arg(long, default_value_t = 1)]
+    sim_threads: usize,
     /// Python interpreter with python-gitlab (default: .tools/venv/bin/python).
     #[arg(long)]
     python: Option<PathBuf>,
@@ -343,6 +348,7 @@ async fn bench_size(
         "spec": spec,
         "machine": {"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
         "concurrency": args.concurrency,
+        "simulator_threads": args.sim_threads,
         "minimal_requests": minimal,
         "api_requests": requests,
         "requests_over_minimal": requests as f64 / minimal as f64,
@@ -360,9 +366,21 @@ async fn bench_size(
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.sim_threads == 0 {
+        bail!("--sim-threads must be at least 1");
+    }
+    // The harness itself only waits on child processes (on blocking threads), so this runtime's
+    // worker threads are the simulator's.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.sim_threads)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     eprintln!("== building the release gitlab-worker");
     let status = Command::new(env!("CARGO"))
