@@ -603,3 +603,56 @@ async fn admin_user_lifecycle() {
     c.delete_user(ids.carol, false).await.unwrap();
     assert!(c.user(ids.carol).await.unwrap_err().is_not_found());
 }
+
+/// Tree project lists are memoized in the simulator; a group or project added afterwards must
+/// show up in the next listing, in id order.
+#[tokio::test]
+async fn project_lists_follow_the_tree_after_it_changes() {
+    let (sim, f) = start_fixture(Mode::SelfManaged).await;
+    let list = |url: String| async move {
+        let (status, _, body) = raw_get(&url, "admin-token").await;
+        assert_eq!(status, 200, "{body}");
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_u64().unwrap())
+            .collect::<Vec<u64>>()
+    };
+    let url = format!(
+        "{}/api/v4/groups/{}/projects?include_subgroups=true&with_shared=false&order_by=id&sort=asc",
+        sim.url, f.ids.org
+    );
+    assert_eq!(list(url.clone()).await, vec![f.ids.api, f.ids.deploy]);
+    let new_group = sim_post(
+        &sim.url,
+        "/groups",
+        json!({"path": "data", "parent_id": f.ids.eng}),
+    )
+    .await["id"]
+        .as_u64()
+        .unwrap();
+    let in_new_group = sim_post(
+        &sim.url,
+        "/projects",
+        json!({"path": "lake", "group_id": new_group}),
+    )
+    .await["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        list(url.clone()).await,
+        vec![f.ids.api, f.ids.deploy, in_new_group]
+    );
+    let in_ops = sim_post(
+        &sim.url,
+        "/projects",
+        json!({"path": "runbooks", "group_id": f.ids.ops}),
+    )
+    .await["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        list(url).await,
+        vec![f.ids.api, f.ids.deploy, in_new_group, in_ops]
+    );
+}
