@@ -263,6 +263,11 @@ impl Worker {
         self.child.id()
     }
 
+    /// Where the worker's stderr goes (it outlives the worker, for diagnostics).
+    pub fn stderr_path(&self) -> PathBuf {
+        self.stderr.clone()
+    }
+
     pub fn stderr(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.stderr) {

@@ -135,6 +135,8 @@ struct Env {
     ids: BTreeMap<&'static str, u64>,
     js: async_nats::jetstream::Context,
     dir: std::path::PathBuf,
+    /// Every worker's stderr, shown when a result does not arrive.
+    worker_logs: std::sync::Mutex<Vec<std::path::PathBuf>>,
 }
 
 async fn env() -> Env {
@@ -157,6 +159,7 @@ async fn env() -> Env {
         ids: o.ids,
         js,
         dir: tempdir("prov"),
+        worker_logs: Default::default(),
     }
 }
 
@@ -183,9 +186,48 @@ impl Env {
 
     async fn worker(&self, extra: &[(&str, String)]) -> Worker {
         let env = self.worker_env(extra);
-        tokio::task::spawn_blocking(move || Worker::serve(&env))
+        let w = tokio::task::spawn_blocking(move || Worker::serve(&env))
             .await
-            .unwrap()
+            .unwrap();
+        self.worker_logs.lock().unwrap().push(w.stderr_path());
+        w
+    }
+
+    /// What the streams and the workers say, for a failure message.
+    async fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for name in ["GITLAB_JOBS", "GITLAB_DLQ", "GITLAB_RESULTS"] {
+            if let Ok(mut s) = self.js.get_stream(name).await
+                && let Ok(info) = s.info().await
+            {
+                out += &format!("{name}: {} messages\n", info.state.messages);
+            }
+        }
+        if let Ok(s) = self.js.get_stream("GITLAB_JOBS").await {
+            let mut names = s.consumer_names();
+            while let Some(Ok(name)) = futures::StreamExt::next(&mut names).await {
+                if let Ok(mut c) = s
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                    .await
+                    && let Ok(i) = c.info().await
+                {
+                    out += &format!(
+                        "consumer {name}: pending {}, ack pending {}, redelivered {}, waiting {}\n",
+                        i.num_pending, i.num_ack_pending, i.num_redelivered, i.num_waiting
+                    );
+                }
+            }
+        }
+        for path in self.worker_logs.lock().unwrap().iter() {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out += &format!("--- {}:\n", path.display());
+            for l in tail.into_iter().rev() {
+                out += l;
+                out += "\n";
+            }
+        }
+        out
     }
 
     /// Publishes a job and returns its result.
@@ -230,10 +272,9 @@ impl Env {
             {
                 return serde_json::from_slice(&m.payload).unwrap();
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no result for {job_id}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                panic!("no result for {job_id}\n{}", self.diagnostics().await);
+            }
         }
     }
 
