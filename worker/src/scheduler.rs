@@ -10,10 +10,13 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::Handler;
+use tracing::Instrument;
+
 use crate::jobs::events::EVENT_SCHEMA;
 use crate::jobs::provision::undo_grant;
+use crate::jobs::{Connector, Handler};
 use crate::store::OutboxMessage;
+use crate::store::entity::grant;
 
 pub const TICK: Duration = Duration::from_millis(500);
 
@@ -46,68 +49,75 @@ pub async fn run_due(h: &Handler) -> Vec<Expired> {
                 continue;
             }
         }
+        // Attached with `instrument`: an entered guard must not be held across an await.
         let span =
             tracing::info_span!("jit_expiry", grant_job_id = %g.job_id, connector = %g.connector);
-        let _e = span.enter();
-        let undone = undo_grant(h, c, &g, "JIT grant expired").await;
-        let (state, changes, conflict) = match undone {
-            Ok(u) => (
-                if u.conflict.is_some() {
-                    "conflict"
-                } else {
-                    "ended"
-                },
-                u.changes,
-                u.conflict,
-            ),
-            Err(e) => {
-                // Back to active: retried at the next tick.
-                tracing::warn!("undoing the grant failed: {e}; retrying");
-                let _ = h
-                    .store
-                    .release_stale_claims(Utc::now() + chrono::Duration::seconds(1))
-                    .await;
-                continue;
-            }
-        };
-        if let Err(e) = h.store.end_grant(&g.job_id, state, conflict.clone()).await {
-            tracing::warn!("scheduler: {e}");
+        if let Some(done) = expire(h, c, &g).instrument(span).await {
+            out.push(done);
         }
-        let event = json!({
-            "schema": EVENT_SCHEMA,
-            "type": "access",
-            "cause": "jit_expiry",
-            "connector": g.connector,
-            "grant_job_id": g.job_id,
-            "user_id": g.user_id,
-            "target": {"type": g.target_type, "id": g.target_id, "path": g.target_path},
-            "expires_at": g.expires_at,
-            "undone_at": Utc::now(),
-            "changes": changes,
-            "conflict": conflict,
-        });
-        match &conflict {
-            Some(c) => tracing::warn!("JIT grant expired with a conflict: {c}"),
-            None => tracing::info!(changes = changes.len(), "JIT grant expired and undone"),
-        }
-        if h.publish
-            && let Err(e) = h
-                .store
-                .enqueue(vec![OutboxMessage::Publish {
-                    msg_id: format!("{}:expired", g.job_id),
-                    subject: h.subjects.event(&g.connector, "access"),
-                    payload: event.to_string(),
-                }])
-                .await
-        {
-            tracing::warn!("scheduler: the access event could not be queued: {e}");
-        }
-        out.push(Expired {
-            grant_job_id: g.job_id.clone(),
-            event,
-        });
     }
     out
+}
+
+/// Undoes one claimed grant; `None` when it must be retried at the next tick.
+async fn expire(h: &Handler, c: &Connector, g: &grant::Model) -> Option<Expired> {
+    let undone = undo_grant(h, c, g, "JIT grant expired").await;
+    let (state, changes, conflict) = match undone {
+        Ok(u) => (
+            if u.conflict.is_some() {
+                "conflict"
+            } else {
+                "ended"
+            },
+            u.changes,
+            u.conflict,
+        ),
+        Err(e) => {
+            // Back to active: retried at the next tick.
+            tracing::warn!("undoing the grant failed: {e}; retrying");
+            let _ = h
+                .store
+                .release_stale_claims(Utc::now() + chrono::Duration::seconds(1))
+                .await;
+            return None;
+        }
+    };
+    if let Err(e) = h.store.end_grant(&g.job_id, state, conflict.clone()).await {
+        tracing::warn!("scheduler: {e}");
+    }
+    let event = json!({
+        "schema": EVENT_SCHEMA,
+        "type": "access",
+        "cause": "jit_expiry",
+        "connector": g.connector,
+        "grant_job_id": g.job_id,
+        "user_id": g.user_id,
+        "target": {"type": g.target_type, "id": g.target_id, "path": g.target_path},
+        "expires_at": g.expires_at,
+        "undone_at": Utc::now(),
+        "changes": changes,
+        "conflict": conflict,
+    });
+    match &conflict {
+        Some(c) => tracing::warn!("JIT grant expired with a conflict: {c}"),
+        None => tracing::info!(changes = changes.len(), "JIT grant expired and undone"),
+    }
+    if h.publish
+        && let Err(e) = h
+            .store
+            .enqueue(vec![OutboxMessage::Publish {
+                msg_id: format!("{}:expired", g.job_id),
+                subject: h.subjects.event(&g.connector, "access"),
+                payload: event.to_string(),
+            }])
+            .await
+    {
+        tracing::warn!("scheduler: the access event could not be queued: {e}");
+    }
+    Some(Expired {
+        grant_job_id: g.job_id.clone(),
+        event,
+    })
 }
 
 /// Runs until `stop`; wakes the outbox publisher after each expiry.

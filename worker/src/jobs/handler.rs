@@ -136,6 +136,9 @@ pub enum HandlerError {
     /// The database could not record the job: the delivery must be retried, not answered.
     #[error("the job store is unavailable: {0}")]
     Store(#[from] StoreError),
+    /// The job's code panicked: a bug, reported with the job and retried like a store failure.
+    #[error("the job's handler panicked ({0}); this is a bug in gitlab-worker, please report it")]
+    Panicked(String),
 }
 
 pub struct Handler {
@@ -373,19 +376,20 @@ impl Handler {
             Begin::Resume { attempts, .. } => attempts,
         };
         let result = JobResult::for_job(&job, started, attempt);
-        // Keep the lease while the job runs.
+        // Keep the lease while the job runs, and not a moment longer: the renewal stops when
+        // this future ends or is dropped (a shutdown deadline, a panic), so the lease can lapse.
         let renewal = {
             let store = self.store.clone();
             let job_id = job.job_id.clone();
             let lease = self.lease;
-            tokio::spawn(async move {
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
                     if let Err(e) = store.renew_lease(&job_id, lease).await {
                         tracing::warn!("cannot renew the job's lease: {e}");
                     }
                 }
-            })
+            }))
         };
         let outcome = match job.kind() {
             JobKind::Sync => sync_job::run(self, &connector, &job, started, attempt).await,

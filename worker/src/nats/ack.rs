@@ -5,7 +5,7 @@
 //! | done (succeeded, noop, repeated job id) | `double_ack` after the state is committed |
 //! | done, failed or rejected | copy to the DLQ (publish acknowledged), then `Term` |
 //! | transient failure, deliveries left | `Nak` with the handler's backoff delay |
-//! | the store failed (nothing decided) | `Nak` after a short delay; on the last delivery, DLQ + `Term` |
+//! | the store failed (nothing decided), or the handler panicked | `Nak` after a short delay; on the last delivery, DLQ + `Term` |
 //! | shutdown deadline passed | `Nak` without delay, so another instance takes it at once |
 
 use std::time::Duration;
@@ -102,6 +102,15 @@ mod tests {
         assert!(matches!(
             decide(&store_down(), true),
             AckAction::DeadLetter { code, .. } if code == "internal"
+        ));
+        let panicked = || Err(HandlerError::Panicked("index out of bounds".into()));
+        assert_eq!(
+            decide(&panicked(), false),
+            AckAction::Nak(Some(STORE_RETRY))
+        );
+        assert!(matches!(
+            decide(&panicked(), true),
+            AckAction::DeadLetter { code, message } if code == "internal" && message.contains("index out of bounds")
         ));
     }
 }

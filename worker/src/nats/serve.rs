@@ -2,18 +2,19 @@
 //! cannot start; each job runs on a task tracker with a progress-ack ticker; on shutdown the
 //! loop stops pulling, in-flight jobs get until the deadline, and unfinished ones are handed back.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::ack::{AckAction, decide};
-use crate::jobs::{Delivery, Handler};
+use crate::jobs::{Delivery, Handler, HandlerError};
 
 pub struct ServeContext {
     pub handler: Arc<Handler>,
@@ -113,17 +114,35 @@ async fn process(ctx: &ServeContext, msg: jetstream::Message, deadline: Cancella
         }
     };
     let subject = msg.subject.to_string();
+    // The span is attached with `instrument`, never entered across an await: a guard held
+    // across an await leaves the span on one worker thread's stack after the task moves on,
+    // and a later span created there panics in tracing's registry.
+    let span = tracing::info_span!("delivery", %subject, stream_seq, delivered);
+    deliver(ctx, subject, stream_seq, delivered, msg, deadline)
+        .instrument(span)
+        .await;
+}
+
+async fn deliver(
+    ctx: &ServeContext,
+    subject: String,
+    stream_seq: u64,
+    delivered: i64,
+    msg: jetstream::Message,
+    deadline: CancellationToken,
+) {
     let payload = msg.payload.clone();
     let headers = msg.headers.clone();
     let (_, acker) = msg.split();
     let acker = Arc::new(acker);
     let attempt = u32::try_from(delivered).unwrap_or(u32::MAX);
     let last_attempt = ctx.max_deliver > 0 && delivered >= ctx.max_deliver;
-    let span = tracing::info_span!("delivery", %subject, stream_seq, delivered);
     metrics::counter!("gitlab_worker_deliveries_total", "redelivered" => if delivered > 1 { "true" } else { "false" }).increment(1);
 
-    // Progress acks keep a long job from being redelivered while it runs.
+    // Progress acks keep a long job from being redelivered while it runs; the guard stops them
+    // however this function is left, so a job can never be held in flight forever.
     let ticker_stop = CancellationToken::new();
+    let _stop_ticker = ticker_stop.clone().drop_guard();
     let ticker = {
         let acker = acker.clone();
         let stop = ticker_stop.clone();
@@ -149,14 +168,27 @@ async fn process(ctx: &ServeContext, msg: jetstream::Message, deadline: Cancella
         last_attempt,
         stream_seq,
     };
+    // A panic in a job is a failed delivery like a store failure: retried after a delay and
+    // dead-lettered on the last delivery, instead of a task that dies holding the message.
+    let handling = AssertUnwindSafe(ctx.handler.handle(&payload, delivery)).catch_unwind();
     let outcome = tokio::select! {
-        o = ctx.handler.handle(&payload, delivery).instrument(span.clone()) => Some(o),
+        o = handling => Some(o.unwrap_or_else(|panic| Err(HandlerError::Panicked(panic_message(panic.as_ref()))))),
         _ = deadline.cancelled() => None,
     };
     ticker_stop.cancel();
     let _ = ticker.await;
     metrics::gauge!("gitlab_worker_jobs_in_flight").decrement(1.0);
-    let _enter = span.enter();
+    if let Some(Err(HandlerError::Panicked(why))) = &outcome {
+        tracing::error!("the job's handler panicked: {why}");
+        // Nothing renews the lease any more; give it up so the retry need not wait for it.
+        if let Ok(job) = crate::jobs::parse_job(&payload, chrono::Utc::now())
+            && let Err(e) = ctx.handler.store.release_lease(&job.job_id).await
+        {
+            tracing::warn!(
+                "could not release the job's lease ({e}); it is taken over when the lease runs out"
+            );
+        }
+    }
     let Some(outcome) = outcome else {
         // Shutdown deadline: hand the job back at once. Whatever the handler committed stays;
         // the redelivery resumes from it, and the job's lease is given up so it may.
@@ -240,6 +272,14 @@ async fn process(ctx: &ServeContext, msg: jetstream::Message, deadline: Cancella
             "the ack did not reach NATS ({e}); a redelivery will be answered from the stored result"
         );
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Publishes `gitlab_worker_consumer_pending` every few seconds until `stop`.

@@ -177,3 +177,30 @@ pub async fn sim_put(base: &str, path: &str, body: Value) {
 pub fn count(running: &Running, route: &str) -> u64 {
     running.sim.counts().get(route).map_or(0, |c| c.requests)
 }
+
+/// Runs `scenario` until one run starts and ends inside the same throttle window of
+/// `period_secs`, and returns what that run observed. GitLab's (Rack::Attack's) fixed windows are
+/// aligned to the Unix epoch and the simulator's are too, so a run that happens to cross a
+/// boundary sees its count restart midway; such a run is discarded, not asserted on. Each run
+/// must start its own simulator.
+pub async fn in_one_throttle_window<T, F, Fut>(period_secs: u64, mut scenario: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let window = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / period_secs
+    };
+    for _ in 0..3 {
+        let started_in = window();
+        let observed = scenario().await;
+        if window() == started_in {
+            return observed;
+        }
+    }
+    panic!("three runs in a row crossed a {period_secs}-second throttle window boundary")
+}

@@ -13,17 +13,39 @@ use crate::common::*;
 
 #[tokio::test]
 async fn the_user_throttle_sends_ratelimit_headers_and_429s() {
-    let f = fixture(Mode::SelfManaged);
-    let mut cfg = SimConfig::for_mode(Mode::SelfManaged);
-    cfg.rate_limit = Some(UserRateLimit {
-        limit: 3,
-        period_secs: 3600,
-    });
-    let sim = start(f.world, cfg).await;
-    let url = format!("{}/api/v4/user", sim.url);
-    for expected_remaining in [2, 1, 0] {
-        let (status, h, _) = raw_get(&url, &f.owner_token).await;
-        assert_eq!(status, 200);
+    const PERIOD: u64 = 3600;
+    let (allowed, throttled, other_user) = in_one_throttle_window(PERIOD, || async {
+        let f = fixture(Mode::SelfManaged);
+        let mut cfg = SimConfig::for_mode(Mode::SelfManaged);
+        cfg.rate_limit = Some(UserRateLimit {
+            limit: 3,
+            period_secs: PERIOD,
+        });
+        let sim = start(f.world, cfg).await;
+        let url = format!("{}/api/v4/user", sim.url);
+        let mut allowed = Vec::new();
+        for _ in 0..3 {
+            let (status, h, _) = raw_get(&url, &f.owner_token).await;
+            allowed.push((status, h));
+        }
+        let r = http()
+            .get(&url)
+            .header("PRIVATE-TOKEN", &f.owner_token)
+            .send()
+            .await
+            .unwrap();
+        let throttled = (
+            r.status().as_u16(),
+            r.headers().clone(),
+            r.text().await.unwrap(),
+        );
+        // Another user has their own budget.
+        let (other_user, _, _) = raw_get(&url, &f.admin_token).await;
+        (allowed, throttled, other_user)
+    })
+    .await;
+    for ((status, h), expected_remaining) in allowed.iter().zip([2, 1, 0]) {
+        assert_eq!(*status, 200);
         assert_eq!(
             h["ratelimit-remaining"],
             expected_remaining.to_string().as_str()
@@ -34,88 +56,87 @@ async fn the_user_throttle_sends_ratelimit_headers_and_429s() {
         );
         assert!(h.contains_key("ratelimit-reset") && h.contains_key("ratelimit-observed"));
     }
-    let r = http()
-        .get(&url)
-        .header("PRIVATE-TOKEN", &f.owner_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 429);
-    let retry_after: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=3600).contains(&retry_after));
-    assert!(r.headers().contains_key("ratelimit-resettime"));
-    assert_eq!(r.text().await.unwrap(), "Retry later\n");
-    // Another user has their own budget.
-    let (status, _, _) = raw_get(&url, &f.admin_token).await;
-    assert_eq!(status, 200);
+    let (status, h, body) = throttled;
+    assert_eq!(status, 429);
+    let retry_after: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=PERIOD).contains(&retry_after));
+    assert!(h.contains_key("ratelimit-resettime"));
+    assert_eq!(body, "Retry later\n");
+    assert_eq!(other_user, 200);
 }
 
 #[tokio::test]
 async fn gitlab_com_endpoint_limits_answer_429_without_headers() {
-    let f = fixture(Mode::GitlabCom);
-    let sim = start(f.world, SimConfig::for_mode(Mode::GitlabCom)).await;
-    let url = format!("{}/api/v4/users/{}", sim.url, f.ids.alice);
-    let mut last = None;
-    for _ in 0..301 {
-        last = Some(
-            http()
+    // `GET /users/:id`: 300 requests per 10 minutes.
+    let (statuses, last_headers, last_body, counted_429s) = in_one_throttle_window(600, || async {
+        let f = fixture(Mode::GitlabCom);
+        let sim = start(f.world, SimConfig::for_mode(Mode::GitlabCom)).await;
+        let url = format!("{}/api/v4/users/{}", sim.url, f.ids.alice);
+        let mut statuses = Vec::new();
+        let mut last = None;
+        for _ in 0..301 {
+            let r = http()
                 .get(&url)
                 .header("PRIVATE-TOKEN", &f.owner_token)
                 .send()
                 .await
-                .unwrap(),
-        );
-    }
-    let r = last.unwrap();
-    assert_eq!(r.status(), 429);
+                .unwrap();
+            statuses.push(r.status().as_u16());
+            last = Some(r);
+        }
+        let r = last.unwrap();
+        let headers = r.headers().clone();
+        let body: serde_json::Value = r.json().await.unwrap();
+        let counted = sim.sim.counts()["GET /users/:id"]
+            .statuses
+            .get(&429)
+            .copied();
+        (statuses, headers, body, counted)
+    })
+    .await;
+    assert!(statuses[..300].iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(statuses[300], 429);
     assert!(
-        r.headers().get("ratelimit-remaining").is_none()
-            && r.headers().get("retry-after").is_none()
+        last_headers.get("ratelimit-remaining").is_none()
+            && last_headers.get("retry-after").is_none()
     );
-    let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(
-        body["message"]["error"],
+        last_body["message"]["error"],
         "This endpoint has been requested too many times. Try again later."
     );
-    assert_eq!(sim.sim.counts()["GET /users/:id"].statuses[&429], 1);
+    assert_eq!(counted_429s, Some(1));
 }
 
 #[tokio::test]
 async fn member_deletion_is_limited_per_group() {
-    let f = fixture(Mode::SelfManaged);
-    let sim = start(f.world, SimConfig::for_mode(Mode::SelfManaged)).await;
-    let url = format!("{}/api/v4/groups/{}/members/999999", sim.url, f.ids.eng);
-    let mut statuses = Vec::new();
-    for _ in 0..61 {
-        statuses.push(
-            http()
-                .delete(&url)
-                .header("PRIVATE-TOKEN", &f.owner_token)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-        );
-    }
-    assert!(statuses[..60].iter().all(|s| *s == 404));
+    // 60 deletions per minute per group or project.
+    let (statuses, other_group) = in_one_throttle_window(60, || async {
+        let f = fixture(Mode::SelfManaged);
+        let sim = start(f.world, SimConfig::for_mode(Mode::SelfManaged)).await;
+        let delete = |group: u64| {
+            let url = format!("{}/api/v4/groups/{group}/members/999999", sim.url);
+            let token = f.owner_token.clone();
+            async move {
+                http()
+                    .delete(&url)
+                    .header("PRIVATE-TOKEN", &token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..61 {
+            statuses.push(delete(f.ids.eng).await);
+        }
+        (statuses, delete(f.ids.ops).await)
+    })
+    .await;
+    assert!(statuses[..60].iter().all(|s| *s == 404), "{statuses:?}");
     assert_eq!(statuses[60], 429);
-    // Another group is not affected.
-    let other = format!("{}/api/v4/groups/{}/members/999999", sim.url, f.ids.ops);
-    assert_eq!(
-        http()
-            .delete(&other)
-            .header("PRIVATE-TOKEN", &f.owner_token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(other_group, 404, "another group is not affected");
 }
 
 #[tokio::test]
