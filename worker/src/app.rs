@@ -10,6 +10,7 @@ use std::time::Duration;
 use gitlab_connector::Client;
 use gitlab_connector::api::Capability;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
@@ -149,6 +150,34 @@ pub fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
+/// Runs a background task that must outlive every job (the outbox publisher, the JIT
+/// scheduler) until `stop`: a panic in it is logged and the task started again, instead of a
+/// worker that goes on taking jobs whose results are never published or grants never undone.
+fn supervise<F, Fut>(name: &'static str, stop: CancellationToken, start: F) -> JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(start()).await {
+                Err(e) if e.is_panic() && !stop.is_cancelled() => {
+                    metrics::counter!("gitlab_worker_task_restarts_total", "task" => name)
+                        .increment(1);
+                    tracing::error!(
+                        "the {name} panicked; starting it again (this is a bug in gitlab-worker, please report it)"
+                    );
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                _ => return,
+            }
+        }
+    })
+}
+
 /// `gitlab-worker serve`: runs until `shutdown` is cancelled, then drains.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     let metrics = http::install_metrics();
@@ -184,16 +213,22 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         subjects: subjects.clone(),
         wake: wake.clone(),
     };
-    let outbox_task = tokio::spawn(publisher.run(background_stop.clone()));
+    let outbox_task = {
+        let stop = background_stop.clone();
+        supervise("outbox publisher", background_stop.clone(), move || {
+            publisher.clone().run(stop.clone())
+        })
+    };
     let watcher = tokio::spawn(nats::serve::watch_consumer(
         consumer.clone(),
         background_stop.clone(),
     ));
-    let scheduler = tokio::spawn(crate::scheduler::run(
-        handler.clone(),
-        Some(wake.clone()),
-        background_stop.clone(),
-    ));
+    let scheduler = {
+        let (handler, wake, stop) = (handler.clone(), wake.clone(), background_stop.clone());
+        supervise("JIT scheduler", background_stop.clone(), move || {
+            crate::scheduler::run(handler.clone(), Some(wake.clone()), stop.clone())
+        })
+    };
     let rotations: Vec<_> = handler
         .connectors
         .values()
@@ -243,4 +278,49 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     store.close().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_supervised_task_that_panics_is_started_again_until_it_returns() {
+        let starts = Arc::new(AtomicU32::new(0));
+        let counted = starts.clone();
+        let task = supervise("test task", CancellationToken::new(), move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    panic!("injected panic {n}");
+                }
+            }
+        });
+        task.await.unwrap();
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            3,
+            "two panics, then a clean return"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_supervised_task_is_not_restarted_once_stopped() {
+        let stop = CancellationToken::new();
+        let starts = Arc::new(AtomicU32::new(0));
+        let counted = starts.clone();
+        let stopping = stop.clone();
+        let task = supervise("test task", stop.clone(), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let stopping = stopping.clone();
+            async move {
+                stopping.cancel();
+                panic!("panics while shutting down");
+            }
+        });
+        task.await.unwrap();
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+    }
 }
