@@ -135,14 +135,19 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// A raw GET with a token: (status, headers, JSON body or Null).
-pub async fn raw_get(url: &str, token: &str) -> (u16, reqwest::header::HeaderMap, Value) {
-    let r = http()
+/// A GET with a token, the response as it came.
+pub async fn get_with_token(url: &str, token: &str) -> reqwest::Response {
+    http()
         .get(url)
         .header("PRIVATE-TOKEN", token)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A raw GET with a token: (status, headers, JSON body or Null).
+pub async fn raw_get(url: &str, token: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = get_with_token(url, token).await;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r.bytes().await.unwrap();

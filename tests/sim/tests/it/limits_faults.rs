@@ -28,12 +28,7 @@ async fn the_user_throttle_sends_ratelimit_headers_and_429s() {
             let (status, h, _) = raw_get(&url, &f.owner_token).await;
             allowed.push((status, h));
         }
-        let r = http()
-            .get(&url)
-            .header("PRIVATE-TOKEN", &f.owner_token)
-            .send()
-            .await
-            .unwrap();
+        let r = get_with_token(&url, &f.owner_token).await;
         let throttled = (
             r.status().as_u16(),
             r.headers().clone(),
@@ -75,12 +70,7 @@ async fn gitlab_com_endpoint_limits_answer_429_without_headers() {
         let mut statuses = Vec::new();
         let mut last = None;
         for _ in 0..301 {
-            let r = http()
-                .get(&url)
-                .header("PRIVATE-TOKEN", &f.owner_token)
-                .send()
-                .await
-                .unwrap();
+            let r = get_with_token(&url, &f.owner_token).await;
             statuses.push(r.status().as_u16());
             last = Some(r);
         }
