@@ -155,12 +155,12 @@ pub fn cancel_on_signal(token: CancellationToken) {
 /// worker that goes on taking jobs whose results are never published or grants never undone.
 fn supervise<F, Fut>(name: &'static str, stop: CancellationToken, start: F) -> JoinHandle<()>
 where
-    F: Fn() -> Fut + Send + 'static,
+    F: Fn(CancellationToken) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(async move {
         loop {
-            match tokio::spawn(start()).await {
+            match tokio::spawn(start(stop.clone())).await {
                 Err(e) if e.is_panic() && !stop.is_cancelled() => {
                     metrics::counter!("gitlab_worker_task_restarts_total", "task" => name)
                         .increment(1);
@@ -213,20 +213,17 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         subjects: subjects.clone(),
         wake: wake.clone(),
     };
-    let outbox_task = {
-        let stop = background_stop.clone();
-        supervise("outbox publisher", background_stop.clone(), move || {
-            publisher.clone().run(stop.clone())
-        })
-    };
+    let outbox_task = supervise("outbox publisher", background_stop.clone(), move |stop| {
+        publisher.clone().run(stop)
+    });
     let watcher = tokio::spawn(nats::serve::watch_consumer(
         consumer.clone(),
         background_stop.clone(),
     ));
     let scheduler = {
-        let (handler, wake, stop) = (handler.clone(), wake.clone(), background_stop.clone());
-        supervise("JIT scheduler", background_stop.clone(), move || {
-            crate::scheduler::run(handler.clone(), Some(wake.clone()), stop.clone())
+        let (handler, wake) = (handler.clone(), wake.clone());
+        supervise("JIT scheduler", background_stop.clone(), move |stop| {
+            crate::scheduler::run(handler.clone(), Some(wake.clone()), stop)
         })
     };
     let rotations: Vec<_> = handler
@@ -290,7 +287,7 @@ mod tests {
     async fn a_supervised_task_that_panics_is_started_again_until_it_returns() {
         let starts = Arc::new(AtomicU32::new(0));
         let counted = starts.clone();
-        let task = supervise("test task", CancellationToken::new(), move || {
+        let task = supervise("test task", CancellationToken::new(), move |_| {
             let n = counted.fetch_add(1, Ordering::SeqCst);
             async move {
                 if n < 2 {
@@ -311,10 +308,8 @@ mod tests {
         let stop = CancellationToken::new();
         let starts = Arc::new(AtomicU32::new(0));
         let counted = starts.clone();
-        let stopping = stop.clone();
-        let task = supervise("test task", stop.clone(), move || {
+        let task = supervise("test task", stop, move |stopping| {
             counted.fetch_add(1, Ordering::SeqCst);
-            let stopping = stopping.clone();
             async move {
                 stopping.cancel();
                 panic!("panics while shutting down");

@@ -9,7 +9,6 @@ use chrono::Utc;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
 use tracing::Instrument;
 
 use crate::jobs::events::EVENT_SCHEMA;

@@ -181,24 +181,12 @@ async fn deliver(
     if let Some(Err(HandlerError::Panicked(why))) = &outcome {
         tracing::error!("the job's handler panicked: {why}");
         // Nothing renews the lease any more; give it up so the retry need not wait for it.
-        if let Ok(job) = crate::jobs::parse_job(&payload, chrono::Utc::now())
-            && let Err(e) = ctx.handler.store.release_lease(&job.job_id).await
-        {
-            tracing::warn!(
-                "could not release the job's lease ({e}); it is taken over when the lease runs out"
-            );
-        }
+        release_lease(ctx, &payload).await;
     }
     let Some(outcome) = outcome else {
         // Shutdown deadline: hand the job back at once. Whatever the handler committed stays;
         // the redelivery resumes from it, and the job's lease is given up so it may.
-        if let Ok(job) = crate::jobs::parse_job(&payload, chrono::Utc::now())
-            && let Err(e) = ctx.handler.store.release_lease(&job.job_id).await
-        {
-            tracing::warn!(
-                "could not release the job's lease ({e}); it is taken over when the lease runs out"
-            );
-        }
+        release_lease(ctx, &payload).await;
         if let Err(e) = acker.ack_with(AckKind::Nak(None)).await {
             tracing::warn!("could not hand the job back ({e}); NATS redelivers it after ack_wait");
         }
@@ -270,6 +258,18 @@ async fn deliver(
         tracing::warn!(
             ?action,
             "the ack did not reach NATS ({e}); a redelivery will be answered from the stored result"
+        );
+    }
+}
+
+/// Gives up the job's lease so its next delivery may start at once; if that fails the lease
+/// simply runs out.
+async fn release_lease(ctx: &ServeContext, payload: &[u8]) {
+    if let Ok(job) = crate::jobs::parse_job(payload, chrono::Utc::now())
+        && let Err(e) = ctx.handler.store.release_lease(&job.job_id).await
+    {
+        tracing::warn!(
+            "could not release the job's lease ({e}); it is taken over when the lease runs out"
         );
     }
 }
