@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +13,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
+use crate::connector::Connector;
 use crate::http::{self, Health};
-use crate::jobs::{Connector, Handler, Subjects};
+use crate::ids::ConnectorId;
+use crate::jobs::{Clock, Handler};
 use crate::nats::{self, NatsError};
 use crate::store::{Store, StoreError};
+use crate::subjects::Subjects;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -42,7 +44,7 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// Usage and configuration problems exit with 2 (interface.md section 1).
+    /// Usage and configuration problems exit with 2 (docs/contract.md, "Exit codes").
     pub fn is_config(&self) -> bool {
         matches!(
             self,
@@ -58,12 +60,12 @@ impl AppError {
 pub async fn connectors(
     settings: &Settings,
     check_tokens: bool,
-) -> Result<BTreeMap<String, Arc<Connector>>, AppError> {
+) -> Result<BTreeMap<ConnectorId, Arc<Connector>>, AppError> {
     let mut out = BTreeMap::new();
     let today = chrono::Utc::now().date_naive();
     for (id, s) in &settings.connectors {
         let client = Client::new(s.client_config()).map_err(|e| AppError::Token {
-            connector: id.clone(),
+            connector: id.to_string(),
             message: e.to_string(),
         })?;
         let capability = if check_tokens {
@@ -72,17 +74,17 @@ pub async fn connectors(
                 client: client.clone(),
                 capability: None,
             };
-            crate::jobs::rotation::check_interrupted(&probe)
+            crate::jobs::rotate::check_interrupted(&probe)
                 .await
                 .map_err(|message| AppError::Token {
-                    connector: id.clone(),
+                    connector: id.to_string(),
                     message,
                 })?;
             let check = client
                 .check_token(today)
                 .await
                 .map_err(|e| AppError::Token {
-                    connector: id.clone(),
+                    connector: id.to_string(),
                     message: e.to_string(),
                 })?;
             for w in &check.warnings {
@@ -107,27 +109,20 @@ pub async fn connectors(
     Ok(out)
 }
 
-/// A per-process spool folder for snapshots on their way into the store.
-pub fn spool_dir() -> PathBuf {
-    std::env::var_os("SPOOL_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(format!("gitlab-worker-spool-{}", std::process::id()))
-}
-
 pub fn handler(
     settings: &Settings,
     store: Store,
-    connectors: BTreeMap<String, Arc<Connector>>,
+    connectors: BTreeMap<ConnectorId, Arc<Connector>>,
     publish: bool,
 ) -> Handler {
     Handler {
         store,
         connectors,
         subjects: Subjects::new(&settings.nats.subject_prefix),
-        spool_dir: spool_dir(),
+        spool_dir: settings.spool_dir(),
         publish,
         lease: settings.nats.ack_wait,
+        clock: Clock::system(),
     }
 }
 
@@ -231,7 +226,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         .values()
         .filter(|c| c.settings.rotate_when_days_left > 0)
         .map(|c| {
-            tokio::spawn(crate::jobs::rotation::auto_rotate(
+            tokio::spawn(crate::jobs::rotate::auto_rotate(
                 vec![c.clone()],
                 c.settings.rotate_when_days_left,
                 settings.token_check_interval,
@@ -271,7 +266,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     }
     http_stop.cancel();
     let _ = http_task.await;
-    let _ = std::fs::remove_dir_all(spool_dir());
+    let _ = std::fs::remove_dir_all(settings.spool_dir());
     store.close().await?;
     tracing::info!("stopped");
     Ok(())

@@ -1,6 +1,9 @@
-//! Configuration (interface.md section 2): environment variables, optionally layered over a TOML
+//! Configuration (docs/configuration.md): environment variables, optionally layered over a TOML
 //! file (`--config FILE`) that may declare several connectors. Every error names the setting and
 //! says what to do; no error prints a token.
+//!
+//! This is the only module that reads the environment, and every default lives in [`defaults`]:
+//! the command line may show a setting, never read it a second time.
 //!
 //! ```toml
 //! database_url = "postgres://worker@db/gitlab"   # every worker-wide key is optional
@@ -28,7 +31,25 @@ use gitlab_connector::client::{BaseUrl, ClientConfig, RateLimitConfig};
 use gitlab_connector::{InstanceKind, Secret};
 use serde::Deserialize;
 
-use crate::store::DEFAULT_DATABASE_URL;
+use crate::ids::ConnectorId;
+use crate::redact::redact_url;
+
+/// Every default of every setting.
+pub mod defaults {
+    pub const CONNECTOR_ID: &str = "default";
+    pub const DATABASE_URL: &str = "sqlite://gitlab-connector.db?mode=rwc";
+    pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+    pub const SUBJECT_PREFIX: &str = "gitlab";
+    pub const HTTP_LISTEN: &str = "127.0.0.1:9464";
+    pub const CONCURRENCY: usize = 4;
+    pub const MAX_CONCURRENCY: usize = 256;
+    pub const ACK_WAIT_SECONDS: u64 = 30;
+    pub const MAX_DELIVER: i64 = 8;
+    pub const SHUTDOWN_GRACE_SECONDS: u64 = 25;
+    pub const TOKEN_CHECK_INTERVAL_SECONDS: u64 = 3600;
+    pub const ROTATE_DAYS_LEFT: u32 = 7;
+    pub const SYNC_CONCURRENCY: usize = 16;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,7 +87,7 @@ pub enum TokenSource {
 /// One GitLab instance and its credential.
 #[derive(Debug, Clone)]
 pub struct ConnectorSettings {
-    pub id: String,
+    pub id: ConnectorId,
     pub url: BaseUrl,
     pub token: Secret,
     pub token_source: TokenSource,
@@ -102,20 +123,8 @@ fn read_token_file(name: Cow<'static, str>, path: &Path) -> Result<Secret, Confi
     Ok(Secret::new(t))
 }
 
-fn check_connector_id(name: Cow<'static, str>, id: &str) -> Result<(), ConfigError> {
-    if id.is_empty()
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(invalid(
-            name,
-            format!(
-                "{id:?} may only contain letters, digits, '-' and '_' (it is part of NATS subjects)"
-            ),
-        ));
-    }
-    Ok(())
+fn connector_id(name: Cow<'static, str>, id: &str) -> Result<ConnectorId, ConfigError> {
+    ConnectorId::parse(id).map_err(|e| invalid(name, e.to_string()))
 }
 
 fn parse_instance(name: Cow<'static, str>, v: &str) -> Result<InstanceKind, ConfigError> {
@@ -179,8 +188,10 @@ impl ConnectorSettings {
         let rate_limit_per_minute = var("GITLAB_RATE_LIMIT_PER_MINUTE")
             .map(|v| positive::<u32>("GITLAB_RATE_LIMIT_PER_MINUTE", &v, "requests per minute"))
             .transpose()?;
-        let id = var("CONNECTOR_ID").unwrap_or_else(|| "default".into());
-        check_connector_id("CONNECTOR_ID".into(), &id)?;
+        let id = connector_id(
+            "CONNECTOR_ID".into(),
+            &var("CONNECTOR_ID").unwrap_or_else(|| defaults::CONNECTOR_ID.into()),
+        )?;
         let instance = var("GITLAB_INSTANCE")
             .map(|v| parse_instance("GITLAB_INSTANCE".into(), &v))
             .transpose()?;
@@ -201,7 +212,7 @@ impl ConnectorSettings {
                     format!("{v:?} is not a whole number of days (0 turns automatic rotation off)"),
                 )
             })?,
-            None => 7,
+            None => defaults::ROTATE_DAYS_LEFT,
         };
         Ok(Self {
             rotate_when_days_left,
@@ -261,7 +272,7 @@ pub struct NatsSettings {
 /// Everything `serve`, `run-job`, `sync` and `demo` need.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub connectors: BTreeMap<String, ConnectorSettings>,
+    pub connectors: BTreeMap<ConnectorId, ConnectorSettings>,
     pub database_url: String,
     pub nats: NatsSettings,
     pub http_listen: SocketAddr,
@@ -270,6 +281,11 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How often `serve` checks the tokens' expiry for automatic rotation.
     pub token_check_interval: Duration,
+    /// `SPOOL_DIR`: where snapshots are written before they are stored (each process uses a
+    /// folder of its own inside it).
+    pub spool_root: PathBuf,
+    /// `SYNC_CONCURRENCY`: GitLab requests in flight during `gitlab-worker sync`.
+    pub sync_concurrency: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,7 +328,7 @@ struct FileConnector {
 impl FileConnector {
     fn into_settings(self, i: usize) -> Result<ConnectorSettings, ConfigError> {
         let at = |k: &str| -> Cow<'static, str> { format!("connectors[{i}].{k}").into() };
-        check_connector_id(at("id"), &self.id)?;
+        let id = connector_id(at("id"), &self.id)?;
         let url = BaseUrl::parse(&self.url).map_err(|e| invalid(at("url"), e.to_string()))?;
         let (token, token_source) = match (self.token_file, self.token_env) {
             (Some(_), Some(_)) => {
@@ -349,7 +365,7 @@ impl FileConnector {
             .map(|v| parse_instance(at("instance"), &v))
             .transpose()?;
         Ok(ConnectorSettings {
-            id: self.id,
+            id,
             url,
             token,
             token_file: match &token_source {
@@ -361,7 +377,9 @@ impl FileConnector {
             rate_limit_per_minute: self.rate_limit_per_minute,
             instance,
             allow_create_users: self.allow_create_users,
-            rotate_when_days_left: self.rotate_when_days_left.unwrap_or(7),
+            rotate_when_days_left: self
+                .rotate_when_days_left
+                .unwrap_or(defaults::ROTATE_DAYS_LEFT),
         })
     }
 }
@@ -389,7 +407,7 @@ impl Settings {
             if connectors.contains_key(&c.id) {
                 return Err(invalid(
                     format!("connectors[{i}].id"),
-                    format!("connector id {:?} is declared twice", c.id),
+                    format!("connector id {:?} is declared twice", c.id.as_str()),
                 ));
             }
             connectors.insert(c.id.clone(), c);
@@ -401,7 +419,7 @@ impl Settings {
                     "CONNECTOR_ID",
                     format!(
                         "the environment's connector {:?} is also declared in the configuration file; give it another CONNECTOR_ID or remove one",
-                        c.id
+                        c.id.as_str()
                     ),
                 ));
             }
@@ -413,7 +431,7 @@ impl Settings {
 
         let database_url = var("DATABASE_URL")
             .or(fc.database_url)
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+            .unwrap_or_else(|| defaults::DATABASE_URL.into());
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres:")
             || database_url.starts_with("postgresql:"))
@@ -422,13 +440,13 @@ impl Settings {
                 "DATABASE_URL",
                 format!(
                     "{:?} is neither sqlite://FILE?mode=rwc nor postgres://USER@HOST/DB",
-                    crate::store::redact_url(&database_url)
+                    redact_url(&database_url)
                 ),
             ));
         }
         let subject_prefix = var("NATS_SUBJECT_PREFIX")
             .or(fc.nats_subject_prefix)
-            .unwrap_or_else(|| "gitlab".into());
+            .unwrap_or_else(|| defaults::SUBJECT_PREFIX.into());
         if subject_prefix.is_empty()
             || !subject_prefix
                 .chars()
@@ -482,7 +500,7 @@ impl Settings {
         let nats = NatsSettings {
             url: var("NATS_URL")
                 .or(fc.nats_url)
-                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                .unwrap_or_else(|| defaults::NATS_URL.into()),
             creds_file,
             user,
             password,
@@ -493,11 +511,11 @@ impl Settings {
             subject_prefix,
             ack_wait: Duration::from_secs(match var("NATS_ACK_WAIT_SECONDS") {
                 Some(v) => positive::<u64>("NATS_ACK_WAIT_SECONDS", &v, "seconds")?,
-                None => fc.ack_wait_seconds.unwrap_or(30),
+                None => fc.ack_wait_seconds.unwrap_or(defaults::ACK_WAIT_SECONDS),
             }),
             max_deliver: match var("NATS_MAX_DELIVER") {
                 Some(v) => positive::<i64>("NATS_MAX_DELIVER", &v, "deliveries")?,
-                None => fc.max_deliver.unwrap_or(8),
+                None => fc.max_deliver.unwrap_or(defaults::MAX_DELIVER),
             },
         };
         if nats.tls_cert_file.is_some() != nats.tls_key_file.is_some() {
@@ -508,7 +526,7 @@ impl Settings {
         }
         let http_text = var("HTTP_LISTEN")
             .or(fc.http_listen)
-            .unwrap_or_else(|| "127.0.0.1:9464".into());
+            .unwrap_or_else(|| defaults::HTTP_LISTEN.into());
         let http_listen = http_text.parse::<SocketAddr>().map_err(|_| {
             invalid(
                 "HTTP_LISTEN",
@@ -517,23 +535,34 @@ impl Settings {
         })?;
         let concurrency = match var("WORKER_CONCURRENCY") {
             Some(v) => positive::<usize>("WORKER_CONCURRENCY", &v, "jobs")?,
-            None => fc.concurrency.unwrap_or(4),
+            None => fc.concurrency.unwrap_or(defaults::CONCURRENCY),
         };
-        if concurrency == 0 || concurrency > 256 {
+        if concurrency == 0 || concurrency > defaults::MAX_CONCURRENCY {
             return Err(invalid(
                 "WORKER_CONCURRENCY",
-                format!("{concurrency} is outside 1..=256"),
+                format!("{concurrency} is outside 1..={}", defaults::MAX_CONCURRENCY),
             ));
         }
         let shutdown_grace = Duration::from_secs(match var("SHUTDOWN_GRACE_SECONDS") {
             Some(v) => positive::<u64>("SHUTDOWN_GRACE_SECONDS", &v, "seconds")?,
-            None => fc.shutdown_grace_seconds.unwrap_or(25),
+            None => fc
+                .shutdown_grace_seconds
+                .unwrap_or(defaults::SHUTDOWN_GRACE_SECONDS),
         });
         let token_check_interval = Duration::from_secs(match var("TOKEN_CHECK_INTERVAL_SECONDS") {
             Some(v) => positive::<u64>("TOKEN_CHECK_INTERVAL_SECONDS", &v, "seconds")?,
-            None => 3600,
+            None => defaults::TOKEN_CHECK_INTERVAL_SECONDS,
         });
+        let spool_root = var("SPOOL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let sync_concurrency = match var("SYNC_CONCURRENCY") {
+            Some(v) => positive::<usize>("SYNC_CONCURRENCY", &v, "requests")?,
+            None => defaults::SYNC_CONCURRENCY,
+        };
         Ok(Self {
+            spool_root,
+            sync_concurrency,
             token_check_interval,
             connectors,
             database_url,
@@ -543,4 +572,37 @@ impl Settings {
             shutdown_grace,
         })
     }
+}
+
+impl Settings {
+    /// This process's spool folder inside `SPOOL_DIR`.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_root
+            .join(format!("gitlab-worker-spool-{}", std::process::id()))
+    }
+}
+
+/// The configuration file: `--config FILE`, else `GITLAB_WORKER_CONFIG`.
+pub fn config_file(from_cli: Option<PathBuf>) -> Option<PathBuf> {
+    from_cli.or_else(|| var("GITLAB_WORKER_CONFIG").map(PathBuf::from))
+}
+
+/// The log format: `--log-format`, else `LOG_FORMAT` (`pretty` or `json`; the logging module
+/// picks by terminal when neither is set).
+pub fn log_format(from_cli: Option<String>) -> Option<String> {
+    from_cli.or_else(|| var("LOG_FORMAT"))
+}
+
+/// The address `gitlab-worker healthcheck` asks: `--addr`, else `HTTP_LISTEN`, else the default.
+/// Read without the rest of the configuration: a container's healthcheck must not need it.
+pub fn healthcheck_addr(from_cli: Option<String>) -> String {
+    from_cli
+        .or_else(|| var("HTTP_LISTEN"))
+        .unwrap_or_else(|| defaults::HTTP_LISTEN.into())
+}
+
+/// The scope of `gitlab-worker sync`: `--scope`, else `GITLAB_SCOPE` (which also applies to a
+/// connector of the configuration file that names no scope), else the connector's own.
+pub fn sync_scope(from_cli: Option<String>) -> Option<String> {
+    from_cli.or_else(|| var("GITLAB_SCOPE"))
 }

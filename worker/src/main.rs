@@ -6,10 +6,9 @@ fn main() -> ExitCode {
     let cli = gitlab_worker::cli::Cli::parse();
     // A one-shot sync is a single crawl whose work is parsing responses: one runtime thread
     // keeps the connection tasks and the parser together and avoids waking threads on every
-    // response. Everything else (serve's concurrent jobs, the demo) gets the multi-threaded one.
-    let single = matches!(cli.command, gitlab_worker::cli::Command::Sync { .. })
-        && std::env::var_os("GITLAB_WORKER_MULTI_THREAD").is_none();
-    let runtime = if single {
+    // response (measured: docs/benchmark.md). Everything else (serve's concurrent jobs, the
+    // demo) gets the multi-threaded runtime.
+    let runtime = if cli.command.is_one_shot_sync() {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

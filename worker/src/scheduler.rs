@@ -11,11 +11,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::connector::Connector;
+use crate::jobs::Handler;
 use crate::jobs::events::EVENT_SCHEMA;
-use crate::jobs::provision::undo_grant;
-use crate::jobs::{Connector, Handler};
-use crate::store::OutboxMessage;
-use crate::store::entity::grant;
+use crate::jobs::undo::undo_grant;
+use crate::store::{GrantRecord, GrantState, OutboxMessage};
 
 pub const TICK: Duration = Duration::from_millis(500);
 
@@ -37,7 +37,7 @@ pub async fn run_due(h: &Handler) -> Vec<Expired> {
         }
     };
     for g in due {
-        let Some(c) = h.connectors.get(&g.connector) else {
+        let Some(c) = h.connectors.get(g.connector.as_str()) else {
             continue;
         };
         match h.store.claim_grant(&g.job_id).await {
@@ -59,14 +59,14 @@ pub async fn run_due(h: &Handler) -> Vec<Expired> {
 }
 
 /// Undoes one claimed grant; `None` when it must be retried at the next tick.
-async fn expire(h: &Handler, c: &Connector, g: &grant::Model) -> Option<Expired> {
-    let undone = undo_grant(h, c, g, "JIT grant expired").await;
+async fn expire(h: &Handler, c: &Connector, g: &GrantRecord) -> Option<Expired> {
+    let undone = undo_grant(&h.store, c, g, "JIT grant expired").await;
     let (state, changes, conflict) = match undone {
         Ok(u) => (
             if u.conflict.is_some() {
-                "conflict"
+                GrantState::Conflict
             } else {
-                "ended"
+                GrantState::Ended
             },
             u.changes,
             u.conflict,
@@ -91,7 +91,7 @@ async fn expire(h: &Handler, c: &Connector, g: &grant::Model) -> Option<Expired>
         "connector": g.connector,
         "grant_job_id": g.job_id,
         "user_id": g.user_id,
-        "target": {"type": g.target_type, "id": g.target_id, "path": g.target_path},
+        "target": {"type": g.target_kind.as_str(), "id": g.target_id, "path": g.target_path},
         "expires_at": g.expires_at,
         "undone_at": Utc::now(),
         "changes": changes,

@@ -239,9 +239,10 @@ pub mod lenient_timestamp {
     }
 }
 
-/// The user fields GitLab embeds in members, `created_by` and similar.
+/// The user fields GitLab embeds in members, `created_by` and similar (not a way to name a
+/// user in a job: that is [`crate::provision::UserRef`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserRef {
+pub struct UserSummary {
     pub id: u64,
     pub username: String,
     #[serde(default)]

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::common::{AccessLevel, UserRef, date_or_timestamp, lenient_timestamp};
+use super::common::{AccessLevel, UserSummary, date_or_timestamp, lenient_timestamp};
 use super::groups::limit_key;
 use crate::client::{Client, IdOrPath, LimitClass, ListSpec, PageItem, Request};
 use crate::error::Error;
@@ -75,7 +75,7 @@ pub struct Member {
     #[serde(default, with = "lenient_timestamp")]
     pub created_at: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub created_by: Option<UserRef>,
+    pub created_by: Option<UserSummary>,
     /// `active` or `awaiting` (EE; always sent by GitLab.com).
     #[serde(default)]
     pub membership_state: Option<String>,

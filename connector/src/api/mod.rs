@@ -9,7 +9,7 @@ pub mod projects;
 pub mod tokens;
 pub mod users;
 
-pub use common::{AccessLevel, UserRef};
+pub use common::{AccessLevel, UserSummary};
 pub use groups::{BillableMember, Group, MemberRole, SamlGroupLink, SharedWithGroup};
 pub use invitations::{CreateInvitation, Invitation, InvitationAccepted};
 pub use members::{

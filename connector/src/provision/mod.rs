@@ -11,19 +11,76 @@ use crate::api::{AccessLevel, Group, Member, Source, User, UsersQuery};
 use crate::client::IdOrPath;
 use crate::{Client, Error};
 
-/// `U` of a job, already validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a job names a user (`U` of the job envelope): exactly one of id, username, email.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UserRef {
     Id(u64),
     Username(String),
     Email(String),
 }
 
-/// `T` of a job, already validated.
+/// A group or a project.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    Group,
+    Project,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Group => "group",
+            TargetKind::Project => "project",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "group" => Some(TargetKind::Group),
+            "project" => Some(TargetKind::Project),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a job names a group or a project (`T` of the job envelope): a full path or an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetRef {
     Group(IdOrPath),
     Project(IdOrPath),
+}
+
+impl TargetRef {
+    /// The target by id, as stored records name it.
+    pub fn by_id(kind: TargetKind, id: u64) -> Self {
+        match kind {
+            TargetKind::Group => TargetRef::Group(IdOrPath::Id(id)),
+            TargetKind::Project => TargetRef::Project(IdOrPath::Id(id)),
+        }
+    }
+
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            TargetRef::Group(_) => TargetKind::Group,
+            TargetRef::Project(_) => TargetKind::Project,
+        }
+    }
+
+    pub fn reference(&self) -> &IdOrPath {
+        match self {
+            TargetRef::Group(r) | TargetRef::Project(r) => r,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,38 +90,12 @@ pub enum ProvisionError {
     #[error(
         "the {kind} {reference} does not exist or the connector's token cannot see it; check the job's `target`"
     )]
-    TargetNotFound {
-        kind: &'static str,
-        reference: String,
-    },
+    TargetNotFound { kind: TargetKind, reference: String },
     #[error(transparent)]
     GitLab(#[from] Error),
 }
 
-/// A GitLab error as a result's error code (interface.md section 4).
-pub fn result_code(e: &Error) -> &'static str {
-    match e {
-        Error::TokenExpired { .. } | Error::TokenRevoked { .. } | Error::Unauthorized { .. } => {
-            "token_invalid"
-        }
-        Error::InsufficientScope { .. } | Error::Forbidden { .. } => "forbidden",
-        Error::RateLimited { .. } | Error::BudgetExhausted { .. } => "rate_limited",
-        Error::Conflict { .. } | Error::AlreadyMember { .. } => "conflict",
-        Error::NotFoundOrHidden { .. } => "target_not_found",
-        _ => "gitlab_error",
-    }
-}
-
 impl ProvisionError {
-    /// The result's error code (interface.md section 4).
-    pub fn code(&self) -> &'static str {
-        match self {
-            ProvisionError::UserNotFound(_) => "user_not_found",
-            ProvisionError::TargetNotFound { .. } => "target_not_found",
-            ProvisionError::GitLab(e) => result_code(e),
-        }
-    }
-
     pub fn is_transient(&self) -> bool {
         matches!(self, ProvisionError::GitLab(e) if e.is_transient())
     }
@@ -74,7 +105,7 @@ impl ProvisionError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Target {
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: TargetKind,
     pub id: u64,
     pub full_path: String,
     /// The groups above it, nearest first (for a project: its namespace group first).
@@ -83,22 +114,31 @@ pub struct Target {
 }
 
 impl Target {
+    /// A target known only by its stored kind, id and path (no ancestors read).
+    pub fn known(kind: TargetKind, id: u64, full_path: String) -> Self {
+        Self {
+            kind,
+            id,
+            full_path,
+            ancestors: Vec::new(),
+        }
+    }
+
     pub fn source(&self) -> Source {
-        if self.kind == "group" {
-            Source::Group(IdOrPath::Id(self.id))
-        } else {
-            Source::Project(IdOrPath::Id(self.id))
+        match self.kind {
+            TargetKind::Group => Source::Group(IdOrPath::Id(self.id)),
+            TargetKind::Project => Source::Project(IdOrPath::Id(self.id)),
         }
     }
 
     /// `{"type": "group", "id": 42}`, as results name targets.
     pub fn reference(&self) -> serde_json::Value {
-        serde_json::json!({"type": self.kind, "id": self.id})
+        serde_json::json!({"type": self.kind.as_str(), "id": self.id})
     }
 
     /// The top-level group (for SAML links), when the target lives in one.
     pub fn top_level_group(&self) -> Option<u64> {
-        if self.kind == "group" && self.ancestors.is_empty() {
+        if self.kind == TargetKind::Group && self.ancestors.is_empty() {
             return Some(self.id);
         }
         self.ancestors.last().map(|g| g.id)
@@ -170,14 +210,14 @@ pub async fn resolve_target(client: &Client, t: &TargetRef) -> Result<Target, Pr
                 Ok(g) => g,
                 Err(e) if e.is_not_found() => {
                     return Err(ProvisionError::TargetNotFound {
-                        kind: "group",
+                        kind: TargetKind::Group,
                         reference: r.to_string(),
                     });
                 }
                 Err(e) => return Err(e.into()),
             };
             Ok(Target {
-                kind: "group",
+                kind: TargetKind::Group,
                 id: g.id,
                 full_path: g.full_path.clone(),
                 ancestors: ancestors(client, g.parent_id).await?,
@@ -188,7 +228,7 @@ pub async fn resolve_target(client: &Client, t: &TargetRef) -> Result<Target, Pr
                 Ok(p) => p,
                 Err(e) if e.is_not_found() => {
                     return Err(ProvisionError::TargetNotFound {
-                        kind: "project",
+                        kind: TargetKind::Project,
                         reference: r.to_string(),
                     });
                 }
@@ -196,7 +236,7 @@ pub async fn resolve_target(client: &Client, t: &TargetRef) -> Result<Target, Pr
             };
             let in_group = p.namespace.kind.as_deref() == Some("group");
             Ok(Target {
-                kind: "project",
+                kind: TargetKind::Project,
                 id: p.id,
                 full_path: p.path_with_namespace.clone(),
                 ancestors: if in_group {

@@ -203,18 +203,29 @@ fn user_from_admin(u: &User) -> UserRecord {
     }
 }
 
+/// A read failure of the scope itself: the token, or the scope (no snapshot at all).
+fn scope_error(scope: String, e: Error) -> SyncError {
+    if is_auth_failure(&e) {
+        SyncError::Auth(e)
+    } else {
+        SyncError::Scope { scope, source: e }
+    }
+}
+
+/// What reading the tree found besides the inventory.
+struct Tree {
+    /// The scope's group when it is a top-level group (for enterprise users, roles, SAML).
+    top_level: Option<Group>,
+    /// Parents of the scope group: outside the scope, their members reach into it.
+    outside_parents: Vec<u64>,
+}
+
 /// Reads the scope. Fails only when the scope itself or the token is unusable.
 pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, SyncError> {
-    let me = client.current_user().await.map_err(|e| {
-        if is_auth_failure(&e) {
-            SyncError::Auth(e)
-        } else {
-            SyncError::Scope {
-                scope: opts.scope.to_string(),
-                source: e,
-            }
-        }
-    })?;
+    let me = client
+        .current_user()
+        .await
+        .map_err(|e| scope_error(opts.scope.to_string(), e))?;
     let admin = me.is_admin == Some(true);
     let mut inv = Inventory {
         as_of: Utc::now().date_naive(),
@@ -229,138 +240,14 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
 
     // 1. The tree.
     track.phase("tree");
-    let mut top_level: Option<Group> = None;
-    let mut outside_parents: Vec<u64> = Vec::new();
-    match &opts.scope {
-        Scope::Group(r) => {
-            let root = client.group(r).await.map_err(|e| {
-                if is_auth_failure(&e) {
-                    SyncError::Auth(e)
-                } else {
-                    SyncError::Scope {
-                        scope: r.to_string(),
-                        source: e,
-                    }
-                }
-            })?;
-            inv.groups.insert(root.id, group_record(&root, true));
-            inv.shares.insert(
-                ResourceRef::Group(root.id),
-                shares_of(ResourceRef::Group(root.id), &root.shared_with_groups),
-            );
-            if let Some(p) = root.parent_id {
-                outside_parents.push(p);
-            }
-            let root_ref = IdOrPath::Id(root.id);
-            let root_id = root.id;
-            let failed = read_list(
-                client.descendant_groups(&root_ref),
-                || {
-                    (
-                        format!("subgroups of group {root_id}"),
-                        Some(ResourceRef::Group(root_id)),
-                    )
-                },
-                |g| {
-                    inv.groups.insert(g.id, group_record(&g, true));
-                },
-            )
-            .await?;
-            inv.errors.extend(failed);
-            track.done(inv.groups.len() as u64);
-            let failed = read_list(
-                client.group_projects(&root_ref, true),
-                || {
-                    (
-                        format!("projects of group {root_id}"),
-                        Some(ResourceRef::Group(root_id)),
-                    )
-                },
-                |p| add_project(&mut inv, &p),
-            )
-            .await?;
-            inv.errors.extend(failed);
-            track.done(inv.projects.len() as u64);
-            if root.parent_id.is_none() {
-                top_level = Some(root);
-            }
-        }
-        Scope::Instance => {
-            if !admin || client.instance() == InstanceKind::GitlabCom {
-                return Err(SyncError::InstanceNeedsAdmin);
-            }
-            let tops: Vec<Group> = match client.groups(true).try_collect().await {
-                Ok(t) => t,
-                Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-                Err(e) => {
-                    return Err(SyncError::Scope {
-                        scope: "instance".into(),
-                        source: e,
-                    });
-                }
-            };
-            for t in &tops {
-                inv.groups.insert(t.id, group_record(t, true));
-                let top_id = t.id;
-                let failed = read_list(
-                    client.descendant_groups(&IdOrPath::Id(top_id)),
-                    || {
-                        (
-                            format!("subgroups of group {top_id}"),
-                            Some(ResourceRef::Group(top_id)),
-                        )
-                    },
-                    |g| {
-                        inv.groups.insert(g.id, group_record(&g, true));
-                    },
-                )
-                .await?;
-                inv.errors.extend(failed);
-            }
-            let failed = read_list(
-                client.projects(&crate::api::ProjectsQuery::default()),
-                || ("projects of the instance".to_string(), None),
-                |p| add_project(&mut inv, &p),
-            )
-            .await?;
-            inv.errors.extend(failed);
-            track.done((inv.groups.len() + inv.projects.len()) as u64);
-        }
-    }
+    let tree = match &opts.scope {
+        Scope::Group(r) => read_group_tree(client, r, &mut inv, &mut track).await?,
+        Scope::Instance => read_instance_tree(client, admin, &mut inv, &mut track).await?,
+    };
 
     // 2. Per-resource reads, bounded concurrency; users in parallel on self-managed.
     track.phase("memberships");
-    let mut tasks: Vec<Task> = Vec::new();
-    let in_scope_groups: Vec<u64> = inv
-        .groups
-        .values()
-        .filter(|g| g.in_scope)
-        .map(|g| g.id)
-        .collect();
-    let detail_done: BTreeSet<u64> = inv
-        .shares
-        .keys()
-        .filter_map(|r| match r {
-            ResourceRef::Group(g) => Some(*g),
-            ResourceRef::Project(_) => None,
-        })
-        .collect();
-    for g in &in_scope_groups {
-        if !detail_done.contains(g) {
-            tasks.push(Task::GroupDetail(*g));
-        }
-    }
-    let resources: Vec<ResourceRef> = in_scope_groups
-        .iter()
-        .map(|g| ResourceRef::Group(*g))
-        .chain(inv.projects.keys().map(|p| ResourceRef::Project(*p)))
-        .collect();
-    for r in &resources {
-        tasks.push(Task::Members(*r));
-        if opts.include_invitations {
-            tasks.push(Task::Invitations(*r));
-        }
-    }
+    let tasks = resource_tasks(&inv, opts.include_invitations);
     track.known(tasks.len() as u64 + 2);
     let mut member_users: HashMap<u64, UserRecord> = HashMap::new();
     let users_future = async {
@@ -391,6 +278,194 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
 
     // 3. Groups outside the scope whose members reach into it.
     track.phase("shared groups");
+    let fetched = read_outside_groups(client, tree.outside_parents, &mut inv, &mut track).await?;
+    let member_tasks: Vec<Task> = fetched
+        .iter()
+        .map(|g| Task::Members(ResourceRef::Group(*g)))
+        .collect();
+    run_tasks(
+        client,
+        member_tasks,
+        concurrency,
+        keep_member_users,
+        &mut inv,
+        &mut member_users,
+        &mut track,
+    )
+    .await?;
+
+    // 4. Users.
+    track.phase("users");
+    let all_users = match users_result {
+        Ok(all) => all,
+        Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
+        Err(e) => {
+            inv.errors
+                .push(failure("users of the instance".into(), None, &e));
+            None
+        }
+    };
+    assign_users(
+        &mut inv,
+        all_users,
+        member_users,
+        opts.scope == Scope::Instance,
+    );
+    if !admin && let Some(top) = &tree.top_level {
+        enrich_users(client, top.id, &mut inv).await?;
+    }
+
+    // 5. Custom roles and SAML group links, where visible.
+    track.phase("roles");
+    read_roles(client, admin, tree.top_level.as_ref(), &mut inv).await?;
+    track.phase("done");
+    Ok(inv)
+}
+
+/// The scope group, its descendants and its projects.
+async fn read_group_tree(
+    client: &Client,
+    r: &IdOrPath,
+    inv: &mut Inventory,
+    track: &mut Tracker,
+) -> Result<Tree, SyncError> {
+    let root = client
+        .group(r)
+        .await
+        .map_err(|e| scope_error(r.to_string(), e))?;
+    inv.groups.insert(root.id, group_record(&root, true));
+    inv.shares.insert(
+        ResourceRef::Group(root.id),
+        shares_of(ResourceRef::Group(root.id), &root.shared_with_groups),
+    );
+    let outside_parents: Vec<u64> = root.parent_id.into_iter().collect();
+    let root_ref = IdOrPath::Id(root.id);
+    let root_id = root.id;
+    let failed = read_list(
+        client.descendant_groups(&root_ref),
+        || {
+            (
+                format!("subgroups of group {root_id}"),
+                Some(ResourceRef::Group(root_id)),
+            )
+        },
+        |g| {
+            inv.groups.insert(g.id, group_record(&g, true));
+        },
+    )
+    .await?;
+    inv.errors.extend(failed);
+    track.done(inv.groups.len() as u64);
+    let failed = read_list(
+        client.group_projects(&root_ref, true),
+        || {
+            (
+                format!("projects of group {root_id}"),
+                Some(ResourceRef::Group(root_id)),
+            )
+        },
+        |p| add_project(inv, &p),
+    )
+    .await?;
+    inv.errors.extend(failed);
+    track.done(inv.projects.len() as u64);
+    Ok(Tree {
+        top_level: root.parent_id.is_none().then_some(root),
+        outside_parents,
+    })
+}
+
+/// Every top-level group with its descendants, and every project (self-managed, admin).
+async fn read_instance_tree(
+    client: &Client,
+    admin: bool,
+    inv: &mut Inventory,
+    track: &mut Tracker,
+) -> Result<Tree, SyncError> {
+    if !admin || client.instance() == InstanceKind::GitlabCom {
+        return Err(SyncError::InstanceNeedsAdmin);
+    }
+    let tops: Vec<Group> = client
+        .groups(true)
+        .try_collect()
+        .await
+        .map_err(|e| scope_error("instance".into(), e))?;
+    for t in &tops {
+        inv.groups.insert(t.id, group_record(t, true));
+        let top_id = t.id;
+        let failed = read_list(
+            client.descendant_groups(&IdOrPath::Id(top_id)),
+            || {
+                (
+                    format!("subgroups of group {top_id}"),
+                    Some(ResourceRef::Group(top_id)),
+                )
+            },
+            |g| {
+                inv.groups.insert(g.id, group_record(&g, true));
+            },
+        )
+        .await?;
+        inv.errors.extend(failed);
+    }
+    let failed = read_list(
+        client.projects(&crate::api::ProjectsQuery::default()),
+        || ("projects of the instance".to_string(), None),
+        |p| add_project(inv, &p),
+    )
+    .await?;
+    inv.errors.extend(failed);
+    track.done((inv.groups.len() + inv.projects.len()) as u64);
+    Ok(Tree {
+        top_level: None,
+        outside_parents: Vec::new(),
+    })
+}
+
+/// The reads every resource in the scope needs: a detail per group whose shares are not known
+/// yet, members, and invitations.
+fn resource_tasks(inv: &Inventory, include_invitations: bool) -> Vec<Task> {
+    let mut tasks: Vec<Task> = Vec::new();
+    let in_scope_groups: Vec<u64> = inv
+        .groups
+        .values()
+        .filter(|g| g.in_scope)
+        .map(|g| g.id)
+        .collect();
+    let detail_done: BTreeSet<u64> = inv
+        .shares
+        .keys()
+        .filter_map(|r| match r {
+            ResourceRef::Group(g) => Some(*g),
+            ResourceRef::Project(_) => None,
+        })
+        .collect();
+    for g in &in_scope_groups {
+        if !detail_done.contains(g) {
+            tasks.push(Task::GroupDetail(*g));
+        }
+    }
+    let resources = in_scope_groups
+        .iter()
+        .map(|g| ResourceRef::Group(*g))
+        .chain(inv.projects.keys().map(|p| ResourceRef::Project(*p)));
+    for r in resources {
+        tasks.push(Task::Members(r));
+        if include_invitations {
+            tasks.push(Task::Invitations(r));
+        }
+    }
+    tasks
+}
+
+/// Groups outside the scope that are shared into it (and the scope's ancestors, and theirs):
+/// their members reach inside. Returns the groups read, whose members are read next.
+async fn read_outside_groups(
+    client: &Client,
+    outside_parents: Vec<u64>,
+    inv: &mut Inventory,
+    track: &mut Tracker,
+) -> Result<Vec<u64>, SyncError> {
     let known: BTreeSet<u64> = inv.groups.keys().copied().collect();
     let mut external: Vec<u64> = inv
         .shares
@@ -425,38 +500,22 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
         }
         track.done(1);
     }
-    let member_tasks: Vec<Task> = fetched
-        .iter()
-        .map(|g| Task::Members(ResourceRef::Group(*g)))
-        .collect();
-    run_tasks(
-        client,
-        member_tasks,
-        concurrency,
-        keep_member_users,
-        &mut inv,
-        &mut member_users,
-        &mut track,
-    )
-    .await?;
+    Ok(fetched)
+}
 
-    // 4. Users.
-    track.phase("users");
+/// The user records: every user the memberships name, from admin `/users` where read (all of
+/// them for the `instance` scope), else from the member records.
+fn assign_users(
+    inv: &mut Inventory,
+    all_users: Option<BTreeMap<u64, UserRecord>>,
+    member_users: HashMap<u64, UserRecord>,
+    instance: bool,
+) {
     let referenced: BTreeSet<u64> = inv.members.values().flatten().map(|m| m.user_id).collect();
-    match users_result {
-        Ok(Some(all)) => {
-            let instance = opts.scope == Scope::Instance;
-            for (id, u) in all {
-                if instance || referenced.contains(&id) {
-                    inv.users.insert(id, u);
-                }
-            }
+    for (id, u) in all_users.into_iter().flatten() {
+        if instance || referenced.contains(&id) {
+            inv.users.insert(id, u);
         }
-        Ok(None) => {}
-        Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-        Err(e) => inv
-            .errors
-            .push(failure("users of the instance".into(), None, &e)),
     }
     let mut unknown = 0;
     for id in &referenced {
@@ -475,15 +534,6 @@ pub async fn crawl(client: &Client, opts: &SyncOptions) -> Result<Inventory, Syn
             "{unknown} users with memberships were not in GET /users (created during the sync?); they have no user record"
         ));
     }
-    if !admin && let Some(top) = &top_level {
-        enrich_users(client, top.id, &mut inv).await?;
-    }
-
-    // 5. Custom roles and SAML group links, where visible.
-    track.phase("roles");
-    read_roles(client, admin, top_level.as_ref(), &mut inv).await?;
-    track.phase("done");
-    Ok(inv)
 }
 
 /// Streams a list into `each`. A failure after the client's retries is returned as a

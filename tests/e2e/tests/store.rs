@@ -12,7 +12,7 @@ use gitlab_connector::client::{BaseUrl, ClientConfig, IdOrPath};
 use gitlab_connector::model::{Record, ResourceRef};
 use gitlab_connector::sync::{self, Scope, SnapshotMeta, SyncOptions};
 use gitlab_e2e::{PgDb, sqlite_url, tempdir};
-use gitlab_sim::{Mode, SeedSpec, SimConfig};
+use gitlab_sim::{Mode, SeedSpec};
 use gitlab_worker::store::{AuditEntry, Begin, OutboxMessage, Store};
 
 enum Backend {
@@ -147,18 +147,18 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
     // The same message again (a retried commit) is not queued twice.
     store.enqueue(vec![msg("a"), msg("c")]).await.unwrap();
     let rows = store.unsent_outbox(10).await.unwrap();
-    let ids: Vec<&str> = rows.iter().map(|r| r.msg_id.as_str()).collect();
+    let ids: Vec<&str> = rows.iter().map(|(_, m)| m.msg_id()).collect();
     assert_eq!(ids, ["a", "b", "c"], "in commit order");
-    store.mark_sent(rows[0].id).await.unwrap();
+    store.mark_sent(rows[0].0).await.unwrap();
     let left: Vec<String> = store
         .unsent_outbox(10)
         .await
         .unwrap()
         .into_iter()
-        .map(|r| r.msg_id)
+        .map(|(_, m)| m.msg_id().to_string())
         .collect();
     assert_eq!(left, ["b", "c"]);
-    assert_eq!(OutboxMessage::from_row(&rows[1]), msg("b"));
+    assert_eq!(rows[1].1, msg("b"));
 }
 
 async fn the_audit_log_keeps_every_write(b: Backend) {
@@ -221,17 +221,12 @@ async fn export(store: &Store, id: &str) -> Vec<u8> {
 
 async fn snapshots_are_stored_temporally_and_exported_byte_identically(b: Backend) {
     gitlab_connector::client::install_crypto_provider();
-    let seeded = gitlab_sim::seed::generate(&SeedSpec::small(3, Mode::SelfManaged));
-    let sim = gitlab_sim::start(
-        seeded.world,
-        SimConfig::for_mode(Mode::SelfManaged),
-        "127.0.0.1:0",
-    )
-    .await
-    .unwrap();
+    let sim = gitlab_sim::start_seeded(&SeedSpec::small(3, Mode::SelfManaged))
+        .await
+        .unwrap();
     let client = Client::new(ClientConfig::new(
         BaseUrl::parse(&sim.url).unwrap(),
-        Secret::new(seeded.token.clone()),
+        Secret::new(sim.token.clone()),
     ))
     .unwrap();
     let dir = tempdir("temporal");

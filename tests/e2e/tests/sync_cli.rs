@@ -30,17 +30,12 @@ fn tmpdir(name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_complete_sync_exits_0_and_chains_to_the_previous_snapshot() {
-    let seeded = gitlab_sim::seed::generate(&SeedSpec::small(9, Mode::SelfManaged));
-    let sim = gitlab_sim::start(
-        seeded.world,
-        SimConfig::for_mode(Mode::SelfManaged),
-        "127.0.0.1:0",
-    )
-    .await
-    .unwrap();
+    let sim = gitlab_sim::start_seeded(&SeedSpec::small(9, Mode::SelfManaged))
+        .await
+        .unwrap();
     let dir = tmpdir("complete");
     let (a, b) = (dir.join("a.ndjson"), dir.join("b.ndjson"));
-    let (url, token) = (sim.url.clone(), seeded.token.clone());
+    let (url, token) = (sim.url.clone(), sim.token.clone());
     let (a2, b2) = (a.clone(), b.clone());
     let (first, second) = tokio::task::spawn_blocking(move || {
         let first = worker_sync(&url, &token, &["--out", a2.to_str().unwrap()], &[]);
@@ -73,7 +68,7 @@ async fn a_complete_sync_exits_0_and_chains_to_the_previous_snapshot() {
     );
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(stderr.contains("complete snapshot"), "{stderr}");
-    assert!(!stderr.contains(&seeded.token), "the token was printed");
+    assert!(!stderr.contains(&sim.token), "the token was printed");
     let sa = gitlab_connector::snapshot::verify(std::io::BufReader::new(
         std::fs::File::open(&a).unwrap(),
     ))
@@ -182,14 +177,9 @@ fn configuration_errors_exit_2_and_name_the_setting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejected_token_exits_2_without_printing_it() {
-    let seeded = gitlab_sim::seed::generate(&SeedSpec::small(9, Mode::SelfManaged));
-    let sim = gitlab_sim::start(
-        seeded.world,
-        SimConfig::for_mode(Mode::SelfManaged),
-        "127.0.0.1:0",
-    )
-    .await
-    .unwrap();
+    let sim = gitlab_sim::start_seeded(&SeedSpec::small(9, Mode::SelfManaged))
+        .await
+        .unwrap();
     let url = sim.url.clone();
     let run =
         tokio::task::spawn_blocking(move || worker_sync(&url, "not-a-valid-token-4711", &[], &[]))

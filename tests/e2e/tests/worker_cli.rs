@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Output;
 
 use gitlab_e2e::{sqlite_url, tempdir};
-use gitlab_sim::{Mode, SeedSpec, SimConfig};
+use gitlab_sim::{Mode, SeedSpec};
 use serde_json::Value;
 
 struct Sim {
@@ -14,17 +14,12 @@ struct Sim {
 }
 
 async fn sim() -> Sim {
-    let seeded = gitlab_sim::seed::generate(&SeedSpec::small(5, Mode::SelfManaged));
-    let running = gitlab_sim::start(
-        seeded.world,
-        SimConfig::for_mode(Mode::SelfManaged),
-        "127.0.0.1:0",
-    )
-    .await
-    .unwrap();
+    let seeded = gitlab_sim::start_seeded(&SeedSpec::small(5, Mode::SelfManaged))
+        .await
+        .unwrap();
     Sim {
-        running,
-        token: seeded.token,
+        token: seeded.token.clone(),
+        running: seeded.running,
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use gitlab_e2e::{
     NatsServer, PgDb, Worker, publish_job, read_stream, sqlite_url, sync_job, tempdir,
 };
-use gitlab_sim::{Mode, SeedSpec, SimConfig};
+use gitlab_sim::{Mode, SeedSpec};
 use serde_json::Value;
 
 struct Env {
@@ -18,14 +18,9 @@ struct Env {
 
 async fn env() -> Env {
     gitlab_connector::client::install_crypto_provider();
-    let seeded = gitlab_sim::seed::generate(&SeedSpec::small(7, Mode::SelfManaged));
-    let sim = gitlab_sim::start(
-        seeded.world,
-        SimConfig::for_mode(Mode::SelfManaged),
-        "127.0.0.1:0",
-    )
-    .await
-    .unwrap();
+    let sim = gitlab_sim::start_seeded(&SeedSpec::small(7, Mode::SelfManaged))
+        .await
+        .unwrap();
     let nats = tokio::task::spawn_blocking(NatsServer::start)
         .await
         .unwrap();
@@ -33,8 +28,8 @@ async fn env() -> Env {
     Env {
         js: async_nats::jetstream::new(client),
         nats,
-        sim,
-        token: seeded.token,
+        token: sim.token.clone(),
+        sim: sim.running,
     }
 }
 
@@ -708,14 +703,9 @@ async fn sigterm_past_the_deadline_hands_the_job_back_to_another_worker() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_worker_authenticates_to_nats_with_a_token_or_a_user_and_password() {
     gitlab_connector::client::install_crypto_provider();
-    let seeded = gitlab_sim::seed::generate(&SeedSpec::small(2, Mode::SelfManaged));
-    let sim = gitlab_sim::start(
-        seeded.world,
-        SimConfig::for_mode(Mode::SelfManaged),
-        "127.0.0.1:0",
-    )
-    .await
-    .unwrap();
+    let sim = gitlab_sim::start_seeded(&SeedSpec::small(2, Mode::SelfManaged))
+        .await
+        .unwrap();
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
     let cases: [Case<'_>; 2] = [
         (
@@ -738,7 +728,7 @@ async fn the_worker_authenticates_to_nats_with_a_token_or_a_user_and_password() 
         let dir = tempdir("auth");
         let mut env: Vec<(&'static str, String)> = vec![
             ("GITLAB_URL", sim.url.clone()),
-            ("GITLAB_TOKEN", seeded.token.clone()),
+            ("GITLAB_TOKEN", sim.token.clone()),
             ("GITLAB_SCOPE", "org".into()),
             ("DATABASE_URL", sqlite_url(&dir)),
             ("NATS_URL", nats.url.clone()),

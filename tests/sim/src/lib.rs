@@ -1,12 +1,11 @@
 //! A stateful GitLab REST v4 simulator: the GitLab our tests, the demo and the benchmark talk
-//! to, built to GitLab's documented behaviour (shared/reference/gitlab-api.md).
+//! to, built to GitLab's documented behaviour (docs/gitlab.md; docs/simulator.md).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use gitlab_sim::{Mode, SeedSpec};
-//! let seeded = gitlab_sim::seed::generate(&SeedSpec::small(1, Mode::SelfManaged));
-//! let running = gitlab_sim::start(seeded.world, gitlab_sim::SimConfig::for_mode(Mode::SelfManaged), "127.0.0.1:0").await?;
-//! println!("{} {}", running.url, seeded.token);
+//! let sim = gitlab_sim::start_seeded(&SeedSpec::small(1, Mode::SelfManaged)).await?;
+//! println!("{} {} {}", sim.running.url, sim.token, sim.scope);
 //! # Ok(()) }
 //! ```
 
@@ -58,6 +57,34 @@ impl Drop for Running {
 pub async fn start(world: World, config: SimConfig, listen: &str) -> std::io::Result<Running> {
     let sim = Sim::new(world, config, 0x5eed);
     serve(sim, listen).await
+}
+
+/// A seeded simulator serving on a free loopback port, with the connector's token and scope.
+pub struct SeededSim {
+    pub running: Running,
+    /// An admin's token on self-managed, a top-level group owner's on GitLab.com.
+    pub token: String,
+    /// The top-level group's full path.
+    pub scope: String,
+}
+
+impl std::ops::Deref for SeededSim {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.running
+    }
+}
+
+/// Generates the organisation `spec` describes and serves it on `127.0.0.1:0` with the
+/// default configuration of its mode: the one bootstrap tests share.
+pub async fn start_seeded(spec: &SeedSpec) -> std::io::Result<SeededSim> {
+    let seeded = seed::generate(spec);
+    let running = start(seeded.world, SimConfig::for_mode(spec.mode), "127.0.0.1:0").await?;
+    Ok(SeededSim {
+        running,
+        token: seeded.token,
+        scope: seeded.scope,
+    })
 }
 
 pub async fn serve(sim: Arc<Sim>, listen: &str) -> std::io::Result<Running> {

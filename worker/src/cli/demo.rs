@@ -247,7 +247,7 @@ async fn demo() -> anyhow::Result<()> {
     let mut settings = Settings::load(None, false)?;
     settings.database_url = format!("sqlite://{}?mode=rwc", dir.join("demo.db").display());
     let connector = ConnectorSettings {
-        id: "demo".into(),
+        id: crate::ids::ConnectorId::parse("demo")?,
         url: gitlab_connector::client::BaseUrl::parse(&sim.url)?,
         token: gitlab_connector::Secret::new(TOKEN),
         token_source: TokenSource::Env("GITLAB_TOKEN"),
@@ -258,7 +258,7 @@ async fn demo() -> anyhow::Result<()> {
         allow_create_users: false,
         rotate_when_days_left: 0,
     };
-    settings.connectors = BTreeMap::from([("demo".to_string(), connector)]);
+    settings.connectors = BTreeMap::from([(connector.id.clone(), connector)]);
     let store = Store::open(&settings.database_url).await?;
     let connectors = crate::app::connectors(&settings, true).await?;
     let mut handler = crate::app::handler(&settings, store.clone(), connectors, false);

@@ -1,16 +1,18 @@
-//! The command line of interface.md section 1.
+//! The command line (docs/contract.md, "Commands"). Settings are read by [`crate::config`]
+//! only; options here name them in their help but never read the environment themselves.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[cfg(feature = "demo")]
 mod demo;
 mod run_job;
 mod snapshots;
 mod sync;
 
-/// Exit codes of interface.md section 1.
+/// Exit codes (docs/contract.md, "Exit codes").
 pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;
@@ -25,12 +27,13 @@ pub mod exit {
     about = "GitLab access-governance connector: syncs access snapshots and executes provisioning jobs from NATS JetStream"
 )]
 pub struct Cli {
-    /// TOML configuration file declaring one or more connectors (environment variables still apply).
-    #[arg(long, global = true, env = "GITLAB_WORKER_CONFIG")]
+    /// TOML configuration file declaring one or more connectors (environment variables still
+    /// apply) [env: GITLAB_WORKER_CONFIG].
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
 
-    /// `pretty` or `json` (default: pretty on a terminal, json otherwise).
-    #[arg(long, global = true, env = "LOG_FORMAT")]
+    /// `pretty` or `json` (default: pretty on a terminal, json otherwise) [env: LOG_FORMAT].
+    #[arg(long, global = true)]
     pub log_format: Option<String>,
 
     #[command(subcommand)]
@@ -44,8 +47,8 @@ pub enum Command {
     /// One full sync now, no NATS needed; writes the snapshot as NDJSON. Exit code 0 when the
     /// snapshot is complete, 3 when it is partial.
     Sync {
-        /// Top-level group full path or numeric id, or `instance` (default: GITLAB_SCOPE).
-        #[arg(long, env = "GITLAB_SCOPE")]
+        /// Top-level group full path or numeric id, or `instance` [env: GITLAB_SCOPE].
+        #[arg(long)]
         scope: Option<String>,
         /// Where to write the NDJSON snapshot (standard output when absent).
         #[arg(long)]
@@ -53,9 +56,9 @@ pub enum Command {
         /// The previous snapshot of the same connector and scope, to chain `prev_sha256` to.
         #[arg(long)]
         prev: Option<PathBuf>,
-        /// GitLab requests in flight at once.
-        #[arg(long, env = "SYNC_CONCURRENCY", default_value_t = 16)]
-        concurrency: usize,
+        /// GitLab requests in flight at once [env: SYNC_CONCURRENCY; default: 16].
+        #[arg(long)]
+        concurrency: Option<usize>,
         /// Skip pending invitations (one request per group and project fewer).
         #[arg(long)]
         no_invitations: bool,
@@ -75,13 +78,14 @@ pub enum Command {
     Migrate,
     /// The quick start: an in-process simulated GitLab, SQLite, a sync, a JIT grant that expires,
     /// an invitation, a deprovisioning and the access diff.
+    #[cfg(feature = "demo")]
     Demo,
     /// Exit 0 when the worker's health endpoint answers 200 (for container healthchecks, which
     /// have no curl): GET http://HTTP_LISTEN/readyz.
     Healthcheck {
-        /// The worker's HTTP address.
-        #[arg(long, env = "HTTP_LISTEN", default_value = "127.0.0.1:9464")]
-        addr: String,
+        /// The worker's HTTP address [env: HTTP_LISTEN; default: 127.0.0.1:9464].
+        #[arg(long)]
+        addr: Option<String>,
         /// `/readyz` (default) or `/livez`.
         #[arg(long, default_value = "/readyz")]
         path: String,
@@ -91,6 +95,21 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotsCommand,
     },
+}
+
+impl Command {
+    fn is_demo(&self) -> bool {
+        #[cfg(feature = "demo")]
+        if matches!(self, Command::Demo) {
+            return true;
+        }
+        false
+    }
+
+    /// A one-shot sync runs on a single runtime thread (see `main.rs`).
+    pub fn is_one_shot_sync(&self) -> bool {
+        matches!(self, Command::Sync { .. })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,17 +149,19 @@ pub enum ExportFormat {
 
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    let default_filter = if matches!(cli.command, Command::Demo) {
+    let default_filter = if cli.command.is_demo() {
         crate::logging::QUIET_FILTER
     } else {
         crate::logging::DEFAULT_FILTER
     };
-    if let Err(e) = crate::logging::init_with(cli.log_format.as_deref(), default_filter) {
+    let log_format = crate::config::log_format(cli.log_format);
+    if let Err(e) = crate::logging::init_with(log_format.as_deref(), default_filter) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);
     }
     gitlab_connector::client::install_crypto_provider();
-    let config = cli.config.as_deref();
+    let config_file = crate::config::config_file(cli.config);
+    let config = config_file.as_deref();
     let code = match cli.command {
         Command::Sync {
             scope,
@@ -169,7 +190,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::RunJob { file } => run_job::run(config, &file).await,
         Command::Migrate => migrate(config).await,
         Command::Snapshots { command } => snapshots::run(config, command).await,
-        Command::Healthcheck { addr, path } => healthcheck(&addr, &path),
+        Command::Healthcheck { addr, path } => {
+            healthcheck(&crate::config::healthcheck_addr(addr), &path)
+        }
+        #[cfg(feature = "demo")]
         Command::Demo => demo::run().await,
     };
     ExitCode::from(code)
@@ -215,7 +239,7 @@ async fn migrate(config: Option<&std::path::Path>) -> u8 {
         Ok(n) => {
             eprintln!(
                 "database {}: {n} migration(s) applied, schema up to date",
-                crate::store::redact_url(&settings.database_url)
+                crate::redact::redact_url(&settings.database_url)
             );
             exit::OK
         }

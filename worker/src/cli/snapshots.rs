@@ -118,7 +118,7 @@ async fn execute(store: &Store, command: SnapshotsCommand) -> Result<u8, StoreEr
         }
         SnapshotsCommand::Show { id } => {
             let snap = store.find_snapshot(&id).await?;
-            let info = crate::store::SnapshotInfo::from(&snap);
+            let info = &snap;
             let header: serde_json::Value =
                 serde_json::from_str(&snap.header).map_err(std::io::Error::other)?;
             let summary: serde_json::Value =

@@ -17,10 +17,17 @@ pub struct SyncArgs {
     pub scope: Option<String>,
     pub out: Option<PathBuf>,
     pub prev: Option<PathBuf>,
-    pub concurrency: usize,
+    /// `--concurrency`; `SYNC_CONCURRENCY` when absent.
+    pub concurrency: Option<usize>,
     pub no_invitations: bool,
     pub connector: Option<String>,
     pub no_store: bool,
+}
+
+/// Settings resolved from the configuration for this run.
+struct Run {
+    concurrency: usize,
+    spool_dir: PathBuf,
 }
 
 /// Returns the exit code: 0 complete, 3 partial, 2 configuration, 1 failure.
@@ -50,7 +57,9 @@ pub async fn run(config: Option<&Path>, args: SyncArgs) -> u8 {
             }
         }
     };
-    let scope_text = match args.scope.clone().or_else(|| settings.scope.clone()) {
+    let scope_text = match crate::config::sync_scope(args.scope.clone())
+        .or_else(|| settings.scope.clone())
+    {
         Some(s) => s,
         None => {
             eprintln!(
@@ -66,15 +75,23 @@ pub async fn run(config: Option<&Path>, args: SyncArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    if args.concurrency == 0 || args.concurrency > 256 {
+    let concurrency = args.concurrency.unwrap_or(all.sync_concurrency);
+    if concurrency == 0 || concurrency > 256 {
         eprintln!("error: --concurrency must be between 1 and 256");
         return exit::USAGE;
     }
+    let run = Run {
+        concurrency,
+        spool_dir: all.spool_dir(),
+    };
     let prev_sha256 = match &args.prev {
         // Without --prev, chain to the latest stored snapshot of this connector and scope.
         None => match &store {
             None => None,
-            Some(st) => match st.latest_snapshot(&settings.id, &scope_text, false).await {
+            Some(st) => match st
+                .latest_snapshot(settings.id.as_str(), &scope_text, false)
+                .await
+            {
                 Ok(p) => p.map(|p| p.sha256),
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -82,7 +99,7 @@ pub async fn run(config: Option<&Path>, args: SyncArgs) -> u8 {
                 }
             },
         },
-        Some(p) => match previous(p, &settings.id, &scope_text) {
+        Some(p) => match previous(p, settings.id.as_str(), &scope_text) {
             Ok(sha) => Some(sha),
             Err(e) => {
                 eprintln!("error: --prev {}: {e:#}", p.display());
@@ -97,6 +114,7 @@ pub async fn run(config: Option<&Path>, args: SyncArgs) -> u8 {
         &scope_text,
         prev_sha256,
         &args,
+        &run,
     )
     .await
     {
@@ -185,6 +203,7 @@ async fn execute(
     scope_text: &str,
     prev: Option<String>,
     args: &SyncArgs,
+    run: &Run,
 ) -> anyhow::Result<bool> {
     let client = Client::new(settings.client_config())?;
     let check = client
@@ -196,7 +215,7 @@ async fn execute(
     }
     let (tx, mut rx) = tokio::sync::watch::channel(sync::Progress::default());
     let mut opts = SyncOptions::new(scope);
-    opts.concurrency = args.concurrency;
+    opts.concurrency = run.concurrency;
     opts.include_invitations = !args.no_invitations;
     opts.progress = Some(tx);
     let reporter = tokio::spawn(async move {
@@ -233,13 +252,13 @@ async fn execute(
             b.finish_and_clear();
         }
     });
-    let meta = SnapshotMeta::new(&settings.id, scope_text);
+    let meta = SnapshotMeta::new(settings.id.as_str(), scope_text);
     // Written to a temporary file first: moved into place (--out) or copied to standard output
     // only when complete, and stored from it.
     let (tmp, target): (Option<PathBuf>, Option<&PathBuf>) = match &args.out {
         Some(p) => (Some(tmp_path(p)), Some(p)),
         None if store.is_some() => (
-            Some(crate::app::spool_dir().join(format!("{}.ndjson", meta.snapshot_id))),
+            Some(run.spool_dir.join(format!("{}.ndjson", meta.snapshot_id))),
             None,
         ),
         None => (None, None),
@@ -288,7 +307,7 @@ async fn execute(
     if let (Some(st), Some(path)) = (store, &written) {
         let stored = st.store_snapshot(path, None).await;
         if target.is_none() {
-            let _ = std::fs::remove_dir_all(crate::app::spool_dir());
+            let _ = std::fs::remove_dir_all(&run.spool_dir);
         }
         let stored = stored.context("the snapshot was written but could not be stored")?;
         eprintln!(

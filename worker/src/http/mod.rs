@@ -11,7 +11,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::Connector;
+use crate::connector::Connector;
 use crate::store::Store;
 
 pub struct Health {
@@ -70,7 +70,7 @@ async fn metrics_page(State(h): State<Arc<Health>>) -> impl IntoResponse {
     // GitLab client counters are kept by each client; copied into the registry at scrape time.
     for c in &h.connectors {
         let stats = c.client.stats();
-        let id = c.settings.id.clone();
+        let id = c.settings.id.to_string();
         for (route, r) in &stats.routes {
             for (status, n) in &r.statuses {
                 metrics::counter!("gitlab_worker_gitlab_requests_total", "connector" => id.clone(), "route" => route.clone(), "status" => status.to_string()).absolute(*n);

@@ -1,4 +1,4 @@
-//! The events a stored snapshot announces (interface.md section 3):
+//! The events a stored snapshot announces (docs/contract.md, "Events"):
 //! `<p>.events.<connector>.snapshot`, its summary, and `<p>.events.<connector>.access`, the
 //! access diff against the previous complete snapshot in chunks below NATS's max payload. The
 //! full snapshot goes to the object store; both events name the object.
@@ -10,8 +10,8 @@ use gitlab_connector::model::Record;
 use gitlab_connector::snapshot::{self, ReadError, diff};
 use serde_json::{Value, json};
 
-use super::handler::Subjects;
 use crate::store::OutboxMessage;
+use crate::subjects::Subjects;
 
 pub const EVENT_SCHEMA: &str = "gitlab-connector.event.v1";
 

@@ -1,17 +1,34 @@
-//! Jobs, transport-agnostic: the envelope (interface.md section 3), the result (section 4), and
-//! the handler that NATS, `run-job` and `demo` all call.
+//! Jobs, transport-agnostic: NATS, `run-job` and `demo` all call the [`Handler`].
+//!
+//! One module per job kind owns its parameters (`Params::parse`) and its execution
+//! (`execute(ctx, params) -> Result<Done, JobFailure>`): [`sync`], [`grant`], [`revoke`],
+//! [`invite`], [`deprovision`], [`rotate`]; [`undo`] is the JIT undo that the scheduler and
+//! `revoke` share. Inside this folder the dependencies run one way:
+//! `codes`, `result`, `fields` → `outcome`, `audit`, `context` → the kinds (and `undo`,
+//! `events`) → `envelope` → `delivery`, `handler`.
 
+mod audit;
+pub mod codes;
+pub mod context;
+pub mod delivery;
 pub mod envelope;
 pub mod events;
+mod fields;
 pub mod handler;
-pub mod provision;
+pub mod outcome;
 pub mod result;
-pub mod rotation;
-mod sync_job;
 
-pub use envelope::{
-    DeprovisionAction, GrantExpiry, Job, JobKind, JobParams, Rejection, TargetSelector,
-    UserSelector, parse_job,
-};
-pub use handler::{Connector, Delivery, Disposition, Handled, Handler, HandlerError, Subjects};
+pub mod deprovision;
+pub mod grant;
+pub mod invite;
+pub mod revoke;
+pub mod rotate;
+pub mod sync;
+pub mod undo;
+
+pub use codes::Code;
+pub use context::Clock;
+pub use delivery::{Delivery, Disposition, Handled, HandlerError};
+pub use envelope::{Job, JobKind, JobParams, Rejection, parse_job};
+pub use handler::Handler;
 pub use result::{Change, JobError, JobResult, JobStatus, RESULT_SCHEMA};

@@ -1,10 +1,12 @@
-//! The result envelope (interface.md section 4).
+//! The result envelope (docs/contract.md, "Results"; `schemas/gitlab-connector.result.v1.schema.json`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::codes::Code;
 use super::envelope::{Job, Rejection};
+use crate::subjects::{UNKNOWN_CONNECTOR, UNKNOWN_KIND};
 
 pub const RESULT_SCHEMA: &str = "gitlab-connector.result.v1";
 
@@ -69,18 +71,39 @@ pub struct JobResult {
     pub warnings: Vec<String>,
 }
 
-/// The kind segment of result and DLQ subjects when the job's kind could not be read.
-pub const UNKNOWN_KIND: &str = "invalid";
-/// The connector segment when the job's connector could not be read.
-pub const UNKNOWN_CONNECTOR: &str = "unknown";
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Noop => "noop",
+            JobStatus::Failed => "failed",
+            JobStatus::Rejected => "rejected",
+        }
+    }
+
+    /// Failed and rejected jobs are copied to the DLQ.
+    pub fn is_dead_lettered(self) -> bool {
+        matches!(self, JobStatus::Failed | JobStatus::Rejected)
+    }
+}
+
+impl JobError {
+    pub fn new(code: Code, message: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            code: code.as_str().into(),
+            message: message.into(),
+            retryable,
+        }
+    }
+}
 
 impl JobResult {
     /// A result for a valid job, to be filled in by its handler.
     pub fn for_job(job: &Job, started_at: DateTime<Utc>, attempt: u32) -> Self {
         Self {
             schema: RESULT_SCHEMA.into(),
-            job_id: job.job_id.clone(),
-            connector: job.connector.clone(),
+            job_id: job.job_id.to_string(),
+            connector: job.connector.to_string(),
             kind: job.kind().as_str().into(),
             status: JobStatus::Noop,
             dry_run: job.dry_run,
@@ -100,11 +123,15 @@ impl JobResult {
     pub fn rejected(r: &Rejection, started_at: DateTime<Utc>, attempt: u32) -> Self {
         Self {
             schema: RESULT_SCHEMA.into(),
-            job_id: r.job_id.clone().unwrap_or_default(),
+            job_id: r
+                .job_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             connector: r
                 .connector
-                .clone()
-                .unwrap_or_else(|| UNKNOWN_CONNECTOR.into()),
+                .as_ref()
+                .map_or_else(|| UNKNOWN_CONNECTOR.into(), ToString::to_string),
             kind: r.kind.map_or(UNKNOWN_KIND, |k| k.as_str()).into(),
             status: JobStatus::Rejected,
             dry_run: false,
@@ -112,15 +139,16 @@ impl JobResult {
             finished_at: Utc::now(),
             attempt,
             changes: Vec::new(),
-            error: Some(JobError {
-                code: "invalid_job".into(),
-                message: r.message.clone(),
-                retryable: false,
-            }),
+            error: Some(JobError::new(r.code, r.message.clone(), false)),
             snapshot: None,
             grant: None,
             residual_access: None,
             warnings: Vec::new(),
         }
     }
+}
+
+/// A value for a result or an event (member states, path lists): plain data always serializes.
+pub fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("plain data serializes")
 }

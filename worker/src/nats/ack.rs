@@ -1,4 +1,6 @@
-//! The ack policy, in one place: what a handled delivery becomes on the wire.
+//! The ack policy, in one place: what a handled delivery becomes on the wire ([`decide`]), and
+//! carrying it out ([`apply`]: the DLQ copy with its headers, the NAK, the TERM; [`hand_back`]
+//! at the shutdown deadline).
 //!
 //! | handler outcome | action |
 //! |---|---|
@@ -10,7 +12,12 @@
 
 use std::time::Duration;
 
-use crate::jobs::{Disposition, Handled, HandlerError};
+use async_nats::jetstream::{self, AckKind, message::Acker};
+use bytes::Bytes;
+
+use crate::jobs::{Disposition, Handled, HandlerError, parse_job};
+use crate::store::Store;
+use crate::subjects::{Subjects, UNKNOWN_CONNECTOR, UNKNOWN_KIND};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckAction {
@@ -44,6 +51,116 @@ pub fn decide(outcome: &Result<Handled, HandlerError>, last_attempt: bool) -> Ac
             message: format!("{e}; the job was not executed"),
         },
         Err(_) => AckAction::Nak(Some(STORE_RETRY)),
+    }
+}
+
+/// The delivery being acknowledged, as the DLQ copy describes it.
+pub struct DeliveryFacts<'a> {
+    pub subject: &'a str,
+    pub stream_seq: u64,
+    pub delivered: i64,
+    pub payload: &'a Bytes,
+    pub original_msg_id: Option<&'a str>,
+}
+
+/// Carries out `action` for a delivery.
+pub async fn apply(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    acker: &Acker,
+    action: &AckAction,
+    outcome: &Result<Handled, HandlerError>,
+    facts: &DeliveryFacts<'_>,
+) {
+    let acked = match action {
+        AckAction::Ack => acker.double_ack().await,
+        AckAction::Nak(delay) => acker.ack_with(AckKind::Nak(*delay)).await,
+        AckAction::DeadLetter { code, message } => {
+            let (connector, kind) = match outcome {
+                Ok(h) => (h.connector.as_str(), h.kind.as_str()),
+                Err(_) => (UNKNOWN_CONNECTOR, UNKNOWN_KIND),
+            };
+            match dead_letter(js, subjects, connector, kind, code, message, facts).await {
+                Ok(()) => acker.double_ack_with(AckKind::Term).await,
+                Err(e) => {
+                    tracing::warn!(
+                        "could not copy the job to the DLQ ({e}); it is handed back and tried again"
+                    );
+                    acker.ack_with(AckKind::Nak(Some(STORE_RETRY))).await
+                }
+            }
+        }
+    };
+    if let Err(e) = acked {
+        // The job's state is committed; a redelivery finds it and answers from the store.
+        tracing::warn!(
+            ?action,
+            "the ack did not reach NATS ({e}); a redelivery will be answered from the stored result"
+        );
+    }
+}
+
+/// Copies the job to `<p>.dlq.<connector>.<kind>` with the error in its headers; the copy must
+/// be safely stored (publish acknowledged) before the job leaves the work queue.
+async fn dead_letter(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    connector: &str,
+    kind: &str,
+    code: &str,
+    message: &str,
+    facts: &DeliveryFacts<'_>,
+) -> Result<(), String> {
+    let dlq_subject = subjects.dlq(connector, kind);
+    let mut publish = jetstream::message::PublishMessage::build()
+        .payload(facts.payload.clone())
+        .message_id(format!("dlq:{}", facts.stream_seq))
+        .header("Gitlab-Connector-Error-Code", code)
+        .header(
+            "Gitlab-Connector-Error",
+            message.replace(['\r', '\n'], " ").as_str(),
+        )
+        .header("Gitlab-Connector-Original-Subject", facts.subject)
+        .header(
+            "Gitlab-Connector-Stream-Seq",
+            facts.stream_seq.to_string().as_str(),
+        )
+        .header(
+            "Gitlab-Connector-Deliveries",
+            facts.delivered.to_string().as_str(),
+        );
+    if let Some(id) = facts.original_msg_id {
+        publish = publish.header("Gitlab-Connector-Original-Msg-Id", id);
+    }
+    let ack = js
+        .send_publish(dlq_subject.clone(), publish)
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map_err(|e| e.to_string())?;
+    metrics::counter!("gitlab_worker_dead_lettered_total", "code" => code.to_string()).increment(1);
+    tracing::warn!(%dlq_subject, %code, "job dead-lettered: {message}");
+    Ok(())
+}
+
+/// The shutdown deadline passed with the job unfinished: hand it back at once. Whatever the
+/// handler committed stays; the redelivery resumes from it, and the job's lease is given up so
+/// it may start at once.
+pub async fn hand_back(store: &Store, acker: &Acker, payload: &[u8]) {
+    release_lease(store, payload).await;
+    if let Err(e) = acker.ack_with(AckKind::Nak(None)).await {
+        tracing::warn!("could not hand the job back ({e}); NATS redelivers it after ack_wait");
+    }
+}
+
+/// Gives up the job's lease so its next delivery may start at once; if that fails the lease
+/// simply runs out.
+pub async fn release_lease(store: &Store, payload: &[u8]) {
+    if let Ok(job) = parse_job(payload, chrono::Utc::now())
+        && let Err(e) = store.release_lease(job.job_id.as_str()).await
+    {
+        tracing::warn!(
+            "could not release the job's lease ({e}); it is taken over when the lease runs out"
+        );
     }
 }
 

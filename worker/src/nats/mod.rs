@@ -1,8 +1,9 @@
-//! The NATS JetStream adapter (interface.md section 3): connection, streams and the shared
-//! durable consumer, the serve loop, the ack policy and the outbox publisher.
+//! The NATS JetStream adapter (docs/contract.md, "NATS"): connection, streams and the shared
+//! durable consumer, the serve loop, the ack policy, progress acks and the outbox publisher.
 
 pub mod ack;
 pub mod outbox;
+pub mod progress;
 pub mod serve;
 
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, object_store, stream};
 
 use crate::config::NatsSettings;
-use crate::jobs::Subjects;
+use crate::subjects::Subjects;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {

@@ -9,8 +9,8 @@ use async_nats::jetstream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::Subjects;
 use crate::store::{OutboxMessage, Store};
+use crate::subjects::Subjects;
 
 #[derive(Clone)]
 pub struct OutboxPublisher {
@@ -38,9 +38,9 @@ impl OutboxPublisher {
             if rows.is_empty() {
                 return Ok(sent);
             }
-            for row in rows {
-                self.send(&OutboxMessage::from_row(&row)).await?;
-                self.store.mark_sent(row.id).await?;
+            for (id, message) in rows {
+                self.send(&message).await?;
+                self.store.mark_sent(id).await?;
                 metrics::counter!("gitlab_worker_outbox_published_total").increment(1);
                 sent += 1;
             }

@@ -6,14 +6,15 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::ack::{AckAction, decide};
+use super::ack;
+use super::progress::ProgressTicker;
 use crate::jobs::{Delivery, Handler, HandlerError};
 
 pub struct ServeContext {
@@ -139,28 +140,7 @@ async fn deliver(
     let last_attempt = ctx.max_deliver > 0 && delivered >= ctx.max_deliver;
     metrics::counter!("gitlab_worker_deliveries_total", "redelivered" => if delivered > 1 { "true" } else { "false" }).increment(1);
 
-    // Progress acks keep a long job from being redelivered while it runs; the guard stops them
-    // however this function is left, so a job can never be held in flight forever.
-    let ticker_stop = CancellationToken::new();
-    let _stop_ticker = ticker_stop.clone().drop_guard();
-    let ticker = {
-        let acker = acker.clone();
-        let stop = ticker_stop.clone();
-        let period = (ctx.ack_wait / 3).max(Duration::from_millis(200));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = acker.ack_with(AckKind::Progress).await {
-                            tracing::debug!("progress ack: {e}");
-                        }
-                    }
-                }
-            }
-        })
-    };
+    let ticker = ProgressTicker::start(acker.clone(), ctx.ack_wait);
     metrics::gauge!("gitlab_worker_jobs_in_flight").increment(1.0);
     let started = Instant::now();
     let delivery = Delivery {
@@ -175,103 +155,54 @@ async fn deliver(
         o = handling => Some(o.unwrap_or_else(|panic| Err(HandlerError::Panicked(panic_message(panic.as_ref()))))),
         _ = deadline.cancelled() => None,
     };
-    ticker_stop.cancel();
-    let _ = ticker.await;
+    ticker.stop().await;
     metrics::gauge!("gitlab_worker_jobs_in_flight").decrement(1.0);
-    if let Some(Err(HandlerError::Panicked(why))) = &outcome {
-        tracing::error!("the job's handler panicked: {why}");
-        // Nothing renews the lease any more; give it up so the retry need not wait for it.
-        release_lease(ctx, &payload).await;
-    }
     let Some(outcome) = outcome else {
-        // Shutdown deadline: hand the job back at once. Whatever the handler committed stays;
-        // the redelivery resumes from it, and the job's lease is given up so it may.
-        release_lease(ctx, &payload).await;
-        if let Err(e) = acker.ack_with(AckKind::Nak(None)).await {
-            tracing::warn!("could not hand the job back ({e}); NATS redelivers it after ack_wait");
-        }
+        ack::hand_back(&ctx.handler.store, &acker, &payload).await;
         metrics::counter!("gitlab_worker_jobs_total", "kind" => "unknown", "outcome" => "interrupted").increment(1);
         return;
     };
-    if let Ok(h) = &outcome {
-        metrics::counter!("gitlab_worker_jobs_total", "kind" => h.kind.clone(), "outcome" => if h.repeated { "repeated".to_string() } else { crate::jobs::handler::status_name(h.status).to_string() }).increment(1);
-        metrics::histogram!("gitlab_worker_job_duration_seconds", "kind" => h.kind.clone())
-            .record(started.elapsed().as_secs_f64());
-        // Results were committed to the outbox: publish them now.
-        ctx.outbox_wake.notify_one();
-    }
-    let action = decide(&outcome, last_attempt);
-    let ack_result = match &action {
-        AckAction::Ack => acker.double_ack().await,
-        AckAction::Nak(delay) => acker.ack_with(AckKind::Nak(*delay)).await,
-        AckAction::DeadLetter { code, message } => {
-            let (connector, kind) = match &outcome {
-                Ok(h) => (h.connector.clone(), h.kind.clone()),
-                Err(_) => ("unknown".into(), "invalid".into()),
-            };
-            let dlq_subject = ctx.handler.subjects.dlq(&connector, &kind);
-            let mut publish = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(format!("dlq:{stream_seq}"))
-                .header("Gitlab-Connector-Error-Code", code.as_str())
-                .header(
-                    "Gitlab-Connector-Error",
-                    message.replace(['\r', '\n'], " ").as_str(),
-                )
-                .header("Gitlab-Connector-Original-Subject", subject.as_str())
-                .header(
-                    "Gitlab-Connector-Stream-Seq",
-                    stream_seq.to_string().as_str(),
-                )
-                .header(
-                    "Gitlab-Connector-Deliveries",
-                    delivered.to_string().as_str(),
-                );
-            if let Some(id) = headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
-                publish = publish.header("Gitlab-Connector-Original-Msg-Id", id.as_str());
-            }
-            // The copy must be safely stored before the job leaves the work queue.
-            let copied = match ctx.js.send_publish(dlq_subject.clone(), publish).await {
-                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match copied {
-                Ok(()) => {
-                    metrics::counter!("gitlab_worker_dead_lettered_total", "code" => code.clone())
-                        .increment(1);
-                    tracing::warn!(%dlq_subject, %code, "job dead-lettered: {message}");
-                    acker.double_ack_with(AckKind::Term).await
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "could not copy the job to the DLQ ({e}); it is handed back and tried again"
-                    );
-                    acker
-                        .ack_with(AckKind::Nak(Some(super::ack::STORE_RETRY)))
-                        .await
-                }
-            }
+    match &outcome {
+        Err(HandlerError::Panicked(why)) => {
+            tracing::error!("the job's handler panicked: {why}");
+            // Nothing renews the lease any more; give it up so the retry need not wait for it.
+            ack::release_lease(&ctx.handler.store, &payload).await;
         }
+        Err(HandlerError::Store(_)) => {}
+        Ok(h) => {
+            let outcome_label = if h.repeated {
+                "repeated"
+            } else {
+                h.status.as_str()
+            };
+            metrics::counter!("gitlab_worker_jobs_total", "kind" => h.kind.clone(), "outcome" => outcome_label).increment(1);
+            metrics::histogram!("gitlab_worker_job_duration_seconds", "kind" => h.kind.clone())
+                .record(started.elapsed().as_secs_f64());
+            // Results were committed to the outbox: publish them now.
+            ctx.outbox_wake.notify_one();
+        }
+    }
+    let action = ack::decide(&outcome, last_attempt);
+    let original_msg_id = headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .map(|v| v.as_str().to_string());
+    let facts = ack::DeliveryFacts {
+        subject: &subject,
+        stream_seq,
+        delivered,
+        payload: &payload,
+        original_msg_id: original_msg_id.as_deref(),
     };
-    if let Err(e) = ack_result {
-        // The job's state is committed; a redelivery finds it and answers from the store.
-        tracing::warn!(
-            ?action,
-            "the ack did not reach NATS ({e}); a redelivery will be answered from the stored result"
-        );
-    }
-}
-
-/// Gives up the job's lease so its next delivery may start at once; if that fails the lease
-/// simply runs out.
-async fn release_lease(ctx: &ServeContext, payload: &[u8]) {
-    if let Ok(job) = crate::jobs::parse_job(payload, chrono::Utc::now())
-        && let Err(e) = ctx.handler.store.release_lease(&job.job_id).await
-    {
-        tracing::warn!(
-            "could not release the job's lease ({e}); it is taken over when the lease runs out"
-        );
-    }
+    ack::apply(
+        &ctx.js,
+        &ctx.handler.subjects,
+        &acker,
+        &action,
+        &outcome,
+        &facts,
+    )
+    .await;
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -19,6 +19,22 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+/// A stored audit entry as written (JSON fields as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub connector: String,
+    pub job_id: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub user_id: Option<i64>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// `ok`, or the error code GitLab's answer mapped to.
+    pub outcome: String,
+}
+
 impl Store {
     pub async fn audit(&self, e: AuditEntry) -> Result<(), StoreError> {
         audit_log::Entity::insert(audit_log::ActiveModel {
@@ -39,14 +55,26 @@ impl Store {
     }
 
     /// The audit entries of one job (or all, oldest first).
-    pub async fn audit_entries(
-        &self,
-        job_id: Option<&str>,
-    ) -> Result<Vec<audit_log::Model>, StoreError> {
+    pub async fn audit_entries(&self, job_id: Option<&str>) -> Result<Vec<AuditRow>, StoreError> {
         let mut q = audit_log::Entity::find().order_by_asc(audit_log::Column::Id);
         if let Some(j) = job_id {
             q = q.filter(audit_log::Column::JobId.eq(j));
         }
-        Ok(q.all(&self.db).await?)
+        Ok(q.all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| AuditRow {
+                id: m.id,
+                at: m.at,
+                connector: m.connector,
+                job_id: m.job_id,
+                action: m.action,
+                target: m.target,
+                user_id: m.user_id,
+                before: m.before,
+                after: m.after,
+                outcome: m.outcome,
+            })
+            .collect())
     }
 }

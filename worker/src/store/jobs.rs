@@ -8,6 +8,7 @@ use sea_orm::{
 };
 
 use super::entity::{job, outbox};
+use super::records::{JobRecord, JobState};
 use super::{Store, StoreError};
 
 /// What the store knows about a job id when a delivery arrives.
@@ -46,6 +47,14 @@ pub enum OutboxMessage {
 }
 
 impl OutboxMessage {
+    /// The message's `Nats-Msg-Id`.
+    pub fn msg_id(&self) -> &str {
+        match self {
+            OutboxMessage::Publish { msg_id, .. }
+            | OutboxMessage::SnapshotObject { msg_id, .. } => msg_id,
+        }
+    }
+
     fn into_active(self) -> outbox::ActiveModel {
         let (msg_id, kind, subject, payload) = match self {
             OutboxMessage::Publish {
@@ -70,7 +79,7 @@ impl OutboxMessage {
         }
     }
 
-    pub fn from_row(row: &outbox::Model) -> Self {
+    fn from_row(row: &outbox::Model) -> Self {
         if row.kind == "snapshot_object" {
             OutboxMessage::SnapshotObject {
                 msg_id: row.msg_id.clone(),
@@ -123,7 +132,7 @@ impl Store {
             job_id: Set(job_id.into()),
             connector: Set(connector.into()),
             kind: Set(kind.into()),
-            state: Set("running".into()),
+            state: Set(JobState::Running),
             attempts: Set(1),
             request: Set(request.into()),
             result: Set(None),
@@ -150,7 +159,7 @@ impl Store {
             .ok_or_else(|| {
                 StoreError::Db(sea_orm::DbErr::RecordNotFound(format!("job {job_id}")))
             })?;
-        if let (Some(result), "finished") = (&row.result, row.state.as_str()) {
+        if let (Some(result), JobState::Finished) = (&row.result, row.state) {
             return Ok(Begin::Finished {
                 result: result.clone(),
                 stream_seq: u64::try_from(row.stream_seq).unwrap_or(0),
@@ -166,7 +175,7 @@ impl Store {
             .col_expr(job::Column::LeaseUntil, Expr::value(lease_until))
             .col_expr(job::Column::UpdatedAt, Expr::value(now))
             .filter(job::Column::JobId.eq(job_id))
-            .filter(job::Column::State.eq("running"))
+            .filter(job::Column::State.eq(JobState::Running))
             .filter(job::Column::LeaseUntil.lt(now))
             .exec(&self.db)
             .await?;
@@ -190,7 +199,7 @@ impl Store {
         job::Entity::update_many()
             .col_expr(job::Column::LeaseUntil, Expr::value(until))
             .filter(job::Column::JobId.eq(job_id))
-            .filter(job::Column::State.eq("running"))
+            .filter(job::Column::State.eq(JobState::Running))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -204,7 +213,7 @@ impl Store {
                 Expr::value(Utc::now() - chrono::Duration::seconds(1)),
             )
             .filter(job::Column::JobId.eq(job_id))
-            .filter(job::Column::State.eq("running"))
+            .filter(job::Column::State.eq(JobState::Running))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -236,14 +245,17 @@ impl Store {
         Ok(())
     }
 
-    /// Outbox messages not yet sent, oldest first.
-    pub async fn unsent_outbox(&self, limit: u64) -> Result<Vec<outbox::Model>, StoreError> {
+    /// Outbox messages not yet sent, oldest first, with the row id [`Store::mark_sent`] takes.
+    pub async fn unsent_outbox(&self, limit: u64) -> Result<Vec<(i64, OutboxMessage)>, StoreError> {
         Ok(outbox::Entity::find()
             .filter(outbox::Column::SentAt.is_null())
             .order_by_asc(outbox::Column::Id)
             .limit(limit)
             .all(&self.db)
-            .await?)
+            .await?
+            .iter()
+            .map(|row| (row.id, OutboxMessage::from_row(row)))
+            .collect())
     }
 
     pub async fn mark_sent(&self, id: i64) -> Result<(), StoreError> {
@@ -260,10 +272,22 @@ impl Store {
         insert_outbox(&self.db, messages).await
     }
 
-    pub async fn job(&self, job_id: &str) -> Result<Option<job::Model>, StoreError> {
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         Ok(job::Entity::find_by_id(job_id.to_string())
             .one(&self.db)
-            .await?)
+            .await?
+            .map(|m| JobRecord {
+                job_id: m.job_id,
+                connector: m.connector,
+                kind: m.kind,
+                state: m.state,
+                attempts: u32::try_from(m.attempts).unwrap_or(0),
+                request: m.request,
+                result: m.result,
+                status: m.status,
+                progress: m.progress,
+                stream_seq: u64::try_from(m.stream_seq).unwrap_or(0),
+            }))
     }
 }
 
@@ -274,7 +298,7 @@ pub(super) async fn finish_in<C: ConnectionTrait>(
     result: &str,
 ) -> Result<(), StoreError> {
     job::Entity::update_many()
-        .col_expr(job::Column::State, Expr::value("finished"))
+        .col_expr(job::Column::State, Expr::value(JobState::Finished))
         .col_expr(job::Column::Status, Expr::value(status.to_string()))
         .col_expr(job::Column::Result, Expr::value(result.to_string()))
         .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))

@@ -2,12 +2,13 @@
 //! the audit log. SQLite is the embedded default (WAL, busy timeout, one writer); PostgreSQL
 //! serves several workers. One set of migrations ([`migration`]) creates both.
 
-pub mod entity;
+mod entity;
 pub mod migration;
 
 mod audit;
 mod grants;
 mod jobs;
+mod records;
 mod snapshots;
 
 use std::time::Duration;
@@ -15,12 +16,12 @@ use std::time::Duration;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
-pub use audit::AuditEntry;
+pub use audit::{AuditEntry, AuditRow};
 pub use jobs::{Begin, OutboxMessage};
+pub use records::{GrantRecord, GrantState, JobRecord, JobState};
 pub use snapshots::{JobCompletion, SnapshotInfo, StoredSnapshot};
 
-/// The default `DATABASE_URL` (interface.md section 2).
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://gitlab-connector.db?mode=rwc";
+use crate::redact::redact_url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,17 +50,6 @@ pub enum StoreError {
     Snapshot(#[from] gitlab_connector::snapshot::ReadError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// A database URL with its password (if any) replaced, for messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("[redacted]"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
 }
 
 #[derive(Clone, Debug)]
@@ -124,10 +114,6 @@ impl Store {
 
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
-    }
-
-    pub fn connection(&self) -> &DatabaseConnection {
-        &self.db
     }
 
     pub async fn close(self) -> Result<(), StoreError> {

@@ -39,6 +39,11 @@ pub struct SnapshotInfo {
     pub prev_sha256: Option<String>,
     pub record_count: i64,
     pub job_id: Option<String>,
+    /// The header and summary lines exactly as written (what an export puts around the rows).
+    #[serde(skip)]
+    pub header: String,
+    #[serde(skip)]
+    pub summary: String,
 }
 
 impl From<&snapshot::Model> for SnapshotInfo {
@@ -55,6 +60,8 @@ impl From<&snapshot::Model> for SnapshotInfo {
             prev_sha256: m.prev_sha256.clone(),
             record_count: m.record_count,
             job_id: m.job_id.clone(),
+            header: m.header.clone(),
+            summary: m.summary.clone(),
         }
     }
 }
@@ -117,14 +124,7 @@ impl Store {
                 });
             }
         };
-        // The summary is kept verbatim (the last line), not re-serialized.
-        let mut summary_line = String::new();
-        for line in open(path)?.lines() {
-            let line = line?;
-            if !line.is_empty() {
-                summary_line = line;
-            }
-        }
+        let summary_line = last_line(path)?;
 
         let txn = self.db.begin().await?;
         if txn.get_database_backend() == DbBackend::Postgres {
@@ -157,65 +157,10 @@ impl Store {
         .await?;
         let seq = inserted.last_insert_id;
 
-        let mut open_rows: HashMap<String, (i64, String)> = snapshot_record::Entity::find()
-            .select_only()
-            .columns([
-                snapshot_record::Column::RecordKey,
-                snapshot_record::Column::Id,
-                snapshot_record::Column::Digest,
-            ])
-            .filter(snapshot_record::Column::Connector.eq(&header.connector))
-            .filter(snapshot_record::Column::Scope.eq(&header.scope))
-            .filter(snapshot_record::Column::ValidTo.is_null())
-            .into_tuple::<(String, i64, String)>()
-            .all(&txn)
-            .await?
-            .into_iter()
-            .map(|(k, id, d)| (k, (id, d)))
-            .collect();
-
-        let mut pending = Vec::with_capacity(INSERT_BATCH);
-        let mut to_close = Vec::new();
-        let (mut rows_inserted, mut rows_unchanged) = (0u64, 0u64);
-        for line in lines {
-            let line = line?;
-            if line.is_empty() {
-                continue;
-            }
-            let record: Record = serde_json::from_str(&line).map_err(|e| StoreError::Damaged {
-                id: header.snapshot_id.clone(),
-                message: format!("a record cannot be read: {e}"),
-            })?;
-            let Some(key) = record.order_key() else {
-                continue;
-            };
-            let d = digest(&line);
-            match open_rows.remove(&key) {
-                Some((_, old)) if old == d => {
-                    rows_unchanged += 1;
-                    continue;
-                }
-                Some((id, _)) => to_close.push(id),
-                None => {}
-            }
-            pending.push(snapshot_record::ActiveModel {
-                connector: Set(header.connector.clone()),
-                scope: Set(header.scope.clone()),
-                record_key: Set(key),
-                content: Set(line),
-                digest: Set(d),
-                valid_from: Set(seq),
-                valid_to: Set(None),
-                ..Default::default()
-            });
-            if pending.len() == INSERT_BATCH {
-                rows_inserted += flush(&txn, &mut pending).await?;
-            }
-        }
-        rows_inserted += flush(&txn, &mut pending).await?;
-        to_close.extend(open_rows.into_values().map(|(id, _)| id));
-        let rows_closed = to_close.len() as u64;
-        for chunk in to_close.chunks(CLOSE_BATCH) {
+        let open_rows = open_rows(&txn, &header.connector, &header.scope).await?;
+        let written = write_records(&txn, lines, &header, seq, open_rows).await?;
+        let rows_closed = written.to_close.len() as u64;
+        for chunk in written.to_close.chunks(CLOSE_BATCH) {
             snapshot_record::Entity::update_many()
                 .col_expr(snapshot_record::Column::ValidTo, Expr::value(seq))
                 .filter(snapshot_record::Column::Id.is_in(chunk.iter().copied()))
@@ -233,9 +178,9 @@ impl Store {
         txn.commit().await?;
         Ok(StoredSnapshot {
             info: SnapshotInfo::from(&row),
-            rows_inserted,
+            rows_inserted: written.inserted,
             rows_closed,
-            rows_unchanged,
+            rows_unchanged: written.unchanged,
         })
     }
 
@@ -256,13 +201,13 @@ impl Store {
     }
 
     /// A snapshot by its id or an unambiguous prefix of it.
-    pub async fn find_snapshot(&self, id: &str) -> Result<snapshot::Model, StoreError> {
+    pub async fn find_snapshot(&self, id: &str) -> Result<SnapshotInfo, StoreError> {
         if let Some(m) = snapshot::Entity::find()
             .filter(snapshot::Column::SnapshotId.eq(id))
             .one(&self.db)
             .await?
         {
-            return Ok(m);
+            return Ok(SnapshotInfo::from(&m));
         }
         let id_chars_ok = !id.is_empty()
             && id
@@ -278,7 +223,7 @@ impl Store {
             .await?;
         match found.len() {
             0 => Err(StoreError::SnapshotNotFound(id.into())),
-            1 => Ok(found.remove(0)),
+            1 => Ok(SnapshotInfo::from(&found.remove(0))),
             _ => Err(StoreError::Ambiguous(id.into())),
         }
     }
@@ -306,7 +251,7 @@ impl Store {
     /// Writes a stored snapshot as it was written the first time, checking its sha256.
     pub async fn export_snapshot(
         &self,
-        snap: &snapshot::Model,
+        snap: &SnapshotInfo,
         out: &mut impl Write,
     ) -> Result<(), StoreError> {
         let mut rows: Vec<(String, String)> = snapshot_record::Entity::find()
@@ -356,6 +301,107 @@ impl Store {
         out.flush()?;
         Ok(())
     }
+}
+
+/// The last non-empty line of a file (a snapshot's summary, kept verbatim).
+fn last_line(path: &Path) -> Result<String, StoreError> {
+    let mut last = String::new();
+    for line in open(path)?.lines() {
+        let line = line?;
+        if !line.is_empty() {
+            last = line;
+        }
+    }
+    Ok(last)
+}
+
+/// The rows of a connector and scope still valid (`valid_to` null): key → (row id, digest).
+async fn open_rows(
+    txn: &DatabaseTransaction,
+    connector: &str,
+    scope: &str,
+) -> Result<HashMap<String, (i64, String)>, StoreError> {
+    Ok(snapshot_record::Entity::find()
+        .select_only()
+        .columns([
+            snapshot_record::Column::RecordKey,
+            snapshot_record::Column::Id,
+            snapshot_record::Column::Digest,
+        ])
+        .filter(snapshot_record::Column::Connector.eq(connector))
+        .filter(snapshot_record::Column::Scope.eq(scope))
+        .filter(snapshot_record::Column::ValidTo.is_null())
+        .into_tuple::<(String, i64, String)>()
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|(k, id, d)| (k, (id, d)))
+        .collect())
+}
+
+/// What writing a snapshot's body did.
+struct Written {
+    inserted: u64,
+    unchanged: u64,
+    /// Open rows the snapshot no longer has in the same form.
+    to_close: Vec<i64>,
+}
+
+/// Inserts the body records that are new or changed since the open rows; an unchanged record
+/// writes nothing.
+async fn write_records(
+    txn: &DatabaseTransaction,
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    header: &gitlab_connector::model::SnapshotHeader,
+    seq: i64,
+    mut open_rows: HashMap<String, (i64, String)>,
+) -> Result<Written, StoreError> {
+    let mut pending = Vec::with_capacity(INSERT_BATCH);
+    let mut written = Written {
+        inserted: 0,
+        unchanged: 0,
+        to_close: Vec::new(),
+    };
+    for line in lines {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        let record: Record = serde_json::from_str(&line).map_err(|e| StoreError::Damaged {
+            id: header.snapshot_id.clone(),
+            message: format!("a record cannot be read: {e}"),
+        })?;
+        let Some(key) = record.order_key() else {
+            continue;
+        };
+        let d = digest(&line);
+        match open_rows.remove(&key) {
+            Some((_, old)) if old == d => {
+                written.unchanged += 1;
+                continue;
+            }
+            Some((id, _)) => written.to_close.push(id),
+            None => {}
+        }
+        pending.push(snapshot_record::ActiveModel {
+            connector: Set(header.connector.clone()),
+            scope: Set(header.scope.clone()),
+            record_key: Set(key),
+            content: Set(line),
+            digest: Set(d),
+            valid_from: Set(seq),
+            valid_to: Set(None),
+            ..Default::default()
+        });
+        if pending.len() == INSERT_BATCH {
+            written.inserted += flush(txn, &mut pending).await?;
+        }
+    }
+    written.inserted += flush(txn, &mut pending).await?;
+    written
+        .to_close
+        .extend(open_rows.into_values().map(|(id, _)| id));
+    Ok(written)
 }
 
 async fn flush(

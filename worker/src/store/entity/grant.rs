@@ -2,6 +2,8 @@
 //! the precise instant the scheduler undoes it.
 use sea_orm::entity::prelude::*;
 
+use crate::store::records::GrantState;
+
 #[sea_orm::model]
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "grants")]
@@ -23,8 +25,7 @@ pub struct Model {
     pub applied: String,
     /// The precise expiry; null for a permanent grant.
     pub expires_at: Option<DateTimeUtc>,
-    /// `active`, `ending` (claimed by a scheduler), `ended`, `conflict`.
-    pub state: String,
+    pub state: GrantState,
     pub ended_at: Option<DateTimeUtc>,
     #[sea_orm(column_type = "Text", nullable)]
     pub note: Option<String>,

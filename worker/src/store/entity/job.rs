@@ -1,6 +1,8 @@
 //! One row per job id ever seen: the idempotency key and, once finished, the stored result.
 use sea_orm::entity::prelude::*;
 
+use crate::store::records::JobState;
+
 #[sea_orm::model]
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "jobs")]
@@ -9,8 +11,7 @@ pub struct Model {
     pub job_id: String,
     pub connector: String,
     pub kind: String,
-    /// `running` or `finished`.
-    pub state: String,
+    pub state: JobState,
     /// Deliveries that reached the handler.
     pub attempts: i32,
     #[sea_orm(column_type = "Text")]

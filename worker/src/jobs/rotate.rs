@@ -12,10 +12,32 @@ use gitlab_connector::Secret;
 use gitlab_connector::api::Capability;
 use serde_json::json;
 
-use super::envelope::{Job, JobParams};
-use super::handler::{Connector, Handler, Outcome};
-use super::result::{Change, JobError, JobResult, JobStatus};
-use crate::store::AuditEntry;
+use super::codes::Code;
+use super::context::JobContext;
+use super::fields::{self, Fail, Fields};
+use super::outcome::{Done, JobFailure};
+use super::result::Change;
+use crate::connector::Connector;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    /// Rotate only when the token expires within this many days (always when `None`).
+    pub min_days_left: Option<u32>,
+}
+
+impl Params {
+    pub fn parse(p: &Fields) -> Result<Self, Fail> {
+        fields::only_keys(p, &["min_days_left"], "`params` of a rotate_token job")?;
+        let min_days_left =
+            match p.get("min_days_left") {
+                None => None,
+                Some(v) => Some(v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(
+                    || format!("`min_days_left` must be a whole number of days, not {v}"),
+                )?),
+            };
+        Ok(Self { min_days_left })
+    }
+}
 
 /// Lifetime of a rotated token.
 pub const ROTATED_LIFETIME_DAYS: i64 = 30;
@@ -91,7 +113,7 @@ pub async fn rotate(
     dry_run: bool,
 ) -> Result<Rotation, RotationError> {
     let Some(path) = c.settings.token_file.clone() else {
-        return Err(RotationError::EnvToken(c.settings.id.clone()));
+        return Err(RotationError::EnvToken(c.settings.id.to_string()));
     };
     let current = c.client.token_self().await?;
     let today = Utc::now().date_naive();
@@ -179,79 +201,48 @@ pub async fn check_interrupted(c: &Connector) -> Result<(), String> {
     }
 }
 
-pub(crate) async fn rotate_job(h: &Handler, c: &Connector, job: &Job, mut r: JobResult) -> Outcome {
-    let JobParams::RotateToken { min_days_left } = &job.params else {
-        unreachable!("routed by kind")
-    };
-    let fail = |mut r: JobResult, code: &str, message: String| {
-        r.status = JobStatus::Failed;
-        r.finished_at = Utc::now();
-        r.error = Some(JobError {
-            code: code.into(),
-            message,
-            retryable: false,
-        });
-        // Never retried: a second rotate would present the revoked token.
-        Outcome {
-            result: r,
-            retry: false,
+pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, JobFailure> {
+    // Never handed back: a second rotate would present the revoked token.
+    if ctx.connector.capability == Some(Capability::SyncOnly) {
+        return Err(JobFailure::failed(
+            Code::Forbidden,
+            "a read_api token cannot rotate itself; it needs the `api` scope",
+        ));
+    }
+    let rot = match rotate(&ctx.connector, params.min_days_left, ctx.job.dry_run).await {
+        Ok(rot) => rot,
+        Err(e @ RotationError::EnvToken(_)) => {
+            return Err(JobFailure::failed(Code::Forbidden, e.to_string()));
+        }
+        Err(e @ RotationError::Write { .. }) => {
+            return Err(JobFailure::failed(Code::TokenInvalid, e.to_string()));
+        }
+        Err(RotationError::GitLab(e)) => {
+            return Err(JobFailure::failed(Code::from(&e), e.to_string()));
         }
     };
-    if c.capability == Some(Capability::SyncOnly) {
-        return fail(
-            r,
-            "forbidden",
-            "a read_api token cannot rotate itself; it needs the `api` scope".into(),
-        );
+    if !(rot.rotated || (ctx.job.dry_run && rot.new_expires_at.is_some())) {
+        ctx.report.warnings.push(format!(
+            "the token has {} days left (more than {}): not rotated",
+            rot.days_left.unwrap_or(-1),
+            params.min_days_left.unwrap_or(0)
+        ));
+        return Ok(Done::Noop);
     }
-    match rotate(c, *min_days_left, job.dry_run).await {
-        Ok(rot) => {
-            r.finished_at = Utc::now();
-            if rot.rotated || (job.dry_run && rot.new_expires_at.is_some()) {
-                let change = Change {
-                    action: "rotate_token".into(),
-                    target: json!({"type": "token", "id": rot.token_id}),
-                    user_id: None,
-                    email: None,
-                    before: Some(json!({"days_left": rot.days_left})),
-                    after: Some(json!({"expires_at": rot.new_expires_at})),
-                    note: None,
-                };
-                if rot.rotated {
-                    let _ = h
-                        .store
-                        .audit(AuditEntry {
-                            at: Utc::now(),
-                            connector: job.connector.clone(),
-                            job_id: Some(job.job_id.clone()),
-                            action: change.action.clone(),
-                            target: change.target.clone(),
-                            user_id: None,
-                            before: change.before.clone(),
-                            after: change.after.clone(),
-                            outcome: "ok".into(),
-                        })
-                        .await;
-                }
-                r.changes.push(change);
-                r.status = JobStatus::Succeeded;
-            } else {
-                r.status = JobStatus::Noop;
-                r.warnings.push(format!(
-                    "the token has {} days left (more than {}): not rotated",
-                    rot.days_left.unwrap_or(-1),
-                    min_days_left.unwrap_or(0)
-                ));
-            }
-            Outcome {
-                result: r,
-                retry: false,
-            }
-        }
-        Err(e @ RotationError::EnvToken(_)) => fail(r, "forbidden", e.to_string()),
-        Err(e @ RotationError::Write { .. }) => fail(r, "token_invalid", e.to_string()),
-        Err(RotationError::GitLab(e)) => fail(r, super::handler::error_code(&e), e.to_string()),
+    let change = Change {
+        action: "rotate_token".into(),
+        target: json!({"type": "token", "id": rot.token_id}),
+        user_id: None,
+        email: None,
+        before: Some(json!({"days_left": rot.days_left})),
+        after: Some(json!({"expires_at": rot.new_expires_at})),
+        note: None,
+    };
+    if rot.rotated {
+        ctx.audit().record(&change, "ok").await;
     }
+    ctx.report.changes.push(change);
+    Ok(Done::Succeeded)
 }
 
 /// Serve's background check: rotates each file-backed token when fewer than `days_left` days

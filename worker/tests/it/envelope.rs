@@ -4,9 +4,12 @@
 use chrono::{Duration, TimeZone, Utc};
 use gitlab_connector::api::AccessLevel;
 use gitlab_connector::client::IdOrPath;
+use gitlab_connector::provision::{TargetRef, UserRef};
+use gitlab_worker::jobs::deprovision::DeprovisionAction;
+use gitlab_worker::jobs::grant::GrantExpiry;
 use gitlab_worker::jobs::{
-    DeprovisionAction, GrantExpiry, JobKind, JobParams, JobResult, JobStatus, TargetSelector,
-    UserSelector, parse_job,
+    JobKind, JobParams, JobResult, JobStatus, deprovision, grant, invite, parse_job, revoke,
+    rotate, sync,
 };
 use serde_json::{Value, json};
 
@@ -29,34 +32,30 @@ fn every_kind_parses() {
     assert!(!grant.dry_run);
     assert_eq!(
         grant.params,
-        JobParams::Grant {
-            user: UserSelector::Username("jdoe".into()),
-            target: TargetSelector::Group(IdOrPath::Path("acme/platform".into())),
+        JobParams::Grant(grant::Params {
+            user: UserRef::Username("jdoe".into()),
+            target: TargetRef::Group(IdOrPath::Path("acme/platform".into())),
             access_level: AccessLevel::DEVELOPER,
             expiry: Some(GrantExpiry::Duration(3600)),
             member_role_id: None,
-        }
+        })
     );
     let at = parse(&job("grant", json!({"user": {"id": 7}, "target": {"project": 42}, "access_level": 40, "expires_at": "2026-11-23T18:00:00+01:00", "member_role_id": 3}))).unwrap();
     assert!(
-        matches!(at.params, JobParams::Grant { expiry: Some(GrantExpiry::At(t)), member_role_id: Some(3), .. } if t == Utc.with_ymd_and_hms(2026, 11, 23, 17, 0, 0).unwrap())
+        matches!(at.params, JobParams::Grant(grant::Params { expiry: Some(GrantExpiry::At(t)), member_role_id: Some(3), .. }) if t == Utc.with_ymd_and_hms(2026, 11, 23, 17, 0, 0).unwrap())
     );
     let sync = parse(&job("sync", json!({}))).unwrap();
-    assert_eq!(sync.params, JobParams::Sync { scope: None });
+    assert_eq!(sync.params, JobParams::Sync(sync::Params { scope: None }));
     let mut no_params = job("sync", json!(null));
     no_params.as_object_mut().unwrap().remove("params");
     assert_eq!(
         parse(&no_params).unwrap().params,
-        JobParams::Sync { scope: None }
+        JobParams::Sync(sync::Params { scope: None })
     );
     let revoke = parse(&job("revoke", json!({"grant_job_id": "req-0"}))).unwrap();
     assert!(matches!(
         revoke.params,
-        JobParams::Revoke {
-            grant_job_id: Some(_),
-            user: None,
-            target: None
-        }
+        JobParams::Revoke(revoke::Params::ByGrant { ref grant_job_id }) if grant_job_id.as_str() == "req-0"
     ));
     let revoke = parse(&job(
         "revoke",
@@ -65,29 +64,29 @@ fn every_kind_parses() {
     .unwrap();
     assert!(matches!(
         revoke.params,
-        JobParams::Revoke {
-            user: Some(UserSelector::Email(_)),
+        JobParams::Revoke(revoke::Params::ByMembership {
+            user: UserRef::Email(_),
             ..
-        }
+        })
     ));
     let invite = parse(&job("invite", json!({"email": "a@b.co", "target": {"group": "acme"}, "access_level": 30, "expires_at": "2026-12-01"}))).unwrap();
     assert!(matches!(
         invite.params,
-        JobParams::Invite {
+        JobParams::Invite(invite::Params {
             expires_at: Some(_),
             ..
-        }
+        })
     ));
     let deprov = parse(&job("deprovision", json!({"user": {"id": 9}}))).unwrap();
     assert_eq!(
         deprov.params,
-        JobParams::Deprovision {
-            user: UserSelector::Id(9),
+        JobParams::Deprovision(deprovision::Params {
+            user: UserRef::Id(9),
             actions: vec![
                 DeprovisionAction::RemoveMemberships,
                 DeprovisionAction::CancelInvitations
             ]
-        }
+        })
     );
     let deprov = parse(&job(
         "deprovision",
@@ -95,14 +94,14 @@ fn every_kind_parses() {
     ))
     .unwrap();
     assert!(
-        matches!(deprov.params, JobParams::Deprovision { ref actions, .. } if actions == &vec![DeprovisionAction::Block, DeprovisionAction::RevokeTokens])
+        matches!(deprov.params, JobParams::Deprovision(deprovision::Params { ref actions, .. }) if actions == &vec![DeprovisionAction::Block, DeprovisionAction::RevokeTokens])
     );
     let rotate = parse(&job("rotate_token", json!({"min_days_left": 14}))).unwrap();
     assert_eq!(
         rotate.params,
-        JobParams::RotateToken {
+        JobParams::RotateToken(rotate::Params {
             min_days_left: Some(14)
-        }
+        })
     );
     let mut dry = job("sync", json!({"scope": "acme"}));
     dry["dry_run"] = json!(true);
@@ -191,7 +190,11 @@ fn thirty_malformed_jobs_are_rejected_with_a_precise_message() {
 fn a_rejection_keeps_what_addresses_the_answer() {
     let r = parse(&json!({"schema": "gitlab-connector.job.v1", "job_id": "req-9", "connector": "eu", "kind": "grant", "params": {"user": {}}})).unwrap_err();
     assert_eq!(
-        (r.job_id.as_deref(), r.connector.as_deref(), r.kind),
+        (
+            r.job_id.as_ref().map(|j| j.as_str()),
+            r.connector.as_ref().map(|c| c.as_str()),
+            r.kind
+        ),
         (Some("req-9"), Some("eu"), Some(JobKind::Grant))
     );
     let result = JobResult::rejected(&r, now(), 2);

@@ -1,0 +1,93 @@
+//! The handler's interface to a transport (NATS, `run-job`, `demo`): what it is told about a
+//! delivery, and what it answers.
+
+use std::time::Duration;
+
+use super::result::{JobError, JobStatus};
+use crate::store::StoreError;
+
+/// Delivery facts the transport knows.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    /// 1 for the first delivery.
+    pub attempt: u32,
+    /// No further delivery will come: a transient failure is final.
+    pub last_attempt: bool,
+    /// The JetStream stream sequence, to name republished results uniquely (0 without NATS).
+    pub stream_seq: u64,
+}
+
+impl Delivery {
+    /// The only delivery there will be (`run-job`, `demo`).
+    pub fn once() -> Self {
+        Self {
+            attempt: 1,
+            last_attempt: true,
+            stream_seq: 0,
+        }
+    }
+}
+
+/// What the transport should do with the delivery once the handler returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// The job is finished and its result committed (or, for a rejection, ready to publish).
+    Done {
+        /// Copy the job to the DLQ (failed or rejected) before removing it from the queue.
+        dead_letter: bool,
+    },
+    /// A transient failure: hand the job back for another delivery after `delay`.
+    Retry { delay: Duration },
+}
+
+/// The handler's answer to one delivery.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    /// The result envelope as published (JSON).
+    pub result: String,
+    pub status: JobStatus,
+    pub kind: String,
+    pub connector: String,
+    pub job_id: String,
+    pub disposition: Disposition,
+    /// The error, for the DLQ copy's headers.
+    pub error: Option<JobError>,
+    /// True when the job id was seen before and its stored result was published again.
+    pub repeated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The database could not record the job: the delivery must be retried, not answered.
+    #[error("the job store is unavailable: {0}")]
+    Store(#[from] StoreError),
+    /// The job's code panicked: a bug, reported with the job and retried like a store failure.
+    #[error("the job's handler panicked ({0}); this is a bug in gitlab-worker, please report it")]
+    Panicked(String),
+}
+
+/// The delay before a transient failure's next attempt: 5 s, 10 s, 20 s, ... capped at 5 min,
+/// with ±20% jitter so retries spread out.
+pub fn retry_delay(attempt: u32) -> Duration {
+    let base = 5u64
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(6))
+        .min(300);
+    let jitter = fastrand::f64() * 0.4 + 0.8;
+    Duration::from_secs_f64(base as f64 * jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_and_are_capped() {
+        for (attempt, base) in [(1u32, 5.0), (2, 10.0), (3, 20.0), (7, 300.0), (40, 300.0)] {
+            let d = retry_delay(attempt).as_secs_f64();
+            assert!(
+                (base * 0.8..=base * 1.2).contains(&d),
+                "attempt {attempt}: {d}"
+            );
+        }
+    }
+}

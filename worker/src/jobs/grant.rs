@@ -1,0 +1,477 @@
+//! `grant`: give a user a level on a group or project, permanently or until a precise expiry
+//! (JIT). The state before the write is checkpointed before anything is written, so a
+//! redelivery after a crash restores the right prior state; the grant is recorded for the JIT
+//! scheduler and for `revoke` by grant id.
+
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveTime, Utc};
+use gitlab_connector::InstanceKind;
+use gitlab_connector::api::{AccessLevel, AddMember, CreateUser, EditMember};
+use gitlab_connector::client::IdOrPath;
+use gitlab_connector::provision::{
+    self, AccessView, MemberState, ProvisionError, Target, TargetRef, UserRef,
+};
+use serde_json::{Value, json};
+
+use super::codes::Code;
+use super::context::JobContext;
+use super::fields::{self, Fail, Fields};
+use super::invite;
+use super::outcome::{Done, JobFailure};
+use super::result::{Change, to_value};
+use crate::store::{GrantRecord, GrantState};
+
+/// Longest JIT duration the envelope accepts.
+pub const MAX_DURATION_SECONDS: u64 = 400 * 86_400;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantExpiry {
+    /// Seconds from when the grant takes effect.
+    Duration(u64),
+    At(DateTime<Utc>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    pub user: UserRef,
+    pub target: TargetRef,
+    pub access_level: AccessLevel,
+    /// `None`: a permanent grant.
+    pub expiry: Option<GrantExpiry>,
+    pub member_role_id: Option<u64>,
+}
+
+impl Params {
+    pub fn parse(p: &Fields, now: DateTime<Utc>) -> Result<Self, Fail> {
+        fields::only_keys(
+            p,
+            &[
+                "user",
+                "target",
+                "access_level",
+                "duration_seconds",
+                "expires_at",
+                "member_role_id",
+            ],
+            "`params` of a grant job",
+        )?;
+        let expiry = match (p.get("duration_seconds"), p.get("expires_at")) {
+            (Some(_), Some(_)) => {
+                return Err("give either `duration_seconds` or `expires_at`, not both".into());
+            }
+            (Some(d), None) => {
+                let secs = fields::positive(d, "duration_seconds")?;
+                if secs > MAX_DURATION_SECONDS {
+                    return Err("`duration_seconds` is more than 400 days; use a permanent grant (no expiry) or a shorter duration".into());
+                }
+                Some(GrantExpiry::Duration(secs))
+            }
+            (None, Some(e)) => Some(GrantExpiry::At(fields::future_instant(
+                e,
+                "expires_at",
+                now,
+            )?)),
+            (None, None) => None,
+        };
+        Ok(Self {
+            user: fields::user(p.get("user"), "user")?,
+            target: fields::target(p.get("target"))?,
+            access_level: fields::access_level(p.get("access_level"))?,
+            expiry,
+            member_role_id: p
+                .get("member_role_id")
+                .map(|v| fields::positive(v, "member_role_id"))
+                .transpose()?,
+        })
+    }
+}
+
+// Planning: what the grant sets, decided from what is there. Plain functions, unit-tested.
+
+/// The precise instant a JIT grant ends.
+pub fn precise_expiry(expiry: &GrantExpiry, started_at: DateTime<Utc>) -> DateTime<Utc> {
+    match expiry {
+        GrantExpiry::Duration(s) => {
+            started_at + ChronoDuration::seconds(i64::try_from(*s).unwrap_or(i64::MAX / 1000))
+        }
+        GrantExpiry::At(t) => *t,
+    }
+}
+
+/// GitLab's `expires_at` for a precise expiry: the date on or after it (GitLab removes a
+/// membership during the day its date names), so GitLab's own expiry never ends it early.
+pub fn gitlab_date(precise: DateTime<Utc>) -> NaiveDate {
+    let d = precise.date_naive();
+    if precise.time() == NaiveTime::MIN {
+        d
+    } else {
+        d + ChronoDuration::days(1)
+    }
+}
+
+/// The later of two membership expiries; no expiry (never) is the latest.
+pub fn later_expiry(a: Option<NaiveDate>, b: Option<NaiveDate>) -> Option<NaiveDate> {
+    match (a, b) {
+        (None, _) | (_, None) => None,
+        (Some(a), Some(b)) => Some(a.max(b)),
+    }
+}
+
+/// The membership the grant sets: on an existing one, never lower its level, never shorten its
+/// expiry, keep its custom role unless the job names one.
+pub fn intended_state(
+    prior: Option<&MemberState>,
+    level: AccessLevel,
+    expires_at: Option<NaiveDate>,
+    member_role_id: Option<u64>,
+) -> MemberState {
+    match prior {
+        Some(p) => MemberState {
+            access_level: level.0.max(p.access_level),
+            expires_at: later_expiry(p.expires_at, expires_at),
+            member_role_id: member_role_id.or(p.member_role_id),
+        },
+        None => MemberState {
+            access_level: level.0,
+            expires_at,
+            member_role_id,
+        },
+    }
+}
+
+/// What an earlier attempt checkpointed before writing: the state before and whether the
+/// membership was created.
+fn checkpointed(cp: &Value) -> (Option<MemberState>, bool) {
+    (
+        serde_json::from_value::<Option<MemberState>>(cp["prior"].clone()).unwrap_or(None),
+        cp["created"].as_bool().unwrap_or(false),
+    )
+}
+
+pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, JobFailure> {
+    if let Some(why) = ctx.connector.read_only_reason() {
+        return Err(JobFailure::failed(Code::Forbidden, why));
+    }
+    let connector = ctx.connector.clone();
+    let client = &connector.client;
+    let target = provision::resolve_target(client, &params.target).await?;
+    let user = match provision::resolve_user(client, &params.user).await {
+        Ok(u) => u,
+        Err(ProvisionError::UserNotFound(_)) if matches!(params.user, UserRef::Email(_)) => {
+            let UserRef::Email(email) = &params.user else {
+                return Err(JobFailure::failed(
+                    Code::Internal,
+                    "an email user was expected",
+                ));
+            };
+            return to_unknown_email(ctx, &target, email, params.access_level).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let precise = params
+        .expiry
+        .as_ref()
+        .map(|e| precise_expiry(e, ctx.job.started_at));
+    let gl_date = precise.map(gitlab_date);
+    if let Some(p) = precise {
+        ctx.report.grant = Some(json!({"expires_at": p, "gitlab_expires_at": gl_date}));
+    }
+    let view = provision::access_on(client, &target, user.id).await?;
+    // SAML group links may rewrite the membership at the user's next sign-in.
+    if let Some(top) = target.top_level_group()
+        && let Ok(links) = client.saml_group_links(&IdOrPath::Id(top)).await
+        && !links.is_empty()
+    {
+        ctx.report.warnings.push(format!(
+            "the top-level group has {} SAML group link(s): a SAML sign-in may change this membership",
+            links.len()
+        ));
+    }
+
+    // A checkpoint from an earlier attempt holds the state before our write.
+    let checkpoint = ctx.checkpoint().await.ok().flatten();
+    let (prior, created) = match &checkpoint {
+        Some(cp) => checkpointed(cp),
+        None => (view.direct.clone(), view.direct.is_none()),
+    };
+    if checkpoint.is_none()
+        && view.effective_level >= params.access_level.0
+        && params.member_role_id.is_none()
+    {
+        ctx.report
+            .warnings
+            .push(already_has(&view, params.access_level));
+        ctx.report.residual_access = Some(to_value(&view.paths));
+        return Ok(Done::Noop);
+    }
+
+    let intended = intended_state(
+        prior.as_ref(),
+        params.access_level,
+        gl_date,
+        params.member_role_id,
+    );
+    let change = Change {
+        action: if created {
+            "add_member"
+        } else {
+            "update_member"
+        }
+        .into(),
+        target: target.reference(),
+        user_id: Some(user.id),
+        email: None,
+        before: prior.as_ref().map(to_value),
+        after: Some(to_value(&intended)),
+        note: None,
+    };
+    if ctx.job.dry_run {
+        ctx.report.changes.push(change);
+        return Ok(Done::Succeeded);
+    }
+    if checkpoint.is_none() {
+        ctx.save_checkpoint(&json!({"prior": prior, "created": created, "intended": intended}))
+            .await?;
+    }
+    if view.direct.as_ref() != Some(&intended) {
+        let answer =
+            write_membership(client, &target, user.id, view.direct.is_none(), &intended).await;
+        ctx.audit().write(&change, answer).await?;
+    }
+    ctx.store
+        .record_grant(GrantRecord {
+            job_id: ctx.job.job_id.to_string(),
+            connector: ctx.job.connector.to_string(),
+            target_kind: target.kind,
+            target_id: target.id,
+            target_path: target.full_path.clone(),
+            user_id: user.id,
+            created,
+            prior,
+            applied: intended,
+            expires_at: precise,
+            state: GrantState::Active,
+            ended_at: None,
+            note: None,
+        })
+        .await?;
+    ctx.report.changes.push(change);
+    Ok(Done::Succeeded)
+}
+
+/// The warning of a grant that is already in effect, naming the paths that give it.
+fn already_has(view: &AccessView, level: AccessLevel) -> String {
+    format!(
+        "already has {} (≥ {}) through: {}",
+        view.effective_level,
+        level.0,
+        view.paths
+            .iter()
+            .map(|p| match &p.group_path {
+                Some(g) => format!("{} from {g}", p.via),
+                None => p.via.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Sets the intended membership: a new member, or the full intended state of an existing one.
+async fn write_membership(
+    client: &gitlab_connector::Client,
+    target: &Target,
+    user_id: u64,
+    create: bool,
+    intended: &MemberState,
+) -> Result<(), gitlab_connector::Error> {
+    let source = target.source();
+    if create {
+        let add = AddMember {
+            user_id,
+            access_level: intended.level(),
+            expires_at: intended.expires_at,
+            member_role_id: intended.member_role_id,
+        };
+        client.add_member(&source, &add).await.map(|_| ())
+    } else {
+        let edit = EditMember {
+            access_level: intended.level(),
+            expires_at: intended.expires_at,
+            member_role_id: intended.member_role_id,
+        };
+        client
+            .edit_member(&source, user_id, &edit)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A username for a new account from an email's local part.
+fn username_for(email: &str) -> String {
+    email
+        .split('@')
+        .next()
+        .unwrap_or("user")
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A grant to an email no user has: self-managed with an admin token may create the user when
+/// the connector allows it; otherwise the email is invited.
+async fn to_unknown_email(
+    ctx: &mut JobContext<'_>,
+    target: &Target,
+    email: &str,
+    level: AccessLevel,
+) -> Result<Done, JobFailure> {
+    let connector = ctx.connector.clone();
+    let client = &connector.client;
+    let admin = client
+        .current_user()
+        .await
+        .ok()
+        .and_then(|u| u.is_admin)
+        .unwrap_or(false);
+    let may_create = connector.settings.allow_create_users;
+    if !(may_create && admin && client.instance() == InstanceKind::SelfManaged) {
+        ctx.report.warnings.push(format!(
+            "no GitLab user has the email {email}: an invitation is sent instead{}",
+            if may_create {
+                " (creating users needs self-managed GitLab and an administrator token)"
+            } else {
+                ""
+            }
+        ));
+        return invite::send(ctx, target, email, level, None).await;
+    }
+    let username = username_for(email);
+    let mut create_change = Change {
+        action: "create_user".into(),
+        target: target.reference(),
+        user_id: None,
+        email: Some(email.into()),
+        before: None,
+        after: Some(
+            json!({"username": username, "email": email, "password": "random, not stored"}),
+        ),
+        note: None,
+    };
+    if ctx.job.dry_run {
+        ctx.report.changes.push(create_change);
+        ctx.report.changes.push(Change {
+            action: "add_member".into(),
+            target: target.reference(),
+            user_id: None,
+            email: Some(email.into()),
+            before: None,
+            after: Some(json!({"access_level": level.0})),
+            note: None,
+        });
+        return Ok(Done::Succeeded);
+    }
+    let user = client
+        .create_user(&CreateUser {
+            email: email.to_string(),
+            username: username.clone(),
+            name: username,
+            skip_confirmation: true,
+            external: false,
+        })
+        .await?;
+    create_change.user_id = Some(user.id);
+    ctx.audit().record(&create_change, "ok").await;
+    ctx.report.changes.push(create_change);
+    let member_change = Change {
+        action: "add_member".into(),
+        target: target.reference(),
+        user_id: Some(user.id),
+        email: None,
+        before: None,
+        after: Some(json!({"access_level": level.0, "expires_at": null, "member_role_id": null})),
+        note: None,
+    };
+    let add = AddMember {
+        user_id: user.id,
+        access_level: level,
+        expires_at: None,
+        member_role_id: None,
+    };
+    let answer = client.add_member(&target.source(), &add).await.map(|_| ());
+    ctx.audit().write(&member_change, answer).await?;
+    ctx.report.changes.push(member_change);
+    Ok(Done::Succeeded)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn gitlab_dates_never_end_a_grant_early() {
+        let midnight = Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap();
+        assert_eq!(gitlab_date(midnight), date(2026, 11, 23));
+        let evening = Utc.with_ymd_and_hms(2026, 11, 23, 18, 0, 1).unwrap();
+        assert_eq!(gitlab_date(evening), date(2026, 11, 24));
+    }
+
+    #[test]
+    fn no_expiry_is_the_latest() {
+        assert_eq!(later_expiry(None, Some(date(2026, 1, 1))), None);
+        assert_eq!(later_expiry(Some(date(2026, 1, 1)), None), None);
+        assert_eq!(
+            later_expiry(Some(date(2026, 1, 1)), Some(date(2026, 2, 1))),
+            Some(date(2026, 2, 1))
+        );
+    }
+
+    #[test]
+    fn an_existing_membership_is_raised_never_lowered_or_shortened() {
+        let prior = MemberState {
+            access_level: 40,
+            expires_at: Some(date(2027, 1, 1)),
+            member_role_id: Some(9),
+        };
+        let s = intended_state(Some(&prior), AccessLevel(30), Some(date(2026, 12, 1)), None);
+        assert_eq!(s, prior, "a lower, shorter grant changes nothing");
+        let s = intended_state(Some(&prior), AccessLevel(50), None, Some(3));
+        assert_eq!(
+            s,
+            MemberState {
+                access_level: 50,
+                expires_at: None,
+                member_role_id: Some(3)
+            }
+        );
+        let new = intended_state(None, AccessLevel(30), Some(date(2026, 12, 1)), None);
+        assert_eq!(new.access_level, 30);
+        assert_eq!(new.expires_at, Some(date(2026, 12, 1)));
+    }
+
+    #[test]
+    fn durations_count_from_the_start_and_cannot_overflow() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 10, 0, 0).unwrap();
+        assert_eq!(
+            precise_expiry(&GrantExpiry::Duration(3600), t),
+            Utc.with_ymd_and_hms(2026, 11, 22, 11, 0, 0).unwrap()
+        );
+        let at = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+        assert_eq!(precise_expiry(&GrantExpiry::At(at), t), at);
+    }
+
+    #[test]
+    fn usernames_from_emails_keep_safe_characters_only() {
+        assert_eq!(username_for("j.doe+x@example.com"), "j.doe_x");
+    }
+}

@@ -1,0 +1,208 @@
+//! `sync`: crawl the scope into a snapshot in the spool folder, then hand it to the handler,
+//! which stores it, finishes the job and queues the result and the snapshot's events in one
+//! transaction.
+
+use std::io::BufWriter;
+use std::path::Path;
+
+use gitlab_connector::snapshot::ReadError;
+use gitlab_connector::sync::{self, Scope, SnapshotMeta, SyncError, SyncOptions};
+use serde_json::json;
+
+use super::codes::Code;
+use super::context::{JobContext, PendingSnapshot, SpoolFile};
+use super::events;
+use super::fields::{self, Fail, Fields};
+use super::outcome::{Done, JobFailure};
+use crate::store::OutboxMessage;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    /// A top-level group path or id, or `instance`; the connector's scope when `None`.
+    pub scope: Option<String>,
+}
+
+impl Params {
+    pub fn parse(p: &Fields) -> Result<Self, Fail> {
+        fields::only_keys(p, &["scope"], "`params` of a sync job")?;
+        Ok(Self {
+            scope: p
+                .get("scope")
+                .map(|v| fields::text(v, "scope"))
+                .transpose()?,
+        })
+    }
+}
+
+fn sync_failure(e: &SyncError) -> JobFailure {
+    let transient = match e {
+        SyncError::Auth(_) | SyncError::InstanceNeedsAdmin => false,
+        SyncError::Scope { source, .. } => source.is_transient(),
+        SyncError::Write(_) => true,
+    };
+    if transient {
+        JobFailure::transient(Code::from(e), e.to_string())
+    } else {
+        JobFailure::failed(Code::from(e), e.to_string())
+    }
+}
+
+/// A partial snapshot's failure: stored and announced like any snapshot, but the job failed
+/// (something in the scope could not be read, and a platform must not take it for the whole).
+fn partial(errors: &[gitlab_connector::model::ReadFailure]) -> JobFailure {
+    let what: Vec<String> = errors
+        .iter()
+        .take(5)
+        .map(|e| format!("{} ({})", e.what, e.code))
+        .collect();
+    JobFailure::failed(
+        Code::PartialSnapshot,
+        format!(
+            "the snapshot is partial: {} item(s) could not be read: {}{}",
+            errors.len(),
+            what.join("; "),
+            if errors.len() > 5 { "; ..." } else { "" }
+        ),
+    )
+    .retryable_later()
+}
+
+pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, JobFailure> {
+    let connector = ctx.connector.clone();
+    let Some(scope_text) = params
+        .scope
+        .clone()
+        .or_else(|| connector.settings.scope.clone())
+    else {
+        return Err(JobFailure::rejected(
+            Code::InvalidJob,
+            format!(
+                "params.scope is missing and connector {:?} has no default scope (GITLAB_SCOPE); name a top-level group path or id, or \"instance\"",
+                ctx.job.connector.as_str()
+            ),
+        ));
+    };
+    let scope = Scope::parse(&scope_text)
+        .map_err(|e| JobFailure::rejected(Code::InvalidJob, format!("params.scope: {e}")))?;
+    if ctx.job.dry_run {
+        // A sync writes nothing in GitLab; a dry run reads and reports without storing.
+        tracing::info!("dry-run sync: the snapshot is read but not stored");
+    }
+    let connector_id = ctx.job.connector.as_str();
+    let prev = ctx
+        .store
+        .latest_snapshot(connector_id, &scope_text, false)
+        .await?;
+    let meta = SnapshotMeta::new(connector_id, &scope_text);
+    let snapshot_id = meta.snapshot_id.clone();
+    std::fs::create_dir_all(ctx.spool_dir).map_err(|e| {
+        JobFailure::transient(
+            Code::Internal,
+            format!(
+                "cannot create the spool folder {}: {e}",
+                ctx.spool_dir.display()
+            ),
+        )
+    })?;
+    let spool = SpoolFile::new(ctx.spool_dir.join(format!("{snapshot_id}.ndjson")));
+    let file = std::fs::File::create(spool.path()).map_err(|e| {
+        JobFailure::transient(
+            Code::Internal,
+            format!("cannot write {}: {e}", spool.path().display()),
+        )
+    })?;
+    let (summary, _) = sync::run(
+        &connector.client,
+        &SyncOptions::new(scope),
+        meta,
+        prev.map(|p| p.sha256),
+        BufWriter::new(file),
+    )
+    .await
+    .map_err(|e| sync_failure(&e))?;
+    ctx.report.snapshot = Some(json!({
+        "snapshot_id": summary.snapshot_id,
+        "sha256": summary.sha256,
+        "complete": summary.complete,
+        "counts": summary.counts,
+        "api_requests": summary.api_requests,
+        "prev_sha256": summary.prev_sha256,
+    }));
+    ctx.report.warnings = summary.warnings.clone();
+    let outcome = if summary.complete {
+        Ok(Done::Succeeded)
+    } else {
+        Err(partial(&summary.errors))
+    };
+    if ctx.job.dry_run {
+        return outcome;
+    }
+    let events = if ctx.publish {
+        announce(ctx, spool.path(), &summary.snapshot_id, &scope_text)
+            .await
+            .map_err(|e| {
+                JobFailure::transient(
+                    Code::Internal,
+                    format!("cannot prepare the snapshot's events: {e}"),
+                )
+            })?
+    } else {
+        Vec::new()
+    };
+    ctx.snapshot = Some(PendingSnapshot {
+        file: spool,
+        events,
+    });
+    outcome
+}
+
+fn io(e: impl std::fmt::Display) -> ReadError {
+    ReadError::Io(std::io::Error::other(e.to_string()))
+}
+
+/// The snapshot's object upload, its summary event and its access-diff events.
+async fn announce(
+    ctx: &JobContext<'_>,
+    path: &Path,
+    snapshot_id: &str,
+    scope: &str,
+) -> Result<Vec<OutboxMessage>, ReadError> {
+    let connector = ctx.job.connector.as_str();
+    let base = ctx
+        .store
+        .latest_snapshot(connector, scope, true)
+        .await
+        .map_err(io)?;
+    // The previous complete snapshot is exported from the store to diff against.
+    let base_file = match &base {
+        None => None,
+        Some(info) => {
+            let snap = ctx
+                .store
+                .find_snapshot(&info.snapshot_id)
+                .await
+                .map_err(io)?;
+            let file = SpoolFile::new(ctx.spool_dir.join(format!("{snapshot_id}.base.ndjson")));
+            let mut out = BufWriter::new(std::fs::File::create(file.path())?);
+            ctx.store
+                .export_snapshot(&snap, &mut out)
+                .await
+                .map_err(io)?;
+            Some(file)
+        }
+    };
+    let object_name = format!("{connector}/{snapshot_id}.ndjson");
+    let mut msgs = vec![OutboxMessage::SnapshotObject {
+        msg_id: format!("{snapshot_id}:object"),
+        object_name: object_name.clone(),
+        snapshot_id: snapshot_id.to_string(),
+    }];
+    msgs.extend(events::build(
+        ctx.subjects,
+        ctx.job.job_id.as_str(),
+        path,
+        base_file.as_ref().map(SpoolFile::path),
+        &object_name,
+    )?);
+    Ok(msgs)
+}

@@ -1,0 +1,135 @@
+//! One way to get a handler: a seeded simulator, SQLite in memory, one connector.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitlab_connector::client::{BaseUrl, RetryPolicy};
+use gitlab_connector::{Client, ClientConfig, InstanceKind, Secret};
+use gitlab_sim::{Mode, Resource, SeedSpec, SeededSim};
+use gitlab_worker::config::{ConnectorSettings, TokenSource};
+use gitlab_worker::connector::Connector;
+use gitlab_worker::ids::ConnectorId;
+use gitlab_worker::jobs::{Clock, Handler};
+use gitlab_worker::store::Store;
+use gitlab_worker::subjects::Subjects;
+use serde_json::{Value, json};
+
+pub struct Env {
+    pub sim: SeededSim,
+    pub handler: Handler,
+}
+
+/// A seeded self-managed simulator and a handler for connector `default` whose client never
+/// retries (a transient failure reaches the job layer at once).
+pub async fn env() -> Env {
+    gitlab_connector::client::install_crypto_provider();
+    let sim = gitlab_sim::start_seeded(&SeedSpec::small(11, Mode::SelfManaged))
+        .await
+        .expect("the simulator starts");
+    let id = ConnectorId::parse("default").unwrap();
+    let settings = ConnectorSettings {
+        id: id.clone(),
+        url: BaseUrl::parse(&sim.url).unwrap(),
+        token: Secret::new(sim.token.clone()),
+        token_source: TokenSource::Env("GITLAB_TOKEN"),
+        token_file: None,
+        scope: Some(sim.scope.clone()),
+        rate_limit_per_minute: None,
+        instance: Some(InstanceKind::SelfManaged),
+        allow_create_users: false,
+        rotate_when_days_left: 0,
+    };
+    let mut config: ClientConfig = settings.client_config();
+    config.retry = RetryPolicy::none();
+    let client = Client::new(config).unwrap();
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    let spool = std::env::temp_dir().join(format!(
+        "gitlab-worker-it-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let handler = Handler {
+        store,
+        connectors: BTreeMap::from([(
+            id,
+            Arc::new(Connector {
+                settings,
+                client,
+                capability: None,
+            }),
+        )]),
+        subjects: Subjects::new("gitlab"),
+        spool_dir: spool,
+        publish: true,
+        lease: Duration::from_secs(30),
+        clock: Clock::system(),
+    };
+    Env { sim, handler }
+}
+
+impl Env {
+    /// The scope's top-level group and a user who has no membership in it.
+    pub fn group_and_outsider(&self) -> (u64, u64) {
+        let world = self.sim.sim.world.read().unwrap();
+        let group = world
+            .groups
+            .values()
+            .find(|g| g.parent_id.is_none() && g.full_path == self.sim.scope)
+            .expect("the scope group")
+            .id;
+        let members = world.members.get(&Resource::Group(group));
+        let user = world
+            .users
+            .values()
+            .filter(|u| !u.is_admin && !u.is_bot() && u.state == "active")
+            .map(|u| u.id)
+            .find(|id| members.is_none_or(|m| !m.contains_key(id)))
+            .expect("a user outside the group");
+        (group, user)
+    }
+
+    /// A user's direct level on a group in the simulator, if any.
+    pub fn level(&self, group: u64, user: u64) -> Option<u16> {
+        let world = self.sim.sim.world.read().unwrap();
+        world
+            .members
+            .get(&Resource::Group(group))
+            .and_then(|m| m.get(&user))
+            .map(|m| m.access_level)
+    }
+
+    /// Requests the simulator saw that change something (not GET).
+    pub fn writes(&self) -> Vec<String> {
+        self.sim
+            .sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.method != "GET" && !r.path.starts_with("/_sim"))
+            .map(|r| format!("{} {}", r.method, r.route))
+            .collect()
+    }
+
+    /// The message ids queued in the outbox, oldest first.
+    pub async fn outbox_ids(&self) -> Vec<String> {
+        self.handler
+            .store
+            .unsent_outbox(1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m.msg_id().to_string())
+            .collect()
+    }
+}
+
+pub fn job(id: &str, kind: &str, params: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schema": "gitlab-connector.job.v1",
+        "job_id": id,
+        "connector": "default",
+        "kind": kind,
+        "params": params,
+    }))
+    .unwrap()
+}

@@ -1,0 +1,305 @@
+//! The handler's exactly-once, lease and republish rules, driven through `handle()`.
+
+use std::time::Duration;
+
+use gitlab_sim::{FaultRule, Resource};
+use gitlab_worker::jobs::{Delivery, Disposition, JobResult, JobStatus};
+use serde_json::json;
+
+use crate::common::{env, job};
+
+fn delivery(attempt: u32, last_attempt: bool, stream_seq: u64) -> Delivery {
+    Delivery {
+        attempt,
+        last_attempt,
+        stream_seq,
+    }
+}
+
+fn parsed(result: &str) -> JobResult {
+    serde_json::from_str(result).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_id_runs_once_and_its_result_is_republished_under_its_own_message_ids() {
+    let e = env().await;
+    let (group, user) = e.group_and_outsider();
+    let grant = job(
+        "grant-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": "developer"}),
+    );
+    e.sim.sim.reset_log();
+    let first = e
+        .handler
+        .handle(&grant, delivery(1, false, 10))
+        .await
+        .unwrap();
+    assert_eq!(first.status, JobStatus::Succeeded, "{}", first.result);
+    assert!(!first.repeated);
+    assert_eq!(first.disposition, Disposition::Done { dead_letter: false });
+    assert_eq!(e.level(group, user), Some(30));
+    let writes = e.writes();
+    assert_eq!(writes.len(), 1, "one write in GitLab: {writes:?}");
+
+    // The same job id published again (another stream message): answered from the store.
+    let again = e
+        .handler
+        .handle(&grant, delivery(1, false, 11))
+        .await
+        .unwrap();
+    assert!(again.repeated);
+    assert_eq!(
+        again.result, first.result,
+        "the stored result, byte for byte"
+    );
+    // The message that ran it, redelivered (its ack was lost): the first message id again.
+    let redelivered = e
+        .handler
+        .handle(&grant, delivery(2, false, 10))
+        .await
+        .unwrap();
+    assert!(redelivered.repeated);
+    assert_eq!(e.writes().len(), 1, "nothing executed twice");
+    assert_eq!(
+        e.outbox_ids().await,
+        vec!["grant-1".to_string(), "grant-1:repeat:11".to_string()],
+        "a repeat gets an id of its own; a redelivery reuses the first id, so NATS drops it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_running_in_another_delivery_is_handed_back_until_its_last_delivery() {
+    let e = env().await;
+    let (group, user) = e.group_and_outsider();
+    let grant = job(
+        "busy-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": 30}),
+    );
+    // Another delivery holds a current lease on the job id.
+    e.handler
+        .store
+        .begin_job(
+            "busy-1",
+            "default",
+            "grant",
+            "{}",
+            5,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    e.sim.sim.reset_log();
+    let h = e
+        .handler
+        .handle(&grant, delivery(2, false, 6))
+        .await
+        .unwrap();
+    assert!(
+        matches!(h.disposition, Disposition::Retry { delay } if delay >= Duration::from_secs(1)),
+        "{:?}",
+        h.disposition
+    );
+    let last = e
+        .handler
+        .handle(&grant, delivery(8, true, 6))
+        .await
+        .unwrap();
+    assert_eq!(last.disposition, Disposition::Done { dead_letter: false });
+    assert!(
+        e.writes().is_empty(),
+        "a busy job is not executed: {:?}",
+        e.writes()
+    );
+    assert_eq!(e.level(group, user), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_resumed_after_a_crash_keeps_the_checkpointed_prior_state() {
+    let e = env().await;
+    let (group, user) = e.group_and_outsider();
+    // Before: a Reporter membership.
+    e.sim
+        .sim
+        .world
+        .write()
+        .unwrap()
+        .set_member(Resource::Group(group), user, 20, None);
+    let grant = job(
+        "crash-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": 40, "duration_seconds": 3600}),
+    );
+    // The first delivery checkpointed the prior state, wrote to GitLab and died before it
+    // recorded the grant; its lease has run out.
+    e.handler
+        .store
+        .begin_job("crash-1", "default", "grant", "{}", 1, Duration::ZERO)
+        .await
+        .unwrap();
+    e.handler
+        .store
+        .save_progress(
+            "crash-1",
+            &json!({"prior": {"access_level": 20, "expires_at": null, "member_role_id": null}, "created": false})
+                .to_string(),
+        )
+        .await
+        .unwrap();
+    e.sim
+        .sim
+        .world
+        .write()
+        .unwrap()
+        .set_member(Resource::Group(group), user, 40, None);
+    tokio::time::sleep(Duration::from_millis(5)).await; // past the zero-length lease
+    e.sim.sim.reset_log();
+
+    let h = e
+        .handler
+        .handle(&grant, delivery(2, false, 1))
+        .await
+        .unwrap();
+    let r = parsed(&h.result);
+    assert_eq!(r.status, JobStatus::Succeeded, "{}", h.result);
+    assert_eq!(r.attempt, 2);
+    assert_eq!(r.changes[0].action, "update_member");
+    assert_eq!(
+        r.changes[0].before,
+        Some(json!({"access_level": 20, "expires_at": null, "member_role_id": null}))
+    );
+    assert!(
+        e.writes().is_empty(),
+        "the write was already in effect: {:?}",
+        e.writes()
+    );
+    let g = e.handler.store.grant("crash-1").await.unwrap().unwrap();
+    assert_eq!(g.prior.map(|p| p.access_level), Some(20));
+
+    // Ending the grant restores what was there before the first delivery.
+    let revoke = job("crash-1-end", "revoke", json!({"grant_job_id": "crash-1"}));
+    let h = e
+        .handler
+        .handle(&revoke, delivery(1, false, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        parsed(&h.result).status,
+        JobStatus::Succeeded,
+        "{}",
+        h.result
+    );
+    assert_eq!(e.level(group, user), Some(20));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_failure_is_retried_and_answered_failed_on_the_last_delivery() {
+    let e = env().await;
+    let (group, user) = e.group_and_outsider();
+    e.sim
+        .sim
+        .config
+        .lock()
+        .unwrap()
+        .faults
+        .rules
+        .push(FaultRule {
+            path: format!("/groups/{group}"),
+            status: 503,
+            method: Some("GET".into()),
+        });
+    let grant = job(
+        "flaky-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": 30}),
+    );
+    let h = e
+        .handler
+        .handle(&grant, delivery(1, false, 3))
+        .await
+        .unwrap();
+    assert!(
+        matches!(h.disposition, Disposition::Retry { .. }),
+        "{:?}",
+        h.disposition
+    );
+    assert!(
+        e.outbox_ids().await.is_empty(),
+        "no result while the job may still succeed"
+    );
+
+    let last = e
+        .handler
+        .handle(&grant, delivery(8, true, 3))
+        .await
+        .unwrap();
+    assert_eq!(last.disposition, Disposition::Done { dead_letter: true });
+    let r = parsed(&last.result);
+    assert_eq!(r.status, JobStatus::Failed);
+    assert_eq!(r.attempt, 2, "the second delivery that reached the handler");
+    let error = r.error.unwrap();
+    assert_eq!(error.code, "gitlab_error");
+    assert!(error.retryable);
+    assert_eq!(e.outbox_ids().await, vec!["flaky-1".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_job_does_not_claim_its_id() {
+    let e = env().await;
+    let (group, user) = e.group_and_outsider();
+    let broken = job(
+        "fixme-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": "admin"}),
+    );
+    let h = e
+        .handler
+        .handle(&broken, delivery(1, false, 20))
+        .await
+        .unwrap();
+    assert_eq!(h.status, JobStatus::Rejected);
+    assert_eq!(h.disposition, Disposition::Done { dead_letter: true });
+    assert!(h.error.as_ref().unwrap().message.contains("access_level"));
+    assert!(e.handler.store.job("fixme-1").await.unwrap().is_none());
+
+    // The corrected job reuses the id and runs.
+    let fixed = job(
+        "fixme-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": "reporter"}),
+    );
+    let h = e
+        .handler
+        .handle(&fixed, delivery(1, false, 21))
+        .await
+        .unwrap();
+    assert_eq!(h.status, JobStatus::Succeeded, "{}", h.result);
+    assert!(!h.repeated);
+    assert_eq!(e.level(group, user), Some(20));
+    assert_eq!(
+        e.outbox_ids().await,
+        vec!["fixme-1:rejected:20".to_string(), "fixme-1".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_connector_is_rejected_naming_the_configured_ones() {
+    let e = env().await;
+    let mut bytes: serde_json::Value =
+        serde_json::from_slice(&job("x-1", "sync", json!({}))).unwrap();
+    bytes["connector"] = json!("elsewhere");
+    let h = e
+        .handler
+        .handle(&serde_json::to_vec(&bytes).unwrap(), delivery(1, false, 30))
+        .await
+        .unwrap();
+    assert_eq!(h.status, JobStatus::Rejected);
+    let error = h.error.unwrap();
+    assert_eq!(error.code, "unknown_connector");
+    assert!(
+        error.message.contains("configured: default"),
+        "{}",
+        error.message
+    );
+}
