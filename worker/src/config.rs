@@ -388,7 +388,7 @@ impl Settings {
     /// Reads `file` (if any), then the environment. `need_connector`: at least one connector
     /// must be configured (every command but `migrate` and `snapshots`).
     pub fn load(file: Option<&Path>, need_connector: bool) -> Result<Self, ConfigError> {
-        let fc = match file {
+        let mut fc = match file {
             None => FileConfig::default(),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
@@ -401,34 +401,8 @@ impl Settings {
                 })?
             }
         };
-        let mut connectors = BTreeMap::new();
-        for (i, c) in fc.connectors.into_iter().enumerate() {
-            let c = c.into_settings(i)?;
-            if connectors.contains_key(&c.id) {
-                return Err(invalid(
-                    format!("connectors[{i}].id"),
-                    format!("connector id {:?} is declared twice", c.id.as_str()),
-                ));
-            }
-            connectors.insert(c.id.clone(), c);
-        }
-        if var("GITLAB_URL").is_some() {
-            let c = ConnectorSettings::from_env()?;
-            if connectors.contains_key(&c.id) {
-                return Err(invalid(
-                    "CONNECTOR_ID",
-                    format!(
-                        "the environment's connector {:?} is also declared in the configuration file; give it another CONNECTOR_ID or remove one",
-                        c.id.as_str()
-                    ),
-                ));
-            }
-            connectors.insert(c.id.clone(), c);
-        } else if need_connector && connectors.is_empty() {
-            // The environment's message names GITLAB_URL, the usual first setting.
-            ConnectorSettings::from_env()?;
-        }
-
+        let connectors = connectors(std::mem::take(&mut fc.connectors), need_connector)?;
+        let nats = nats_settings(&fc)?;
         let database_url = var("DATABASE_URL")
             .or(fc.database_url)
             .unwrap_or_else(|| defaults::DATABASE_URL.into());
@@ -442,86 +416,6 @@ impl Settings {
                     "{:?} is neither sqlite://FILE?mode=rwc nor postgres://USER@HOST/DB",
                     redact_url(&database_url)
                 ),
-            ));
-        }
-        let subject_prefix = var("NATS_SUBJECT_PREFIX")
-            .or(fc.nats_subject_prefix)
-            .unwrap_or_else(|| defaults::SUBJECT_PREFIX.into());
-        if subject_prefix.is_empty()
-            || !subject_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(invalid(
-                "NATS_SUBJECT_PREFIX",
-                format!(
-                    "{subject_prefix:?} may only contain letters, digits, '-' and '_' (it names subjects and streams)"
-                ),
-            ));
-        }
-        let secret_env = |name: &str| var(name).map(|v| Secret::new(v.trim()));
-        let password = match fc.nats_password_env {
-            Some(v) => Some(secret_env(&v).ok_or_else(|| {
-                invalid(
-                    "nats_password_env",
-                    format!("the environment variable {v} is not set"),
-                )
-            })?),
-            None => secret_env("NATS_PASSWORD"),
-        };
-        let token = match fc.nats_token_env {
-            Some(v) => Some(secret_env(&v).ok_or_else(|| {
-                invalid(
-                    "nats_token_env",
-                    format!("the environment variable {v} is not set"),
-                )
-            })?),
-            None => secret_env("NATS_TOKEN"),
-        };
-        let user = var("NATS_USER").or(fc.nats_user);
-        if user.is_some() != password.is_some() {
-            return Err(invalid(
-                "NATS_USER",
-                "NATS_USER and NATS_PASSWORD go together; set both or neither",
-            ));
-        }
-        let creds_file = var("NATS_CREDS_FILE")
-            .map(PathBuf::from)
-            .or(fc.nats_creds_file);
-        if let Some(p) = &creds_file
-            && !p.is_file()
-        {
-            return Err(invalid(
-                "NATS_CREDS_FILE",
-                format!("{} is not a readable file", p.display()),
-            ));
-        }
-        let path_setting = |env: &str, file: Option<PathBuf>| var(env).map(PathBuf::from).or(file);
-        let nats = NatsSettings {
-            url: var("NATS_URL")
-                .or(fc.nats_url)
-                .unwrap_or_else(|| defaults::NATS_URL.into()),
-            creds_file,
-            user,
-            password,
-            token,
-            tls_ca_file: path_setting("NATS_TLS_CA_FILE", fc.nats_tls_ca_file),
-            tls_cert_file: path_setting("NATS_TLS_CERT_FILE", fc.nats_tls_cert_file),
-            tls_key_file: path_setting("NATS_TLS_KEY_FILE", fc.nats_tls_key_file),
-            subject_prefix,
-            ack_wait: Duration::from_secs(match var("NATS_ACK_WAIT_SECONDS") {
-                Some(v) => positive::<u64>("NATS_ACK_WAIT_SECONDS", &v, "seconds")?,
-                None => fc.ack_wait_seconds.unwrap_or(defaults::ACK_WAIT_SECONDS),
-            }),
-            max_deliver: match var("NATS_MAX_DELIVER") {
-                Some(v) => positive::<i64>("NATS_MAX_DELIVER", &v, "deliveries")?,
-                None => fc.max_deliver.unwrap_or(defaults::MAX_DELIVER),
-            },
-        };
-        if nats.tls_cert_file.is_some() != nats.tls_key_file.is_some() {
-            return Err(invalid(
-                "NATS_TLS_CERT_FILE",
-                "a client certificate needs its key: set NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE together",
             ));
         }
         let http_text = var("HTTP_LISTEN")
@@ -605,4 +499,125 @@ pub fn healthcheck_addr(from_cli: Option<String>) -> String {
 /// connector of the configuration file that names no scope), else the connector's own.
 pub fn sync_scope(from_cli: Option<String>) -> Option<String> {
     from_cli.or_else(|| var("GITLAB_SCOPE"))
+}
+
+/// The connectors of the configuration file, then the environment's.
+fn connectors(
+    file: Vec<FileConnector>,
+    need_connector: bool,
+) -> Result<BTreeMap<ConnectorId, ConnectorSettings>, ConfigError> {
+    let mut connectors = BTreeMap::new();
+    for (i, c) in file.into_iter().enumerate() {
+        let c = c.into_settings(i)?;
+        if connectors.contains_key(&c.id) {
+            return Err(invalid(
+                format!("connectors[{i}].id"),
+                format!("connector id {:?} is declared twice", c.id.as_str()),
+            ));
+        }
+        connectors.insert(c.id.clone(), c);
+    }
+    if var("GITLAB_URL").is_some() {
+        let c = ConnectorSettings::from_env()?;
+        if connectors.contains_key(&c.id) {
+            return Err(invalid(
+                "CONNECTOR_ID",
+                format!(
+                    "the environment's connector {:?} is also declared in the configuration file; give it another CONNECTOR_ID or remove one",
+                    c.id.as_str()
+                ),
+            ));
+        }
+        connectors.insert(c.id.clone(), c);
+    } else if need_connector && connectors.is_empty() {
+        // The environment's message names GITLAB_URL, the usual first setting.
+        ConnectorSettings::from_env()?;
+    }
+
+    Ok(connectors)
+}
+
+/// How the worker reaches NATS: the environment over the file.
+fn nats_settings(fc: &FileConfig) -> Result<NatsSettings, ConfigError> {
+    let subject_prefix = var("NATS_SUBJECT_PREFIX")
+        .or_else(|| fc.nats_subject_prefix.clone())
+        .unwrap_or_else(|| defaults::SUBJECT_PREFIX.into());
+    if subject_prefix.is_empty()
+        || !subject_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            "NATS_SUBJECT_PREFIX",
+            format!(
+                "{subject_prefix:?} may only contain letters, digits, '-' and '_' (it names subjects and streams)"
+            ),
+        ));
+    }
+    let secret_env = |name: &str| var(name).map(|v| Secret::new(v.trim()));
+    let password = match &fc.nats_password_env {
+        Some(v) => Some(secret_env(&v).ok_or_else(|| {
+            invalid(
+                "nats_password_env",
+                format!("the environment variable {v} is not set"),
+            )
+        })?),
+        None => secret_env("NATS_PASSWORD"),
+    };
+    let token = match &fc.nats_token_env {
+        Some(v) => Some(secret_env(&v).ok_or_else(|| {
+            invalid(
+                "nats_token_env",
+                format!("the environment variable {v} is not set"),
+            )
+        })?),
+        None => secret_env("NATS_TOKEN"),
+    };
+    let user = var("NATS_USER").or_else(|| fc.nats_user.clone());
+    if user.is_some() != password.is_some() {
+        return Err(invalid(
+            "NATS_USER",
+            "NATS_USER and NATS_PASSWORD go together; set both or neither",
+        ));
+    }
+    let creds_file = var("NATS_CREDS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| fc.nats_creds_file.clone());
+    if let Some(p) = &creds_file
+        && !p.is_file()
+    {
+        return Err(invalid(
+            "NATS_CREDS_FILE",
+            format!("{} is not a readable file", p.display()),
+        ));
+    }
+    let path_setting = |env: &str, file: Option<PathBuf>| var(env).map(PathBuf::from).or(file);
+    let nats = NatsSettings {
+        url: var("NATS_URL")
+            .or_else(|| fc.nats_url.clone())
+            .unwrap_or_else(|| defaults::NATS_URL.into()),
+        creds_file,
+        user,
+        password,
+        token,
+        tls_ca_file: path_setting("NATS_TLS_CA_FILE", fc.nats_tls_ca_file.clone()),
+        tls_cert_file: path_setting("NATS_TLS_CERT_FILE", fc.nats_tls_cert_file.clone()),
+        tls_key_file: path_setting("NATS_TLS_KEY_FILE", fc.nats_tls_key_file.clone()),
+        subject_prefix,
+        ack_wait: Duration::from_secs(match var("NATS_ACK_WAIT_SECONDS") {
+            Some(v) => positive::<u64>("NATS_ACK_WAIT_SECONDS", &v, "seconds")?,
+            None => fc.ack_wait_seconds.unwrap_or(defaults::ACK_WAIT_SECONDS),
+        }),
+        max_deliver: match var("NATS_MAX_DELIVER") {
+            Some(v) => positive::<i64>("NATS_MAX_DELIVER", &v, "deliveries")?,
+            None => fc.max_deliver.unwrap_or(defaults::MAX_DELIVER),
+        },
+    };
+    if nats.tls_cert_file.is_some() != nats.tls_key_file.is_some() {
+        return Err(invalid(
+            "NATS_TLS_CERT_FILE",
+            "a client certificate needs its key: set NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE together",
+        ));
+    }
+    Ok(nats)
 }

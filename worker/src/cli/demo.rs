@@ -224,11 +224,37 @@ pub async fn run() -> u8 {
     }
 }
 
+/// The demo's running parts: the simulator, the store and the handler `serve` would build.
+struct Demo {
+    sim: gitlab_sim::Running,
+    store: Store,
+    handler: Arc<Handler>,
+    names: Names,
+    dir: std::path::PathBuf,
+}
+
 async fn demo() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let dir = std::env::temp_dir().join(format!("gitlab-worker-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = Cleanup(dir.clone());
+    let d = start(dir).await?;
+    let first_id = full_sync(&d, 1, "demo-sync-1").await?;
+    jit_grant(&d).await?;
+    invite(&d).await?;
+    deprovision(&d).await?;
+    access_diff(&d, &first_id).await?;
+    audit(&d).await?;
+    println!(
+        "\nDone in {:.1} s. Next: `gitlab-worker serve` against a real GitLab and NATS (README).",
+        started.elapsed().as_secs_f64()
+    );
+    d.store.close().await?;
+    d.sim.stop().await;
+    Ok(())
+}
+
+async fn start(dir: std::path::PathBuf) -> anyhow::Result<Demo> {
     let sim = gitlab_sim::start(
         world(),
         SimConfig::for_mode(Mode::SelfManaged),
@@ -267,23 +293,38 @@ async fn demo() -> anyhow::Result<()> {
     println!("Database: SQLite at {}", dir.join("demo.db").display());
 
     let names = Names::of(&sim);
-    heading(1, "Full sync");
-    let r = run_job(&handler, job("demo-sync-1", "sync", json!({}))).await?;
-    let first_id = r["snapshot"]["snapshot_id"]
+    Ok(Demo {
+        sim,
+        store,
+        handler,
+        names,
+        dir,
+    })
+}
+
+/// A sync; returns the snapshot id.
+async fn full_sync(d: &Demo, step: u32, job_id: &str) -> anyhow::Result<String> {
+    heading(step, "Full sync");
+    let r = run_job(&d.handler, job(job_id, "sync", json!({}))).await?;
+    let id = r["snapshot"]["snapshot_id"]
         .as_str()
         .unwrap_or("")
         .to_string();
     println!(
-        "   snapshot {first_id}: complete={}, records {}",
+        "   snapshot {id}: complete={}, records {}",
         r["snapshot"]["complete"], r["snapshot"]["counts"]
     );
+    Ok(id)
+}
 
+async fn jit_grant(d: &Demo) -> anyhow::Result<()> {
+    let (handler, names, sim) = (&d.handler, &d.names, &d.sim);
     heading(
         2,
         "A 10-second just-in-time grant: alice becomes maintainer of acme/platform",
     );
     let r = run_job(
-        &handler,
+        handler,
         job(
             "demo-jit",
             "grant",
@@ -292,7 +333,7 @@ async fn demo() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    show_changes(&r, &names);
+    show_changes(&r, names);
     let expires: chrono::DateTime<Utc> = r["grant"]["expires_at"]
         .as_str()
         .unwrap_or_default()
@@ -331,7 +372,7 @@ async fn demo() -> anyhow::Result<()> {
     };
     // The scheduler `serve` runs, checking every 500 ms.
     let expired = loop {
-        let done = crate::scheduler::run_due(&handler).await;
+        let done = crate::scheduler::run_due(handler).await;
         if let Some(e) = done.into_iter().next() {
             break e;
         }
@@ -354,14 +395,19 @@ async fn demo() -> anyhow::Result<()> {
         (undone - expires).num_milliseconds(),
         level_name(level())
     );
-    show_changes(&expired.event, &names);
+    show_changes(&expired.event, names);
 
+    Ok(())
+}
+
+async fn invite(d: &Demo) -> anyhow::Result<()> {
+    let (handler, names) = (&d.handler, &d.names);
     heading(
         3,
         "An invitation: new.hire@example.com as reporter of acme/platform",
     );
     let r = run_job(
-        &handler,
+        handler,
         job(
             "demo-invite",
             "invite",
@@ -369,14 +415,19 @@ async fn demo() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    show_changes(&r, &names);
+    show_changes(&r, names);
 
+    Ok(())
+}
+
+async fn deprovision(d: &Demo) -> anyhow::Result<()> {
+    let (handler, names) = (&d.handler, &d.names);
     heading(
         4,
         "Deprovisioning bob: memberships, invitations, tokens, account",
     );
     let r = run_job(
-        &handler,
+        handler,
         job(
             "demo-deprovision",
             "deprovision",
@@ -384,20 +435,25 @@ async fn demo() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    show_changes(&r, &names);
+    show_changes(&r, names);
     println!(
         "   residual access after re-reading GitLab: {}",
         r["residual_access"]
     );
 
+    Ok(())
+}
+
+async fn access_diff(d: &Demo, first_id: &str) -> anyhow::Result<()> {
+    let (handler, store, dir) = (&d.handler, &d.store, &d.dir);
     heading(5, "Second sync and the access diff against the first");
-    let r = run_job(&handler, job("demo-sync-2", "sync", json!({}))).await?;
+    let r = run_job(handler, job("demo-sync-2", "sync", json!({}))).await?;
     let second_id = r["snapshot"]["snapshot_id"]
         .as_str()
         .unwrap_or("")
         .to_string();
     let (a, b) = (dir.join("first.ndjson"), dir.join("second.ndjson"));
-    for (id, path) in [(&first_id, &a), (&second_id, &b)] {
+    for (id, path) in [(first_id, &a), (second_id.as_str(), &b)] {
         let snap = store.find_snapshot(id).await?;
         let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
         store.export_snapshot(&snap, &mut f).await?;
@@ -442,6 +498,11 @@ async fn demo() -> anyhow::Result<()> {
         counts.added, counts.removed, counts.changed
     );
 
+    Ok(())
+}
+
+async fn audit(d: &Demo) -> anyhow::Result<()> {
+    let store = &d.store;
     heading(6, "What auditors read");
     let list = store.list_snapshots(Some("demo")).await?;
     for s in &list {
@@ -464,12 +525,6 @@ async fn demo() -> anyhow::Result<()> {
             e.outcome
         );
     }
-    println!(
-        "\nDone in {:.1} s. Next: `gitlab-worker serve` against a real GitLab and NATS (README).",
-        started.elapsed().as_secs_f64()
-    );
-    store.close().await?;
-    sim.stop().await;
     Ok(())
 }
 

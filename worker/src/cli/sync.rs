@@ -196,6 +196,42 @@ fn previous(path: &Path, connector: &str, scope: &str) -> anyhow::Result<String>
     }
 }
 
+/// Shows the sync's progress: a bar on a terminal, a log line every 5 s otherwise.
+async fn report_progress(mut rx: tokio::sync::watch::Receiver<sync::Progress>) {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg:<14} [{bar:30}] {pos}/{len} lists, {prefix}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        b
+    });
+    let mut last_log = std::time::Instant::now();
+    while rx.changed().await.is_ok() {
+        let p = rx.borrow_and_update().clone();
+        match &bar {
+            Some(b) => {
+                b.set_length(p.lists_known);
+                b.set_position(p.lists_done);
+                b.set_message(p.phase.clone());
+                b.set_prefix(format!("{} requests, {} records", p.requests, p.records));
+            }
+            None if last_log.elapsed() >= Duration::from_secs(5) => {
+                last_log = std::time::Instant::now();
+                tracing::info!(phase = %p.phase, lists_done = p.lists_done, lists_known = p.lists_known, requests = p.requests, records = p.records, "sync progress");
+            }
+            None => {}
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+}
+
 async fn execute(
     settings: &ConnectorSettings,
     store: Option<&Store>,
@@ -213,45 +249,12 @@ async fn execute(
     for w in &check.warnings {
         eprintln!("warning: {w}");
     }
-    let (tx, mut rx) = tokio::sync::watch::channel(sync::Progress::default());
+    let (tx, rx) = tokio::sync::watch::channel(sync::Progress::default());
     let mut opts = SyncOptions::new(scope);
     opts.concurrency = run.concurrency;
     opts.include_invitations = !args.no_invitations;
     opts.progress = Some(tx);
-    let reporter = tokio::spawn(async move {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {msg:<14} [{bar:30}] {pos}/{len} lists, {prefix}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            b.enable_steady_tick(Duration::from_millis(200));
-            b
-        });
-        let mut last_log = std::time::Instant::now();
-        while rx.changed().await.is_ok() {
-            let p = rx.borrow_and_update().clone();
-            match &bar {
-                Some(b) => {
-                    b.set_length(p.lists_known);
-                    b.set_position(p.lists_done);
-                    b.set_message(p.phase.clone());
-                    b.set_prefix(format!("{} requests, {} records", p.requests, p.records));
-                }
-                None if last_log.elapsed() >= Duration::from_secs(5) => {
-                    last_log = std::time::Instant::now();
-                    tracing::info!(phase = %p.phase, lists_done = p.lists_done, lists_known = p.lists_known, requests = p.requests, records = p.records, "sync progress");
-                }
-                None => {}
-            }
-        }
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-    });
+    let reporter = tokio::spawn(report_progress(rx));
     let meta = SnapshotMeta::new(settings.id.as_str(), scope_text);
     // Written to a temporary file first: moved into place (--out) or copied to standard output
     // only when complete, and stored from it.
