@@ -556,7 +556,7 @@ fn nats_settings(fc: &FileConfig) -> Result<NatsSettings, ConfigError> {
     }
     let secret_env = |name: &str| var(name).map(|v| Secret::new(v.trim()));
     let password = match &fc.nats_password_env {
-        Some(v) => Some(secret_env(&v).ok_or_else(|| {
+        Some(v) => Some(secret_env(v).ok_or_else(|| {
             invalid(
                 "nats_password_env",
                 format!("the environment variable {v} is not set"),
@@ -565,7 +565,7 @@ fn nats_settings(fc: &FileConfig) -> Result<NatsSettings, ConfigError> {
         None => secret_env("NATS_PASSWORD"),
     };
     let token = match &fc.nats_token_env {
-        Some(v) => Some(secret_env(&v).ok_or_else(|| {
+        Some(v) => Some(secret_env(v).ok_or_else(|| {
             invalid(
                 "nats_token_env",
                 format!("the environment variable {v} is not set"),
