@@ -5,8 +5,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::codes::Code;
-use super::envelope::{Job, Rejection};
-use crate::subjects::{UNKNOWN_CONNECTOR, UNKNOWN_KIND};
 
 pub const RESULT_SCHEMA: &str = "gitlab-connector.result.v1";
 
@@ -93,57 +91,6 @@ impl JobError {
             code: code.as_str().into(),
             message: message.into(),
             retryable,
-        }
-    }
-}
-
-impl JobResult {
-    /// A result for a valid job, to be filled in by its handler.
-    pub fn for_job(job: &Job, started_at: DateTime<Utc>, attempt: u32) -> Self {
-        Self {
-            schema: RESULT_SCHEMA.into(),
-            job_id: job.job_id.to_string(),
-            connector: job.connector.to_string(),
-            kind: job.kind().as_str().into(),
-            status: JobStatus::Noop,
-            dry_run: job.dry_run,
-            started_at,
-            finished_at: started_at,
-            attempt,
-            changes: Vec::new(),
-            error: None,
-            snapshot: None,
-            grant: None,
-            residual_access: None,
-            warnings: Vec::new(),
-        }
-    }
-
-    /// The answer to a job that could not be accepted.
-    pub fn rejected(r: &Rejection, started_at: DateTime<Utc>, attempt: u32) -> Self {
-        Self {
-            schema: RESULT_SCHEMA.into(),
-            job_id: r
-                .job_id
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            connector: r
-                .connector
-                .as_ref()
-                .map_or_else(|| UNKNOWN_CONNECTOR.into(), ToString::to_string),
-            kind: r.kind.map_or(UNKNOWN_KIND, |k| k.as_str()).into(),
-            status: JobStatus::Rejected,
-            dry_run: false,
-            started_at,
-            finished_at: Utc::now(),
-            attempt,
-            changes: Vec::new(),
-            error: Some(JobError::new(r.code, r.message.clone(), false)),
-            snapshot: None,
-            grant: None,
-            residual_access: None,
-            warnings: Vec::new(),
         }
     }
 }
