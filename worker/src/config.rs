@@ -487,6 +487,11 @@ pub fn log_format(from_cli: Option<String>) -> Option<String> {
     from_cli.or_else(|| var("LOG_FORMAT"))
 }
 
+/// `RUST_LOG`: tracing filter directives (`info`, `gitlab_worker=debug,sqlx=warn`, …).
+pub fn log_filter() -> Option<String> {
+    var("RUST_LOG")
+}
+
 /// The address `gitlab-worker healthcheck` asks: `--addr`, else `HTTP_LISTEN`, else the default.
 /// Read without the rest of the configuration: a container's healthcheck must not need it.
 pub fn healthcheck_addr(from_cli: Option<String>) -> String {

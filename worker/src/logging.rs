@@ -10,13 +10,16 @@ pub const DEFAULT_FILTER: &str =
 /// The demo prints its own story; only warnings and errors are logged unless RUST_LOG says more.
 pub const QUIET_FILTER: &str = "warn,sea_orm_migration=warn";
 
-pub fn init(format: Option<&str>) -> Result<(), String> {
-    init_with(format, DEFAULT_FILTER)
-}
-
-pub fn init_with(format: Option<&str>, default_filter: &str) -> Result<(), String> {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+/// Installs the subscriber. `directives` is `RUST_LOG` (read by the configuration); when absent
+/// or invalid, `default_filter` applies.
+pub fn init_with(
+    format: Option<&str>,
+    directives: Option<&str>,
+    default_filter: &str,
+) -> Result<(), String> {
+    let filter = directives
+        .and_then(|d| EnvFilter::try_new(d).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
     let json = match format.map(str::to_ascii_lowercase).as_deref() {
         Some("json") => true,
         Some("pretty") => false,

@@ -155,7 +155,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         crate::logging::DEFAULT_FILTER
     };
     let log_format = crate::config::log_format(cli.log_format);
-    if let Err(e) = crate::logging::init_with(log_format.as_deref(), default_filter) {
+    let directives = crate::config::log_filter();
+    if let Err(e) =
+        crate::logging::init_with(log_format.as_deref(), directives.as_deref(), default_filter)
+    {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);
     }
