@@ -1,5 +1,5 @@
 //! Behaviour of the GitLab client against wiremock doubles shaped like GitLab's documented
-//! responses (gitlab-api.md): pagination, rate limits, retries, error classification, secrets.
+//! responses (docs/gitlab.md): pagination, rate limits, retries, error classification, secrets.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

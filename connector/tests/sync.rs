@@ -1,5 +1,5 @@
 //! The full sync against the simulator: effective access on a hand-built organisation (every
-//! rule of DECISIONS.md), determinism, hash chaining, honest partial snapshots, completeness
+//! rule of docs/access-rules.md), determinism, hash chaining, honest partial snapshots, completeness
 //! under transient faults, schema conformance and diffs.
 
 use std::collections::BTreeMap;

@@ -48,7 +48,7 @@ pub struct InvitationAccepted {
 }
 
 /// GitLab answers 201 even when entries failed; the body says `"status": "error"` with a
-/// message per address (gitlab-api.md section 4, pitfall P8).
+/// message per address (docs/gitlab.md, "Invitations").
 pub(crate) fn parse_invitation_body(
     route: Route,
     body: &[u8],

@@ -204,8 +204,8 @@ pub struct AddMember {
 }
 
 /// `PUT …/members/:user_id` with the **full intended state**: GitLab removes the expiry when
-/// `expires_at` is null and the custom role when `member_role_id` is omitted (gitlab-api.md
-/// P5), so all three fields are always sent.
+/// `expires_at` is null and the custom role when `member_role_id` is omitted (docs/gitlab.md,
+/// "Members"), so all three fields are always sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EditMember {
     pub access_level: AccessLevel,

@@ -8,7 +8,7 @@ use url::Url;
 use crate::error::Error;
 
 /// Everything but unreserved characters is encoded, and `.` too: GitLab resolves a path with a
-/// literal dot as a format suffix or a rename redirect and answers 404 (gitlab-api.md P9).
+/// literal dot as a format suffix or a rename redirect and answers 404 (docs/gitlab.md, "Errors").
 const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
 /// Encodes one path segment: `group/sub.project` → `group%2Fsub%2Eproject`.

@@ -2,7 +2,7 @@
 //!
 //! - Offset (`per_page=100`): follow `Link rel="next"`, else `X-Next-Page`; stop on neither or an
 //!   empty page. `X-Total`/`X-Total-Pages` are never read: GitLab omits them above 10,000
-//!   records (gitlab-api.md 1.1, pitfall P1).
+//!   records (docs/gitlab.md, "Pagination").
 //! - Keyset (`pagination=keyset&order_by=id&sort=asc`): follow `Link rel="next"` verbatim.
 //! - A 405 at the maximum offset switches an offset walk to keyset where the endpoint supports
 //!   it, resuming after the last id read; elsewhere it is an error.

@@ -3,7 +3,7 @@
 //! Three layers, all awaited before a request is sent:
 //! 1. a per-connector token bucket (GitLab.com: 2,000/min per user);
 //! 2. per-endpoint buckets for GitLab's application limits, which GitLab does *not* report in
-//!    `RateLimit-*` headers (gitlab-api.md 2.1, 2.3, pitfall P3);
+//!    `RateLimit-*` headers (docs/gitlab.md, "Rate limits");
 //! 3. a pacer driven by `RateLimit-Remaining`/`RateLimit-Reset` when GitLab sends them: the
 //!    remaining budget is spread over the time left in the window, keeping a reserve for
 //!    requests already in flight, and a 429's `Retry-After` pauses every request.
@@ -85,7 +85,7 @@ pub struct RateLimitConfig {
 
 impl RateLimitConfig {
     /// GitLab.com: 2,000 requests/min per user plus its documented endpoint limits
-    /// (gitlab-api.md 2.1; the `GET /groups` list uses the newest, lowest figure).
+    /// (docs/gitlab.md, "Rate limits"; the `GET /groups` list uses the newest, lowest figure).
     pub fn gitlab_com() -> Self {
         use LimitClass::*;
         let endpoints = HashMap::from([
@@ -106,7 +106,7 @@ impl RateLimitConfig {
     }
 
     /// Self-managed: no user throttle by default (admins enable it; the `RateLimit-*` headers
-    /// then drive the pacer), but the member limits are on by default (gitlab-api.md 2.3) and
+    /// then drive the pacer), but the member limits are on by default (docs/gitlab.md, "Rate limits") and
     /// were not reset by the 18.0 upgrade, unlike the Projects/Groups/Users API limits.
     pub fn self_managed() -> Self {
         use LimitClass::*;

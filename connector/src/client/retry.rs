@@ -16,7 +16,7 @@ pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub max_retries: usize,
     /// The longest single wait GitLab may ask for (`Retry-After`, `RateLimit-Reset`) that is
-    /// honoured in place. GitLab.com's `/users/:id` window is 10 minutes (gitlab-api.md P3).
+    /// honoured in place. GitLab.com's `/users/:id` window is 10 minutes (docs/gitlab.md, "Rate limits").
     pub max_wait: Duration,
     /// Total time one request may take, waits included.
     pub budget: Duration,

@@ -1,4 +1,4 @@
-//! Effective access, exactly as shared/DECISIONS.md ("Effective access") defines it:
+//! Effective access, exactly as docs/access-rules.md defines it:
 //!
 //! - a direct member of group G at level L has L on every descendant group and project of G
 //!   (`inherited`, `group_id` = G); Minimal Access (5) is never inherited;

@@ -1,5 +1,5 @@
-//! The normalized access model: the records of a snapshot (interface.md section 5) and
-//! effective access (DECISIONS.md, "Effective access").
+//! The normalized access model: the records of a snapshot (docs/contract.md, "Snapshots") and
+//! effective access (docs/access-rules.md).
 
 pub mod access;
 mod kind;
@@ -338,7 +338,7 @@ pub enum Record {
 
 impl Record {
     /// The record's identity within a snapshot, as a key whose byte order is the order in
-    /// which the snapshot writer emits records (interface.md section 5). Two records of one
+    /// which the snapshot writer emits records (docs/contract.md, "Snapshots"). Two records of one
     /// snapshot never share a key, and the same GitLab object keeps its key across snapshots,
     /// which is what lets a store keep records temporally and rebuild any snapshot exactly.
     /// `None` for the header and the summary, which are not body records.

@@ -1,5 +1,5 @@
 //! The access snapshot as NDJSON: one header, the records in the order and shape of
-//! interface.md section 5, and a summary whose `sha256` covers every line before it.
+//! docs/contract.md, "Snapshots", and a summary whose `sha256` covers every line before it.
 
 pub mod diff;
 mod parallel;

@@ -1,4 +1,4 @@
-//! Writing an [`Inventory`] as a snapshot: records in the order and shape of interface.md
+//! Writing an [`Inventory`] as a snapshot: records in the order and shape of docs/contract.md
 //! section 5, each kind sorted by its ids, access computed and streamed one resource at a time.
 
 use std::io::{self, Write};

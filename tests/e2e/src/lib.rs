@@ -153,7 +153,7 @@ pub fn signal(pid: u32, sig: &str) {
         .status();
 }
 
-/// The administrative URL of the machine's PostgreSQL (DECISIONS.md).
+/// The administrative URL of the machine's PostgreSQL (docs/design.md, "Test services").
 pub fn postgres_admin_url() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
@@ -171,7 +171,7 @@ impl PgDb {
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
         let db = sea_orm::Database::connect(&admin)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is not reachable ({e}); DECISIONS.md: it runs on 127.0.0.1:5432"));
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is not reachable ({e}); docs/design.md, "Test services": it runs on 127.0.0.1:5432"));
         sea_orm::ConnectionTrait::execute_unprepared(&db, &format!("CREATE DATABASE {name}"))
             .await
             .unwrap();
@@ -328,7 +328,7 @@ impl Drop for Worker {
     }
 }
 
-/// Publishes a job; with `msg_id`, as a producer following interface.md does.
+/// Publishes a job; with `msg_id`, as a producer following docs/contract.md does.
 pub async fn publish_job(
     js: &jetstream::Context,
     subject: &str,

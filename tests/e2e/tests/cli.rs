@@ -1,4 +1,4 @@
-//! The built `gitlab-worker` binary exposes the command line of interface.md section 1.
+//! The built `gitlab-worker` binary exposes the command line of docs/contract.md, "Commands".
 
 use assert_cmd::Command;
 

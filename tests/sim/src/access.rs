@@ -1,5 +1,5 @@
 //! Effective access as GitLab computes it for `members/all` and permission checks, following
-//! shared/DECISIONS.md ("Effective access"): inheritance down the tree, shares capped at
+//! docs/access-rules.md: inheritance down the tree, shares capped at
 //! `group_access` (not transitive), the highest level over all paths, minimal access not
 //! inherited, expired and awaiting memberships giving nothing.
 

@@ -1,4 +1,4 @@
-//! Endpoint semantics (gitlab-api.md sections 3–7), through our client and raw HTTP.
+//! Endpoint semantics (docs/gitlab.md), through our client and raw HTTP.
 
 use chrono::Duration as Days;
 use futures::TryStreamExt;

@@ -1,4 +1,4 @@
-//! Pagination exactly as GitLab does it (gitlab-api.md section 1), over raw HTTP.
+//! Pagination exactly as GitLab does it (docs/gitlab.md, "Pagination"), over raw HTTP.
 
 use futures::TryStreamExt;
 use gitlab_connector::api::{ProjectsQuery, UsersQuery};
