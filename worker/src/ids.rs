@@ -39,23 +39,31 @@ impl ConnectorId {
     }
 }
 
-impl fmt::Display for ConnectorId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Display, `AsRef<str>` and `Borrow<str>` (so a map keyed by the id is searched with `&str`).
+macro_rules! text_id {
+    ($t:ty) => {
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
 }
 
-impl AsRef<str> for ConnectorId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::borrow::Borrow<str> for ConnectorId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
+text_id!(ConnectorId);
+text_id!(JobId);
 
 /// A job's idempotency key (the envelope's `job_id`). It is sent as a `Nats-Msg-Id` header, so
 /// it has no whitespace or control characters; 1 to 200 bytes.
@@ -83,18 +91,6 @@ impl JobId {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl AsRef<str> for JobId {
-    fn as_ref(&self) -> &str {
         &self.0
     }
 }

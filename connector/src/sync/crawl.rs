@@ -341,20 +341,7 @@ async fn read_group_tree(
     let outside_parents: Vec<u64> = root.parent_id.into_iter().collect();
     let root_ref = IdOrPath::Id(root.id);
     let root_id = root.id;
-    let failed = read_list(
-        client.descendant_groups(&root_ref),
-        || {
-            (
-                format!("subgroups of group {root_id}"),
-                Some(ResourceRef::Group(root_id)),
-            )
-        },
-        |g| {
-            inv.groups.insert(g.id, group_record(&g, true));
-        },
-    )
-    .await?;
-    inv.errors.extend(failed);
+    read_subgroups(client, root_id, inv).await?;
     track.done(inv.groups.len() as u64);
     let failed = read_list(
         client.group_projects(&root_ref, true),
@@ -375,6 +362,25 @@ async fn read_group_tree(
     })
 }
 
+/// The descendants of a group in the scope; a list that cannot be read is a read failure.
+async fn read_subgroups(client: &Client, group: u64, inv: &mut Inventory) -> Result<(), SyncError> {
+    let failed = read_list(
+        client.descendant_groups(&IdOrPath::Id(group)),
+        || {
+            (
+                format!("subgroups of group {group}"),
+                Some(ResourceRef::Group(group)),
+            )
+        },
+        |g| {
+            inv.groups.insert(g.id, group_record(&g, true));
+        },
+    )
+    .await?;
+    inv.errors.extend(failed);
+    Ok(())
+}
+
 /// Every top-level group with its descendants, and every project (self-managed, admin).
 async fn read_instance_tree(
     client: &Client,
@@ -392,21 +398,7 @@ async fn read_instance_tree(
         .map_err(|e| scope_error("instance".into(), e))?;
     for t in &tops {
         inv.groups.insert(t.id, group_record(t, true));
-        let top_id = t.id;
-        let failed = read_list(
-            client.descendant_groups(&IdOrPath::Id(top_id)),
-            || {
-                (
-                    format!("subgroups of group {top_id}"),
-                    Some(ResourceRef::Group(top_id)),
-                )
-            },
-            |g| {
-                inv.groups.insert(g.id, group_record(&g, true));
-            },
-        )
-        .await?;
-        inv.errors.extend(failed);
+        read_subgroups(client, t.id, inv).await?;
     }
     let failed = read_list(
         client.projects(&crate::api::ProjectsQuery::default()),

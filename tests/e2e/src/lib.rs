@@ -171,7 +171,7 @@ impl PgDb {
         let name = format!("t_{}", uuid::Uuid::now_v7().simple());
         let db = sea_orm::Database::connect(&admin)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is not reachable ({e}); docs/design.md, "Test services": it runs on 127.0.0.1:5432"));
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is not reachable ({e}); docs/design.md: it runs on 127.0.0.1:5432"));
         sea_orm::ConnectionTrait::execute_unprepared(&db, &format!("CREATE DATABASE {name}"))
             .await
             .unwrap();
