@@ -69,11 +69,7 @@ pub async fn connectors(
             message: e.to_string(),
         })?;
         let capability = if check_tokens {
-            let probe = Connector {
-                settings: s.clone(),
-                client: client.clone(),
-                capability: None,
-            };
+            let probe = Connector::new(s.clone(), client.clone(), None);
             crate::jobs::rotate::check_interrupted(&probe)
                 .await
                 .map_err(|message| AppError::Token {
@@ -99,11 +95,7 @@ pub async fn connectors(
         };
         out.insert(
             id.clone(),
-            Arc::new(Connector {
-                settings: s.clone(),
-                client,
-                capability,
-            }),
+            Arc::new(Connector::new(s.clone(), client, capability)),
         );
     }
     Ok(out)

@@ -32,6 +32,7 @@ use gitlab_connector::{InstanceKind, Secret};
 use serde::Deserialize;
 
 use crate::ids::ConnectorId;
+use crate::policy::{AccountAction, Policy};
 use crate::redact::redact_url;
 
 /// Every default of every setting.
@@ -101,6 +102,8 @@ pub struct ConnectorSettings {
     pub allow_create_users: bool,
     /// `serve` rotates a file-backed token when fewer days than this are left (0: never).
     pub rotate_when_days_left: u32,
+    /// What jobs may do on this connector (docs/security.md).
+    pub policy: Policy,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -214,7 +217,16 @@ impl ConnectorSettings {
             })?,
             None => defaults::ROTATE_DAYS_LEFT,
         };
+        let policy = PolicyText {
+            max_grant_level: var("GITLAB_MAX_GRANT_LEVEL"),
+            max_jit_seconds: var("GITLAB_MAX_JIT_SECONDS"),
+            allow_permanent_grants: var("GITLAB_ALLOW_PERMANENT_GRANTS"),
+            account_actions: var("GITLAB_ACCOUNT_ACTIONS"),
+            protected_users: var("GITLAB_PROTECTED_USERS"),
+        }
+        .parse(|k| env_name(k).into())?;
         Ok(Self {
+            policy,
             rotate_when_days_left,
             id,
             url,
@@ -323,6 +335,11 @@ struct FileConnector {
     #[serde(default)]
     allow_create_users: bool,
     rotate_when_days_left: Option<u32>,
+    max_grant_level: Option<toml::Value>,
+    max_jit_seconds: Option<u64>,
+    allow_permanent_grants: Option<bool>,
+    account_actions: Option<Vec<String>>,
+    protected_users: Option<Vec<String>>,
 }
 
 impl FileConnector {
@@ -364,7 +381,19 @@ impl FileConnector {
             .instance
             .map(|v| parse_instance(at("instance"), &v))
             .transpose()?;
+        let policy = PolicyText {
+            max_grant_level: self.max_grant_level.map(|v| match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            }),
+            max_jit_seconds: self.max_jit_seconds.map(|n| n.to_string()),
+            allow_permanent_grants: self.allow_permanent_grants.map(|b| b.to_string()),
+            account_actions: self.account_actions.map(|a| a.join(",")),
+            protected_users: self.protected_users.map(|u| u.join(",")),
+        }
+        .parse(|k| at(k))?;
         Ok(ConnectorSettings {
+            policy,
             id,
             url,
             token,
@@ -625,4 +654,92 @@ fn nats_settings(fc: &FileConfig) -> Result<NatsSettings, ConfigError> {
         ));
     }
     Ok(nats)
+}
+
+/// A connector's policy settings as text, from the environment or the TOML file.
+struct PolicyText {
+    max_grant_level: Option<String>,
+    max_jit_seconds: Option<String>,
+    allow_permanent_grants: Option<String>,
+    account_actions: Option<String>,
+    protected_users: Option<String>,
+}
+
+/// The environment variable of a policy key.
+fn env_name(key: &str) -> &'static str {
+    match key {
+        "max_grant_level" => "GITLAB_MAX_GRANT_LEVEL",
+        "max_jit_seconds" => "GITLAB_MAX_JIT_SECONDS",
+        "allow_permanent_grants" => "GITLAB_ALLOW_PERMANENT_GRANTS",
+        "account_actions" => "GITLAB_ACCOUNT_ACTIONS",
+        _ => "GITLAB_PROTECTED_USERS",
+    }
+}
+
+impl PolicyText {
+    /// `name` gives the setting's name in messages (a variable, or `connectors[i].key`).
+    fn parse(self, name: impl Fn(&str) -> Cow<'static, str>) -> Result<Policy, ConfigError> {
+        let mut p = Policy::default();
+        if let Some(v) = self.max_grant_level {
+            let level = v
+                .trim()
+                .parse::<gitlab_connector::api::AccessLevel>()
+                .ok()
+                .filter(|l| [5, 10, 15, 20, 25, 30, 40, 50].contains(&l.0))
+                .ok_or_else(|| {
+                    invalid(
+                        name("max_grant_level"),
+                        format!("{v:?} is not a level a grant can give: guest, reporter, developer, maintainer, owner (or 10 … 50)"),
+                    )
+                })?;
+            p.max_grant_level = level;
+        }
+        if let Some(v) = self.max_jit_seconds {
+            p.max_jit_seconds =
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            name("max_jit_seconds"),
+                            format!("{v:?} is not a positive whole number of seconds"),
+                        )
+                    })?;
+        }
+        if let Some(v) = self.allow_permanent_grants {
+            p.allow_permanent_grants = match v.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                other => {
+                    return Err(invalid(
+                        name("allow_permanent_grants"),
+                        format!("{other:?} is not true or false"),
+                    ));
+                }
+            };
+        }
+        if let Some(v) = self.account_actions {
+            let mut actions = std::collections::BTreeSet::new();
+            for a in v.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                actions.insert(AccountAction::parse(a).ok_or_else(|| {
+                    invalid(
+                        name("account_actions"),
+                        format!(
+                            "{a:?} is not an account action; use block, deactivate, ban, delete"
+                        ),
+                    )
+                })?);
+            }
+            p.account_actions = actions;
+        }
+        if let Some(v) = self.protected_users {
+            p.protected_users = v
+                .split(',')
+                .map(|u| u.trim().to_lowercase())
+                .filter(|u| !u.is_empty())
+                .collect();
+        }
+        Ok(p)
+    }
 }

@@ -4,7 +4,8 @@
 //! Modules depend on each other in one direction only; each imports from those listed before
 //! it, never after:
 //!
-//! 1. [`ids`], [`redact`]: identifiers and safe printing, no dependencies;
+//! 1. [`ids`], [`redact`], [`policy`]: identifiers, safe printing and the policy rules, no
+//!    dependencies inside the crate;
 //! 2. [`config`]: settings from the environment and the TOML file (the only reader of the
 //!    environment);
 //! 3. [`store`]: persistence, with its own record types;
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod jobs;
 pub mod logging;
 pub mod nats;
+pub mod policy;
 pub mod redact;
 pub mod scheduler;
 pub mod store;

@@ -16,6 +16,7 @@ use crate::jobs::Handler;
 use crate::jobs::events::EVENT_SCHEMA;
 use crate::jobs::undo::undo_grant;
 use crate::store::{GrantRecord, GrantState, OutboxMessage};
+use crate::subjects::msg_id;
 
 pub const TICK: Duration = Duration::from_millis(500);
 
@@ -105,7 +106,7 @@ async fn expire(h: &Handler, c: &Connector, g: &GrantRecord) -> Option<Expired> 
         && let Err(e) = h
             .store
             .enqueue(vec![OutboxMessage::Publish {
-                msg_id: format!("{}:expired", g.job_id),
+                msg_id: msg_id::jit_expiry(&g.job_id),
                 subject: h.subjects.event(&g.connector, "access"),
                 payload: event.to_string(),
             }])

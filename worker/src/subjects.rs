@@ -25,6 +25,11 @@ impl Subjects {
         format!("{}_{name}", self.prefix.to_uppercase())
     }
 
+    /// Where a job of `kind` for `connector` is published.
+    pub fn job(&self, connector: &str, kind: &str) -> String {
+        format!("{}.jobs.{connector}.{kind}", self.prefix)
+    }
+
     pub fn jobs_all(&self) -> String {
         format!("{}.jobs.>", self.prefix)
     }
@@ -92,5 +97,77 @@ mod tests {
         assert_eq!(s.dlq("corp", "x.>"), "gitlab.dlq.corp.invalid");
         assert_eq!(s.event("*", "access"), "gitlab.events.unknown.access");
         assert_eq!(s.stream("JOBS"), "GITLAB_JOBS");
+    }
+}
+
+/// Every `Nats-Msg-Id` the worker publishes, in namespaces no job id can reach: a job's first
+/// result carries its job id (the contract), and every other message id contains a space, which
+/// a job id never does ([`crate::ids::JobId`]). So no job, whatever its id, can make another
+/// message look like a duplicate.
+pub mod msg_id {
+    /// A job's result.
+    pub fn result(job_id: &str) -> String {
+        job_id.to_string()
+    }
+
+    /// A stored result published again for another message carrying the same job id.
+    pub fn repeat(job_id: &str, stream_seq: u64) -> String {
+        format!("{job_id} repeat {stream_seq}")
+    }
+
+    /// The answer to a job that was not accepted (`job_id` empty when it could not be read).
+    pub fn rejected(job_id: &str, stream_seq: u64) -> String {
+        if job_id.is_empty() {
+            format!("rejected {stream_seq}")
+        } else {
+            format!("{job_id} rejected {stream_seq}")
+        }
+    }
+
+    pub fn snapshot_event(snapshot_id: &str) -> String {
+        format!("snapshot {snapshot_id}")
+    }
+
+    pub fn access_event(snapshot_id: &str, chunk: usize) -> String {
+        format!("access {snapshot_id} {chunk}")
+    }
+
+    pub fn snapshot_object(snapshot_id: &str) -> String {
+        format!("object {snapshot_id}")
+    }
+
+    pub fn jit_expiry(grant_job_id: &str) -> String {
+        format!("jit_expiry {grant_job_id}")
+    }
+
+    /// The DLQ copy of the message at `stream_seq` of the jobs stream.
+    pub fn dlq(stream_seq: u64) -> String {
+        format!("dlq {stream_seq}")
+    }
+}
+
+#[cfg(test)]
+mod msg_id_tests {
+    use super::msg_id;
+    use crate::ids::JobId;
+
+    #[test]
+    fn no_job_id_can_take_another_message_id() {
+        for other in [
+            msg_id::repeat("g", 5),
+            msg_id::rejected("g", 5),
+            msg_id::rejected("", 5),
+            msg_id::snapshot_event("s"),
+            msg_id::access_event("s", 1),
+            msg_id::snapshot_object("s"),
+            msg_id::jit_expiry("g"),
+            msg_id::dlq(5),
+        ] {
+            assert!(
+                JobId::parse(&other).is_err(),
+                "{other:?} could be a job's result id"
+            );
+        }
+        assert_eq!(msg_id::result("g:expired"), "g:expired");
     }
 }

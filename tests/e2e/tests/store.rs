@@ -80,7 +80,7 @@ async fn a_job_id_is_recorded_once_and_its_result_kept(b: Backend) {
         let store = store.clone();
         async move {
             store
-                .begin_job("job-1", "default", "sync", "{}", seq, lease)
+                .begin_job("job-1", "default", "sync", "{}", "h1", seq, lease)
                 .await
                 .unwrap()
         }
@@ -130,6 +130,7 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
             "default",
             "sync",
             "{}",
+            "h",
             1,
             std::time::Duration::from_secs(30),
         )

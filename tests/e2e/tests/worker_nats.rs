@@ -284,7 +284,7 @@ async fn the_same_job_id_published_twice_executes_once() {
         "the stored result, byte for byte"
     );
     assert_eq!(msg_id(&both[0]), "dup-1");
-    assert!(msg_id(&both[1]).starts_with("dup-1:repeat:"));
+    assert!(msg_id(&both[1]).starts_with("dup-1 repeat "));
     assert_eq!(
         total_requests(&e.sim),
         requests_after_first,

@@ -283,6 +283,7 @@ async fn start(dir: std::path::PathBuf) -> anyhow::Result<Demo> {
         instance: Some(gitlab_connector::InstanceKind::SelfManaged),
         allow_create_users: false,
         rotate_when_days_left: 0,
+        policy: crate::policy::Policy::default(),
     };
     settings.connectors = BTreeMap::from([(connector.id.clone(), connector)]);
     let store = Store::open(&settings.database_url).await?;

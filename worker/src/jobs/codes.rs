@@ -19,10 +19,32 @@ pub enum Code {
     GitlabError,
     PartialSnapshot,
     ResidualAccess,
+    PolicyDenied,
+    SubjectMismatch,
+    JobIdConflict,
     Internal,
 }
 
 impl Code {
+    pub const ALL: [Code; 16] = [
+        Code::InvalidJob,
+        Code::UnknownConnector,
+        Code::UserNotFound,
+        Code::TargetNotFound,
+        Code::GrantNotFound,
+        Code::Forbidden,
+        Code::TokenInvalid,
+        Code::RateLimited,
+        Code::Conflict,
+        Code::GitlabError,
+        Code::PartialSnapshot,
+        Code::ResidualAccess,
+        Code::PolicyDenied,
+        Code::SubjectMismatch,
+        Code::JobIdConflict,
+        Code::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::InvalidJob => "invalid_job",
@@ -37,6 +59,9 @@ impl Code {
             Code::GitlabError => "gitlab_error",
             Code::PartialSnapshot => "partial_snapshot",
             Code::ResidualAccess => "residual_access",
+            Code::PolicyDenied => "policy_denied",
+            Code::SubjectMismatch => "subject_mismatch",
+            Code::JobIdConflict => "job_id_conflict",
             Code::Internal => "internal",
         }
     }

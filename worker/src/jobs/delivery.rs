@@ -7,7 +7,7 @@ use super::result::{JobError, JobStatus};
 use crate::store::StoreError;
 
 /// Delivery facts the transport knows.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Delivery {
     /// 1 for the first delivery.
     pub attempt: u32,
@@ -15,6 +15,9 @@ pub struct Delivery {
     pub last_attempt: bool,
     /// The JetStream stream sequence, to name republished results uniquely (0 without NATS).
     pub stream_seq: u64,
+    /// The subject the job was published on (`None` without NATS): its connector and kind must
+    /// be the envelope's, so NATS subject permissions mean something.
+    pub subject: Option<String>,
 }
 
 impl Delivery {
@@ -24,6 +27,7 @@ impl Delivery {
             attempt: 1,
             last_attempt: true,
             stream_seq: 0,
+            subject: None,
         }
     }
 }

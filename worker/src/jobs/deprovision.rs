@@ -14,9 +14,11 @@ use serde_json::{Value, json};
 use super::codes::Code;
 use super::context::JobContext;
 use super::fields::{self, Fail, Fields, describe};
+use super::guard;
 use super::outcome::{Done, JobFailure};
 use super::result::{Change, to_value};
 use crate::connector::Connector;
+use crate::policy::AccountAction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,6 +50,17 @@ impl DeprovisionAction {
 
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+
+    /// The policy's name for an account action.
+    pub fn account_action(self) -> Option<AccountAction> {
+        match self {
+            DeprovisionAction::Ban => Some(AccountAction::Ban),
+            DeprovisionAction::Deactivate => Some(AccountAction::Deactivate),
+            DeprovisionAction::Block => Some(AccountAction::Block),
+            DeprovisionAction::Delete => Some(AccountAction::Delete),
+            _ => None,
+        }
     }
 
     /// The result's action for an account action, and the account state it leads to.
@@ -200,7 +213,17 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         return Err(JobFailure::failed(Code::Forbidden, why));
     }
     let connector = ctx.connector.clone();
+    for action in account_actions(&params.actions) {
+        if let Some(a) = action.account_action() {
+            connector
+                .settings
+                .policy
+                .check_account_action(a)
+                .map_err(guard::denied)?;
+        }
+    }
     let user = provision::resolve_user(&connector.client, &params.user).await?;
+    guard::account_not_protected(&connector, &user).await?;
     let resources = scope_resources(&connector).await?;
     let emails: Vec<String> = [user.email.clone(), user.public_email.clone()]
         .into_iter()

@@ -98,6 +98,10 @@ pub struct Job {
     pub requested_by: Option<String>,
     pub reason: Option<String>,
     pub params: JobParams,
+    /// sha256 (hex) of the canonical envelope: keys sorted, no whitespace. The job id binds it:
+    /// the same id with another payload is not the same job, while a byte-different but
+    /// equivalent envelope is.
+    pub payload_sha256: String,
 }
 
 impl Job {
@@ -218,7 +222,47 @@ pub fn parse_job(bytes: &[u8], now: DateTime<Utc>) -> Result<Job, Rejection> {
         .and_then(Value::as_str)
         .and_then(JobKind::parse);
 
-    checked(&obj, now).or_else(|message| reject(rejection, message))
+    let mut job = checked(&obj, now).or_else(|message| reject(rejection, message))?;
+    job.payload_sha256 = canonical_sha256(&Value::Object(obj));
+    Ok(job)
+}
+
+/// sha256 of a JSON value written canonically: object keys in byte order, no whitespace.
+pub fn canonical_sha256(v: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut text = String::new();
+    canonical(v, &mut text);
+    gitlab_connector::snapshot::hex(&Sha256::digest(text.as_bytes()))
+}
+
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 /// The envelope's fields, checked in order; the first problem is the rejection's message.
@@ -299,5 +343,6 @@ fn checked(obj: &Fields, now: DateTime<Utc>) -> Result<Job, Fail> {
         requested_by,
         reason,
         params,
+        payload_sha256: String::new(),
     })
 }

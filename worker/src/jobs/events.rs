@@ -11,7 +11,7 @@ use gitlab_connector::snapshot::{self, ReadError, diff};
 use serde_json::{Value, json};
 
 use crate::store::OutboxMessage;
-use crate::subjects::Subjects;
+use crate::subjects::{Subjects, msg_id};
 
 pub const EVENT_SCHEMA: &str = "gitlab-connector.event.v1";
 
@@ -56,7 +56,7 @@ pub fn build(
     let h = header(path)?;
     let object = json!({"bucket": subjects.snapshot_bucket(), "name": object_name});
     let mut out = vec![OutboxMessage::Publish {
-        msg_id: format!("{}:snapshot", h.snapshot_id),
+        msg_id: msg_id::snapshot_event(&h.snapshot_id),
         subject: subjects.event(&h.connector, "snapshot"),
         payload: json!({
             "schema": EVENT_SCHEMA,
@@ -153,7 +153,7 @@ pub fn build(
         payload.push_str(&chunk.join(","));
         payload.push_str("]}");
         out.push(OutboxMessage::Publish {
-            msg_id: format!("{}:access:{}", h.snapshot_id, i + 1),
+            msg_id: msg_id::access_event(&h.snapshot_id, i + 1),
             subject: subjects.event(&h.connector, "access"),
             payload,
         });

@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 use super::codes::Code;
 use super::context::JobContext;
 use super::fields::{self, Fail, Fields};
-use super::invite;
 use super::outcome::{Done, JobFailure};
 use super::result::{Change, to_value};
+use super::{guard, invite};
 use crate::store::{GrantRecord, GrantState};
 
 /// Longest JIT duration the envelope accepts.
@@ -152,8 +152,18 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         return Err(JobFailure::failed(Code::Forbidden, why));
     }
     let connector = ctx.connector.clone();
+    let policy = &connector.settings.policy;
+    policy
+        .check_level(params.access_level)
+        .map_err(guard::denied)?;
+    let lasts = params
+        .expiry
+        .as_ref()
+        .map(|e| (precise_expiry(e, ctx.job.started_at) - ctx.clock.now()).num_seconds());
+    policy.check_expiry(lasts).map_err(guard::denied)?;
     let client = &connector.client;
     let target = provision::resolve_target(client, &params.target).await?;
+    guard::target_in_scope(&connector, &target).await?;
     let user = match provision::resolve_user(client, &params.user).await {
         Ok(u) => u,
         Err(ProvisionError::UserNotFound(_)) if matches!(params.user, UserRef::Email(_)) => {

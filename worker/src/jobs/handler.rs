@@ -22,7 +22,7 @@ use super::{deprovision, grant, invite, revoke, rotate, sync};
 use crate::connector::Connector;
 use crate::ids::ConnectorId;
 use crate::store::{Begin, JobCompletion, OutboxMessage, Store, StoreError};
-use crate::subjects::Subjects;
+use crate::subjects::{Subjects, msg_id};
 
 pub struct Handler {
     pub store: Store,
@@ -61,10 +61,17 @@ impl Handler {
         let started = self.clock.now();
         let job = match parse_job(payload, started) {
             Ok(job) => job,
-            Err(rejection) => return self.reject(rejection, started, delivery).await,
+            Err(rejection) => return self.reject(rejection, started, &delivery).await,
         };
+        if let Some(rejection) = delivery
+            .subject
+            .as_deref()
+            .and_then(|subject| self.subject_mismatch(&job, subject))
+        {
+            return self.reject(rejection, started, &delivery).await;
+        }
         let span = tracing::info_span!("job", job_id = %job.job_id, connector = %job.connector, kind = job.kind().as_str(), attempt = delivery.attempt);
-        self.handle_valid(job, payload, started, delivery)
+        self.handle_valid(job, payload, started, &delivery)
             .instrument(span)
             .await
     }
@@ -73,14 +80,10 @@ impl Handler {
         &self,
         rejection: Rejection,
         started: DateTime<Utc>,
-        delivery: Delivery,
+        delivery: &Delivery,
     ) -> Result<Handled, HandlerError> {
-        // A job id already answered is answered the same way, even if this copy is damaged.
-        if let Some(id) = &rejection.job_id
-            && let Some(h) = self.repeated(id.as_str(), delivery).await?
-        {
-            return Ok(h);
-        }
+        // Not answered from the store even when the job id is known: a job id binds its
+        // payload, and this one is not the payload that ran.
         tracing::warn!(job_id = ?rejection.job_id.as_ref().map(|j| j.as_str()), "job rejected: {}", rejection.message);
         let mut result = JobResult::rejected(&rejection, started, delivery.attempt);
         result.finished_at = self.clock.now();
@@ -91,17 +94,11 @@ impl Handler {
     async fn answer_unstored(
         &self,
         result: JobResult,
-        delivery: Delivery,
+        delivery: &Delivery,
     ) -> Result<Handled, HandlerError> {
         let json = to_json(&result);
         if self.publish {
-            let msg_id = if result.job_id.is_empty() {
-                format!("rejected:{}", delivery.stream_seq)
-            } else if delivery.stream_seq > 0 {
-                format!("{}:rejected:{}", result.job_id, delivery.stream_seq)
-            } else {
-                result.job_id.clone()
-            };
+            let msg_id = msg_id::rejected(&result.job_id, delivery.stream_seq);
             self.store
                 .enqueue(vec![OutboxMessage::Publish {
                     msg_id,
@@ -122,22 +119,23 @@ impl Handler {
         })
     }
 
-    /// The stored answer to a job id seen before, published again.
-    async fn repeated(
-        &self,
-        job_id: &str,
-        delivery: Delivery,
-    ) -> Result<Option<Handled>, HandlerError> {
-        let Some(row) = self.store.job(job_id).await? else {
-            return Ok(None);
-        };
-        let Some(result) = row.finished_result() else {
-            return Ok(None);
-        };
-        Ok(Some(
-            self.republish(job_id, result, row.stream_seq, delivery)
-                .await?,
-        ))
+    /// A job published on a subject that names another connector or kind than its envelope:
+    /// NATS subject permissions (who may publish what) only mean something when they agree.
+    fn subject_mismatch(&self, job: &Job, subject: &str) -> Option<Rejection> {
+        let expected = self
+            .subjects
+            .job(job.connector.as_str(), job.kind().as_str());
+        (subject != expected).then(|| Rejection {
+            job_id: Some(job.job_id.clone()),
+            connector: Some(job.connector.clone()),
+            kind: Some(job.kind()),
+            code: Code::SubjectMismatch,
+            message: format!(
+                "the job was published on {subject:?} but its envelope is a {} job for connector {:?}, which belongs on {expected:?}; publish it on that subject",
+                job.kind().as_str(),
+                job.connector.as_str()
+            ),
+        })
     }
 
     async fn republish(
@@ -145,7 +143,7 @@ impl Handler {
         job_id: &str,
         stored: &str,
         ran_at_seq: u64,
-        delivery: Delivery,
+        delivery: &Delivery,
     ) -> Result<Handled, HandlerError> {
         let parsed: JobResult = serde_json::from_str(stored).map_err(|e| StoreError::Damaged {
             id: job_id.into(),
@@ -161,9 +159,9 @@ impl Handler {
             self.store
                 .enqueue(vec![OutboxMessage::Publish {
                     msg_id: if same_message {
-                        job_id.to_string()
+                        msg_id::result(job_id)
                     } else {
-                        format!("{job_id}:repeat:{}", delivery.stream_seq)
+                        msg_id::repeat(job_id, delivery.stream_seq)
                     },
                     subject: self.subjects.result(&parsed.connector, &parsed.kind),
                     payload: stored.to_string(),
@@ -191,12 +189,9 @@ impl Handler {
         job: Job,
         payload: &[u8],
         started: DateTime<Utc>,
-        delivery: Delivery,
+        delivery: &Delivery,
     ) -> Result<Handled, HandlerError> {
         let Some(connector) = self.connectors.get(job.connector.as_str()).cloned() else {
-            if let Some(h) = self.repeated(job.job_id.as_str(), delivery).await? {
-                return Ok(h);
-            }
             let known: Vec<&str> = self.connectors.keys().map(ConnectorId::as_str).collect();
             let mut result = JobResult::for_job(&job, started, delivery.attempt);
             result.status = JobStatus::Rejected;
@@ -220,12 +215,26 @@ impl Handler {
                 job.connector.as_str(),
                 job.kind().as_str(),
                 &request,
+                &job.payload_sha256,
                 delivery.stream_seq,
                 self.lease,
             )
             .await?;
         let attempt = match begun {
             Begin::Busy => return Ok(self.busy(&job, started, delivery)),
+            Begin::Conflict => {
+                let rejection = Rejection {
+                    job_id: Some(job.job_id.clone()),
+                    connector: Some(job.connector.clone()),
+                    kind: Some(job.kind()),
+                    code: Code::JobIdConflict,
+                    message: format!(
+                        "the job id {:?} was used before with another payload; a job id names one job: give this job an id of its own",
+                        job.job_id.as_str()
+                    ),
+                };
+                return self.reject(rejection, started, delivery).await;
+            }
             Begin::Finished { result, stream_seq } => {
                 return self
                     .republish(job.job_id.as_str(), &result, stream_seq, delivery)
@@ -256,7 +265,7 @@ impl Handler {
 
     /// The same job id is running in another delivery: come back when it is done (its result
     /// is then published again), or drop this copy on its last delivery.
-    fn busy(&self, job: &Job, started: DateTime<Utc>, delivery: Delivery) -> Handled {
+    fn busy(&self, job: &Job, started: DateTime<Utc>, delivery: &Delivery) -> Handled {
         tracing::info!("the job id is running in another delivery");
         let result = JobResult::for_job(job, started, delivery.attempt);
         Handled {
@@ -353,7 +362,7 @@ impl Handler {
         started: DateTime<Utc>,
         attempt: u32,
         ending: Ending,
-        delivery: Delivery,
+        delivery: &Delivery,
     ) -> Result<Handled, HandlerError> {
         let Ending {
             mut outcome,
@@ -448,7 +457,7 @@ impl Handler {
 
     fn result_message(&self, result: &JobResult, json: &str) -> OutboxMessage {
         OutboxMessage::Publish {
-            msg_id: result.job_id.clone(),
+            msg_id: msg_id::result(&result.job_id),
             subject: self.subjects.result(&result.connector, &result.kind),
             payload: json.to_string(),
         }

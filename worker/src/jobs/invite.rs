@@ -10,6 +10,7 @@ use serde_json::json;
 use super::codes::Code;
 use super::context::JobContext;
 use super::fields::{self, Fail, Fields};
+use super::guard;
 use super::outcome::{Done, JobFailure};
 use super::result::{Change, to_value};
 
@@ -49,7 +50,14 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
     if let Some(why) = ctx.connector.read_only_reason() {
         return Err(JobFailure::failed(Code::Forbidden, why));
     }
-    let target = provision::resolve_target(&ctx.connector.client, &params.target).await?;
+    let connector = ctx.connector.clone();
+    connector
+        .settings
+        .policy
+        .check_level(params.access_level)
+        .map_err(guard::denied)?;
+    let target = provision::resolve_target(&connector.client, &params.target).await?;
+    guard::target_in_scope(&connector, &target).await?;
     send(
         ctx,
         &target,

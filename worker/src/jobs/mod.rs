@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod events;
 mod fields;
+mod guard;
 pub mod handler;
 pub mod outcome;
 pub mod result;

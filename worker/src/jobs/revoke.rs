@@ -9,6 +9,7 @@ use serde_json::json;
 use super::codes::Code;
 use super::context::JobContext;
 use super::fields::{self, Fail, Fields};
+use super::guard;
 use super::outcome::{Done, JobFailure};
 use super::result::{Change, to_value};
 use super::undo::undo_grant;
@@ -136,6 +137,7 @@ async fn by_membership(
     let connector = ctx.connector.clone();
     let client = &connector.client;
     let target = provision::resolve_target(client, target_ref).await?;
+    guard::target_in_scope(&connector, &target).await?;
     let email = match user_ref {
         UserRef::Email(e) => Some(e.clone()),
         _ => None,
@@ -145,6 +147,9 @@ async fn by_membership(
         Err(provision::ProvisionError::UserNotFound(_)) if email.is_some() => None,
         Err(e) => return Err(e.into()),
     };
+    if let Some(u) = &user {
+        guard::account_not_protected(&connector, u).await?;
+    }
     // Pending invitations of the email are cancelled too.
     if let Some(email) = &email {
         for inv in provision::pending_invitations(client, &target, email).await? {

@@ -5,6 +5,7 @@
 use std::io::BufWriter;
 use std::path::Path;
 
+use gitlab_connector::client::IdOrPath;
 use gitlab_connector::snapshot::ReadError;
 use gitlab_connector::sync::{self, Scope, SnapshotMeta, SyncError, SyncOptions};
 use serde_json::json;
@@ -13,8 +14,10 @@ use super::codes::Code;
 use super::context::{JobContext, PendingSnapshot, SpoolFile};
 use super::events;
 use super::fields::{self, Fail, Fields};
+use super::guard;
 use super::outcome::{Done, JobFailure};
 use crate::store::OutboxMessage;
+use crate::subjects::msg_id;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Params {
@@ -84,6 +87,14 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
     };
     let scope = Scope::parse(&scope_text)
         .map_err(|e| JobFailure::rejected(Code::InvalidJob, format!("params.scope: {e}")))?;
+    if params.scope.is_some() {
+        let wanted = match &scope {
+            Scope::Instance => None,
+            Scope::Group(IdOrPath::Path(p)) => Some(p.clone()),
+            Scope::Group(id) => Some(connector.client.group(id).await?.full_path),
+        };
+        guard::sync_scope_allowed(&connector, wanted.as_deref()).await?;
+    }
     if ctx.job.dry_run {
         // A sync writes nothing in GitLab; a dry run reads and reports without storing.
         tracing::info!("dry-run sync: the snapshot is read but not stored");
@@ -193,7 +204,7 @@ async fn announce(
     };
     let object_name = format!("{connector}/{snapshot_id}.ndjson");
     let mut msgs = vec![OutboxMessage::SnapshotObject {
-        msg_id: format!("{snapshot_id}:object"),
+        msg_id: msg_id::snapshot_object(snapshot_id),
         object_name: object_name.clone(),
         snapshot_id: snapshot_id.to_string(),
     }];

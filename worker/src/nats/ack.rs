@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use crate::jobs::{Disposition, Handled, HandlerError, parse_job};
 use crate::store::Store;
-use crate::subjects::{Subjects, UNKNOWN_CONNECTOR, UNKNOWN_KIND};
+use crate::subjects::{Subjects, UNKNOWN_CONNECTOR, UNKNOWN_KIND, msg_id};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckAction {
@@ -114,7 +114,7 @@ async fn dead_letter(
     let dlq_subject = subjects.dlq(connector, kind);
     let mut publish = jetstream::message::PublishMessage::build()
         .payload(facts.payload.clone())
-        .message_id(format!("dlq:{}", facts.stream_seq))
+        .message_id(msg_id::dlq(facts.stream_seq))
         .header("Gitlab-Connector-Error-Code", code)
         .header(
             "Gitlab-Connector-Error",

@@ -147,6 +147,7 @@ async fn deliver(
         attempt,
         last_attempt,
         stream_seq,
+        subject: Some(subject.clone()),
     };
     // A panic in a job is a failed delivery like a store failure: retried after a delay and
     // dead-lettered on the last delivery, instead of a task that dies holding the message.

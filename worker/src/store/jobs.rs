@@ -24,6 +24,8 @@ pub enum Begin {
     },
     /// Another delivery of the same job id is running it now (its lease is current).
     Busy,
+    /// The job id was seen with another payload: this delivery is not that job.
+    Conflict,
     /// Finished: the stored result envelope (JSON), to be published again, nothing executed.
     /// `stream_seq` is the delivery that ran it.
     Finished { result: String, stream_seq: u64 },
@@ -122,6 +124,7 @@ impl Store {
         connector: &str,
         kind: &str,
         request: &str,
+        payload_sha256: &str,
         stream_seq: u64,
         lease: std::time::Duration,
     ) -> Result<Begin, StoreError> {
@@ -140,6 +143,7 @@ impl Store {
             progress: Set(None),
             stream_seq: Set(i64::try_from(stream_seq).unwrap_or(0)),
             lease_until: Set(lease_until),
+            payload_sha256: Set(Some(payload_sha256.to_string())),
             created_at: Set(now),
             updated_at: Set(now),
         })
@@ -159,6 +163,13 @@ impl Store {
             .ok_or_else(|| {
                 StoreError::Db(sea_orm::DbErr::RecordNotFound(format!("job {job_id}")))
             })?;
+        if row
+            .payload_sha256
+            .as_deref()
+            .is_some_and(|h| h != payload_sha256)
+        {
+            return Ok(Begin::Conflict);
+        }
         if let (Some(result), JobState::Finished) = (&row.result, row.state) {
             return Ok(Begin::Finished {
                 result: result.clone(),

@@ -10,7 +10,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial), Box::new(M0002Grants)]
+        vec![
+            Box::new(M0001Initial),
+            Box::new(M0002Grants),
+            Box::new(M0003JobPayload),
+        ]
     }
 }
 
@@ -314,5 +318,35 @@ impl MigrationTrait for M0002Grants {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// A job id binds its payload: the sha256 of the canonical envelope is kept with the job, so
+/// the same id with another payload is refused instead of answered with the first one's result.
+struct M0003JobPayload;
+
+impl MigrationName for M0003JobPayload {
+    fn name(&self) -> &str {
+        "m0003_job_payload"
+    }
+}
+
+#[derive(DeriveIden)]
+enum JobPayload {
+    #[sea_orm(iden = "jobs")]
+    Table,
+    PayloadSha256,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0003JobPayload {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(JobPayload::Table)
+                .add_column(string_null(JobPayload::PayloadSha256))
+                .to_owned(),
+        )
+        .await
     }
 }

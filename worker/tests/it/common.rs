@@ -39,6 +39,7 @@ pub async fn env() -> Env {
         instance: Some(InstanceKind::SelfManaged),
         allow_create_users: false,
         rotate_when_days_left: 0,
+        policy: gitlab_worker::policy::Policy::default(),
     };
     let mut config: ClientConfig = settings.client_config();
     config.retry = RetryPolicy::none();
@@ -51,14 +52,7 @@ pub async fn env() -> Env {
     ));
     let handler = Handler {
         store,
-        connectors: BTreeMap::from([(
-            id,
-            Arc::new(Connector {
-                settings,
-                client,
-                capability: None,
-            }),
-        )]),
+        connectors: BTreeMap::from([(id, Arc::new(Connector::new(settings, client, None)))]),
         subjects: Subjects::new("gitlab"),
         spool_dir: spool,
         publish: true,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use gitlab_sim::{FaultRule, Resource};
+use gitlab_worker::jobs::envelope::canonical_sha256;
 use gitlab_worker::jobs::{Delivery, Disposition, JobResult, JobStatus};
 use serde_json::json;
 
@@ -13,7 +14,13 @@ fn delivery(attempt: u32, last_attempt: bool, stream_seq: u64) -> Delivery {
         attempt,
         last_attempt,
         stream_seq,
+        subject: None,
     }
+}
+
+/// The payload hash the handler keeps for a job.
+fn sha(job: &[u8]) -> String {
+    canonical_sha256(&serde_json::from_slice(job).unwrap())
 }
 
 fn parsed(result: &str) -> JobResult {
@@ -63,7 +70,7 @@ async fn a_job_id_runs_once_and_its_result_is_republished_under_its_own_message_
     assert_eq!(e.writes().len(), 1, "nothing executed twice");
     assert_eq!(
         e.outbox_ids().await,
-        vec!["grant-1".to_string(), "grant-1:repeat:11".to_string()],
+        vec!["grant-1".to_string(), "grant-1 repeat 11".to_string()],
         "a repeat gets an id of its own; a redelivery reuses the first id, so NATS drops it"
     );
 }
@@ -85,6 +92,7 @@ async fn a_job_running_in_another_delivery_is_handed_back_until_its_last_deliver
             "default",
             "grant",
             "{}",
+            &sha(&grant),
             5,
             Duration::from_secs(60),
         )
@@ -135,7 +143,15 @@ async fn a_grant_resumed_after_a_crash_keeps_the_checkpointed_prior_state() {
     // recorded the grant; its lease has run out.
     e.handler
         .store
-        .begin_job("crash-1", "default", "grant", "{}", 1, Duration::ZERO)
+        .begin_job(
+            "crash-1",
+            "default",
+            "grant",
+            "{}",
+            &sha(&grant),
+            1,
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     e.handler
@@ -279,7 +295,7 @@ async fn a_rejected_job_does_not_claim_its_id() {
     assert_eq!(e.level(group, user), Some(20));
     assert_eq!(
         e.outbox_ids().await,
-        vec!["fixme-1:rejected:20".to_string(), "fixme-1".to_string()]
+        vec!["fixme-1 rejected 20".to_string(), "fixme-1".to_string()]
     );
 }
 

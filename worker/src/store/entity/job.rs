@@ -28,6 +28,8 @@ pub struct Model {
     /// While a delivery runs the job it renews this lease; another delivery of the same job id
     /// may take the job over only once the lease has run out (the first one died).
     pub lease_until: DateTimeUtc,
+    /// sha256 of the canonical envelope (null for jobs stored before it was kept).
+    pub payload_sha256: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
