@@ -13,7 +13,7 @@ use gitlab_connector::model::{Record, ResourceRef};
 use gitlab_connector::sync::{self, Scope, SnapshotMeta, SyncOptions};
 use gitlab_e2e::{PgDb, sqlite_url, tempdir};
 use gitlab_sim::{Mode, SeedSpec};
-use gitlab_worker::store::{AuditEntry, Begin, OutboxMessage, Store};
+use gitlab_worker::store::{AuditEntry, Begin, NewJob, OutboxMessage, Store};
 
 enum Backend {
     Sqlite(PathBuf),
@@ -80,7 +80,17 @@ async fn a_job_id_is_recorded_once_and_its_result_kept(b: Backend) {
         let store = store.clone();
         async move {
             store
-                .begin_job("job-1", "default", "sync", "{}", "h1", seq, lease)
+                .begin_job(
+                    &NewJob {
+                        job_id: "job-1",
+                        connector: "default",
+                        kind: "sync",
+                        request: "{}",
+                        payload_sha256: "h1",
+                        stream_seq: seq,
+                    },
+                    lease,
+                )
                 .await
                 .unwrap()
         }
@@ -126,12 +136,14 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
     let store = Store::open(&b.url()).await.unwrap();
     store
         .begin_job(
-            "j",
-            "default",
-            "sync",
-            "{}",
-            "h",
-            1,
+            &NewJob {
+                job_id: "j",
+                connector: "default",
+                kind: "sync",
+                request: "{}",
+                payload_sha256: "h",
+                stream_seq: 1,
+            },
             std::time::Duration::from_secs(30),
         )
         .await

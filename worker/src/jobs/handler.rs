@@ -21,7 +21,7 @@ use super::result::{JobError, JobResult, JobStatus};
 use super::{deprovision, grant, invite, revoke, rotate, sync};
 use crate::connector::Connector;
 use crate::ids::ConnectorId;
-use crate::store::{Begin, JobCompletion, OutboxMessage, Store, StoreError};
+use crate::store::{Begin, JobCompletion, NewJob, OutboxMessage, Store, StoreError};
 use crate::subjects::{Subjects, msg_id};
 
 pub struct Handler {
@@ -211,12 +211,14 @@ impl Handler {
         let begun = self
             .store
             .begin_job(
-                job.job_id.as_str(),
-                job.connector.as_str(),
-                job.kind().as_str(),
-                &request,
-                &job.payload_sha256,
-                delivery.stream_seq,
+                &NewJob {
+                    job_id: job.job_id.as_str(),
+                    connector: job.connector.as_str(),
+                    kind: job.kind().as_str(),
+                    request: &request,
+                    payload_sha256: &job.payload_sha256,
+                    stream_seq: delivery.stream_seq,
+                },
                 self.lease,
             )
             .await?;

@@ -31,6 +31,20 @@ pub enum Begin {
     Finished { result: String, stream_seq: u64 },
 }
 
+/// A delivery of a job, as the store records it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob<'a> {
+    pub job_id: &'a str,
+    pub connector: &'a str,
+    pub kind: &'a str,
+    /// The envelope as received.
+    pub request: &'a str,
+    /// sha256 of the canonical envelope: the job id binds it.
+    pub payload_sha256: &'a str,
+    /// The JetStream stream sequence of this delivery (0 without NATS).
+    pub stream_seq: u64,
+}
+
 /// A message committed with the state it describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxMessage {
@@ -120,14 +134,17 @@ impl Store {
     /// worker can win.
     pub async fn begin_job(
         &self,
-        job_id: &str,
-        connector: &str,
-        kind: &str,
-        request: &str,
-        payload_sha256: &str,
-        stream_seq: u64,
+        job: &NewJob<'_>,
         lease: std::time::Duration,
     ) -> Result<Begin, StoreError> {
+        let NewJob {
+            job_id,
+            connector,
+            kind,
+            request,
+            payload_sha256,
+            stream_seq,
+        } = *job;
         let now = Utc::now();
         let lease_until =
             now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));

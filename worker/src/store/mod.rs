@@ -17,7 +17,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
 pub use audit::{AuditEntry, AuditRow};
-pub use jobs::{Begin, OutboxMessage};
+pub use jobs::{Begin, NewJob, OutboxMessage};
 pub use records::{GrantRecord, GrantState, JobRecord, JobState};
 pub use snapshots::{JobCompletion, SnapshotInfo, StoredSnapshot};
 

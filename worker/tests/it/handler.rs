@@ -5,6 +5,7 @@ use std::time::Duration;
 use gitlab_sim::{FaultRule, Resource};
 use gitlab_worker::jobs::envelope::canonical_sha256;
 use gitlab_worker::jobs::{Delivery, Disposition, JobResult, JobStatus};
+use gitlab_worker::store::NewJob;
 use serde_json::json;
 
 use crate::common::{env, job};
@@ -88,12 +89,14 @@ async fn a_job_running_in_another_delivery_is_handed_back_until_its_last_deliver
     e.handler
         .store
         .begin_job(
-            "busy-1",
-            "default",
-            "grant",
-            "{}",
-            &sha(&grant),
-            5,
+            &NewJob {
+                job_id: "busy-1",
+                connector: "default",
+                kind: "grant",
+                request: "{}",
+                payload_sha256: &sha(&grant),
+                stream_seq: 5,
+            },
             Duration::from_secs(60),
         )
         .await
@@ -144,12 +147,14 @@ async fn a_grant_resumed_after_a_crash_keeps_the_checkpointed_prior_state() {
     e.handler
         .store
         .begin_job(
-            "crash-1",
-            "default",
-            "grant",
-            "{}",
-            &sha(&grant),
-            1,
+            &NewJob {
+                job_id: "crash-1",
+                connector: "default",
+                kind: "grant",
+                request: "{}",
+                payload_sha256: &sha(&grant),
+                stream_seq: 1,
+            },
             Duration::ZERO,
         )
         .await
