@@ -30,7 +30,7 @@ pub struct Expired {
 /// Undoes every grant due now; returns what was done.
 pub async fn run_due(h: &Handler) -> Vec<Expired> {
     let mut out = Vec::new();
-    let due = match h.store.due_grants(Utc::now()).await {
+    let due = match h.store.due_grants(h.clock.now()).await {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!("scheduler: {e}");

@@ -11,6 +11,7 @@ use gitlab_worker::config::{ConnectorSettings, TokenSource};
 use gitlab_worker::connector::Connector;
 use gitlab_worker::ids::ConnectorId;
 use gitlab_worker::jobs::{Clock, Handler};
+use gitlab_worker::policy::Policy;
 use gitlab_worker::store::Store;
 use gitlab_worker::subjects::Subjects;
 use serde_json::{Value, json};
@@ -21,8 +22,13 @@ pub struct Env {
 }
 
 /// A seeded self-managed simulator and a handler for connector `default` whose client never
-/// retries (a transient failure reaches the job layer at once).
+/// retries (a transient failure reaches the job layer at once), with the default policy.
 pub async fn env() -> Env {
+    env_with(Policy::default()).await
+}
+
+/// The same with the connector's policy `policy`.
+pub async fn env_with(policy: Policy) -> Env {
     gitlab_connector::client::install_crypto_provider();
     let sim = gitlab_sim::start_seeded(&SeedSpec::small(11, Mode::SelfManaged))
         .await
@@ -39,7 +45,7 @@ pub async fn env() -> Env {
         instance: Some(InstanceKind::SelfManaged),
         allow_create_users: false,
         rotate_when_days_left: 0,
-        policy: gitlab_worker::policy::Policy::default(),
+        policy,
     };
     let mut config: ClientConfig = settings.client_config();
     config.retry = RetryPolicy::none();
@@ -81,6 +87,13 @@ impl Env {
             .find(|id| members.is_none_or(|m| !m.contains_key(id)))
             .expect("a user outside the group");
         (group, user)
+    }
+
+    /// A user of the world by a predicate.
+    pub fn user_where(&self, pred: impl Fn(&gitlab_sim::model::User) -> bool) -> (u64, String) {
+        let world = self.sim.sim.world.read().unwrap();
+        let u = world.users.values().find(|u| pred(u)).expect("such a user");
+        (u.id, u.username.clone())
     }
 
     /// A user's direct level on a group in the simulator, if any.

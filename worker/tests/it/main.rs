@@ -5,3 +5,4 @@
 mod common;
 mod envelope;
 mod handler;
+mod policy;
