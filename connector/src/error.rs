@@ -275,7 +275,7 @@ pub(crate) fn body_message(body: &[u8]) -> (String, Option<Value>) {
         Some(other) => other.to_string(),
         None => String::from_utf8_lossy(body).trim().to_string(),
     };
-    let mut text = text;
+    let mut text = crate::secret::scrub(&text, None);
     if text.len() > MAX {
         let mut cut = MAX;
         while !text.is_char_boundary(cut) {

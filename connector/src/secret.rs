@@ -45,9 +45,103 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// A URL made safe to print: its userinfo (user and password) and its query (where
+/// `private_token=` and similar live) are replaced by `[redacted]`, whether or not the text
+/// parses as a URL. Every URL the connector or the worker prints passes here.
+pub fn redact_url(url: &str) -> String {
+    let url = url.trim();
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => (&url[..i + 3], &url[i + 3..]),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = match authority.rfind('@') {
+        Some(at) => format!("[redacted]@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let tail = match tail.find(['?', '#']) {
+        Some(q) => format!("{}?[redacted]", &tail[..q]),
+        None => tail.to_string(),
+    };
+    format!("{scheme}{host}{tail}")
+}
+
+/// Prefixes of GitLab's token formats (personal, OAuth, runner, deploy, pipeline trigger, CI
+/// build, incoming mail, service account OAuth, feed tokens).
+const TOKEN_PREFIXES: [&str; 9] = [
+    "glpat-", "gloas-", "glrt-", "gldt-", "glptt-", "glcbt-", "glimt-", "glsoat-", "glft-",
+];
+
+/// Text from GitLab or a proxy, made safe to keep in results, logs and snapshots: anything
+/// shaped like a GitLab token, and `secret` itself where given, is replaced by `[redacted]`.
+pub fn scrub(text: &str, secret: Option<&str>) -> String {
+    let mut out = match secret.filter(|s| s.len() >= 8) {
+        Some(s) if text.contains(s) => text.replace(s, "[redacted]"),
+        _ => text.to_string(),
+    };
+    for prefix in TOKEN_PREFIXES {
+        let mut from = 0;
+        while let Some(pos) = out[from..].find(prefix).map(|p| p + from) {
+            let body_start = pos + prefix.len();
+            let body_len = out[body_start..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+                .unwrap_or(out.len() - body_start);
+            if body_len >= 8 {
+                out.replace_range(pos..body_start + body_len, "[redacted]");
+                from = pos + "[redacted]".len();
+            } else {
+                from = body_start;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_and_queries() {
+        assert_eq!(
+            redact_url("nats://worker:s3cret@nats.example.com:4222"),
+            "nats://[redacted]@nats.example.com:4222"
+        );
+        assert_eq!(
+            redact_url("https://gitlab.example.com/api/v4?private_token=glpat-xyz"),
+            "https://gitlab.example.com/api/v4?[redacted]"
+        );
+        // Not a URL the parser accepts (an unencoded `#` and `@` in the password): still redacted.
+        assert_eq!(
+            redact_url("postgres://w:p@ss#word@db:5432/gitlab"),
+            "postgres://[redacted]@db:5432/gitlab"
+        );
+        assert_eq!(
+            redact_url("sqlite://x.db?mode=rwc"),
+            "sqlite://x.db?[redacted]"
+        );
+        assert_eq!(redact_url("https://gitlab.com"), "https://gitlab.com");
+    }
+
+    #[test]
+    fn token_shaped_text_is_scrubbed() {
+        assert_eq!(
+            scrub(
+                "bad token glpat-abcdefgh12345678_x. and gloas-XYZ0123456789",
+                None
+            ),
+            "bad token [redacted]. and [redacted]"
+        );
+        assert_eq!(scrub("glpat-short", None), "glpat-short");
+        assert_eq!(
+            scrub(
+                "proxy echoed sim-secret-token-1 here",
+                Some("sim-secret-token-1")
+            ),
+            "proxy echoed [redacted] here"
+        );
+    }
 
     #[test]
     fn never_prints_its_value() {

@@ -168,6 +168,9 @@ where
 /// `gitlab-worker serve`: runs until `shutdown` is cancelled, then drains.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     let metrics = http::install_metrics();
+    for w in settings.cleartext_warnings() {
+        tracing::warn!("{w}");
+    }
     let store = Store::open(&settings.database_url).await?;
     let connectors = connectors(&settings, true).await?;
     let subjects = Subjects::new(&settings.nats.subject_prefix);

@@ -596,7 +596,17 @@ fn nats_settings(fc: &FileConfig) -> Result<NatsSettings, ConfigError> {
                 format!("the environment variable {v} is not set"),
             )
         })?),
-        None => secret_env("NATS_PASSWORD"),
+        None => match (secret_env("NATS_PASSWORD"), var("NATS_PASSWORD_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "NATS_PASSWORD_FILE",
+                    "both NATS_PASSWORD and NATS_PASSWORD_FILE are set; keep one",
+                ));
+            }
+            (Some(p), None) => Some(p),
+            (None, Some(f)) => Some(read_token_file("NATS_PASSWORD_FILE".into(), Path::new(&f))?),
+            (None, None) => None,
+        },
     };
     let token = match &fc.nats_token_env {
         Some(v) => Some(secret_env(v).ok_or_else(|| {
@@ -741,5 +751,65 @@ impl PolicyText {
                 .collect();
         }
         Ok(p)
+    }
+}
+
+impl Settings {
+    /// Transports that send secrets in the clear: an `http://` GitLab (the token travels in
+    /// every request) or NATS without TLS to a host that is not this machine. Logged at start.
+    pub fn cleartext_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in self.connectors.values() {
+            let url = c.url.to_string();
+            if url.starts_with("http://") {
+                out.push(format!(
+                    "connector {:?}: GITLAB_URL {} is plain http: the token is sent unencrypted; use https",
+                    c.id.as_str(),
+                    redact_url(&url)
+                ));
+            }
+        }
+        let nats = &self.nats.url;
+        let tls = nats.starts_with("tls://") || self.nats.tls_ca_file.is_some();
+        if !tls && !is_loopback_url(nats) {
+            out.push(format!(
+                "NATS_URL {} is not TLS and not on this machine: jobs, results and NATS credentials cross the network unencrypted; use tls://",
+                redact_url(nats)
+            ));
+        }
+        out
+    }
+}
+
+/// Whether every host of a (possibly comma-separated) NATS URL is on this machine.
+fn is_loopback_url(urls: &str) -> bool {
+    urls.split(',').all(|u| {
+        let rest = u.trim().split("://").nth(1).unwrap_or(u.trim());
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let host = authority.rsplit('@').next().unwrap_or("");
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.split(']').next())
+            .unwrap_or_else(|| host.split(':').next().unwrap_or(""));
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn only_this_machine_counts_as_loopback() {
+        assert!(is_loopback_url("nats://127.0.0.1:4222"));
+        assert!(is_loopback_url("nats://u:p@localhost:4222"));
+        assert!(is_loopback_url("nats://[::1]:4222"));
+        assert!(!is_loopback_url("nats://nats.example.com:4222"));
+        assert!(!is_loopback_url(
+            "nats://127.0.0.1:4222,nats://10.0.0.2:4222"
+        ));
     }
 }

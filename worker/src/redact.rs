@@ -1,16 +1,8 @@
-//! Text that may hold a secret, made safe to print: every URL that reaches a message or a log
-//! passes [`redact_url`].
+//! Text that may hold a secret, made safe to print. Every URL that reaches a message or a log
+//! passes [`redact_url`] (the connector's, so GitLab, NATS and database URLs share one rule);
+//! text from GitLab or a proxy passes [`scrub`].
 
-/// A URL with its password replaced, for messages and logs (`DATABASE_URL`, `NATS_URL`).
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("[redacted]"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
+pub use gitlab_connector::secret::{redact_url, scrub};
 
 #[cfg(test)]
 mod tests {
@@ -23,10 +15,6 @@ mod tests {
         assert!(
             shown.contains("redacted") && shown.contains("@db/gitlab"),
             "{shown}"
-        );
-        assert_eq!(
-            redact_url("sqlite://x.db?mode=rwc"),
-            "sqlite://x.db?mode=rwc"
         );
     }
 }

@@ -136,14 +136,7 @@ impl fmt::Display for BaseUrl {
 }
 
 fn redact_userinfo(input: &str) -> String {
-    match Url::parse(input.trim()) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        _ => input.to_string(),
-    }
+    crate::secret::redact_url(input)
 }
 
 /// A group, project or user named by numeric id or by full path.

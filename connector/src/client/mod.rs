@@ -358,6 +358,23 @@ impl Client {
         if status.is_success() {
             return Ok(Response { headers, body, url });
         }
+        // A proxy or GitLab may echo the request's token in an error body: it never reaches a
+        // message, a result or a log.
+        let token = self
+            .inner
+            .token_header
+            .read()
+            .ok()
+            .and_then(|h| h.to_str().ok().map(str::to_string));
+        let body = match token {
+            Some(t) if body.windows(t.len().max(1)).any(|w| w == t.as_bytes()) => {
+                bytes::Bytes::from(crate::secret::scrub(
+                    &String::from_utf8_lossy(&body),
+                    Some(&t),
+                ))
+            }
+            _ => body,
+        };
         Err(classify(req.route, status, &body, wait))
     }
 

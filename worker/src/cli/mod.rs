@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod config_show;
 #[cfg(feature = "demo")]
 mod demo;
 mod run_job;
@@ -90,6 +91,11 @@ pub enum Command {
         #[arg(long, default_value = "/readyz")]
         path: String,
     },
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// What an auditor reads: stored snapshots and their differences.
     Snapshots {
         #[command(subcommand)]
@@ -110,6 +116,13 @@ impl Command {
     pub fn is_one_shot_sync(&self) -> bool {
         matches!(self, Command::Sync { .. })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Every connector's effective settings and policy, and the worker-wide settings, as JSON
+    /// (no token or password is printed).
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +206,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::RunJob { file } => run_job::run(config, &file).await,
         Command::Migrate => migrate(config).await,
         Command::Snapshots { command } => snapshots::run(config, command).await,
+        Command::Config {
+            command: ConfigCommand::Show,
+        } => config_show::run(config),
         Command::Healthcheck { addr, path } => {
             healthcheck(&crate::config::healthcheck_addr(addr), &path)
         }

@@ -112,14 +112,21 @@ async fn dead_letter(
     facts: &DeliveryFacts<'_>,
 ) -> Result<(), String> {
     let dlq_subject = subjects.dlq(connector, kind);
+    // A header is no place for a long text: the result on the results stream has it whole.
+    let mut header = message.replace(['\r', '\n'], " ");
+    if header.len() > 1024 {
+        let mut cut = 1024;
+        while !header.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        header.truncate(cut);
+        header.push('…');
+    }
     let mut publish = jetstream::message::PublishMessage::build()
         .payload(facts.payload.clone())
         .message_id(msg_id::dlq(facts.stream_seq))
         .header("Gitlab-Connector-Error-Code", code)
-        .header(
-            "Gitlab-Connector-Error",
-            message.replace(['\r', '\n'], " ").as_str(),
-        )
+        .header("Gitlab-Connector-Error", header.as_str())
         .header("Gitlab-Connector-Original-Subject", facts.subject)
         .header(
             "Gitlab-Connector-Stream-Seq",

@@ -86,7 +86,7 @@ pub async fn connect(
         .connect(url.as_str())
         .await
         .map_err(|e| NatsError::Connect {
-            url: url.clone(),
+            url: crate::redact::redact_url(&url),
             message: e.to_string(),
         })?;
     // retry_on_initial_connect returns at once; wait for the first connection, bounded.
@@ -94,7 +94,7 @@ pub async fn connect(
     while client.connection_state() != async_nats::connection::State::Connected {
         if tokio::time::Instant::now() >= deadline {
             return Err(NatsError::Connect {
-                url,
+                url: crate::redact::redact_url(&url),
                 message: format!(
                     "no connection within {}s (is the server running?)",
                     initial_timeout.as_secs()
