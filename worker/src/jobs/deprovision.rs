@@ -110,12 +110,13 @@ impl Params {
                     })?;
                     let action = DeprovisionAction::parse(name).ok_or_else(|| {
                         format!(
-                            "unknown deprovisioning action {name:?}; use {}",
+                            "`actions`: {} is not a deprovisioning action; use {}",
+                            fields::quoted(name),
                             DeprovisionAction::ALL.map(|(n, _)| n).join(", ")
                         )
                     })?;
                     if out.contains(&action) {
-                        return Err(format!("action {name:?} is listed twice"));
+                        return Err(format!("`actions` lists {} twice", fields::quoted(name)));
                     }
                     out.push(action);
                 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::codes::Code;
-use super::fields::{Fail, Fields, describe, only_keys, text};
+use super::fields::{Fail, Fields, describe, only_keys, quoted, shown, text};
 use super::result::{JobError, JobResult, JobStatus, RESULT_SCHEMA};
 use super::{deprovision, grant, invite, revoke, rotate, sync};
 use crate::ids::{ConnectorId, JobId};
@@ -286,7 +286,8 @@ fn checked(obj: &Fields, now: DateTime<Utc>) -> Result<Job, Fail> {
         Some(Value::String(s)) if s == JOB_SCHEMA => {}
         Some(other) => {
             return Err(format!(
-                "`schema` {other} is not supported; this worker accepts {JOB_SCHEMA:?}"
+                "`schema` {} is not supported; this worker accepts {JOB_SCHEMA:?}",
+                shown(other)
             ));
         }
     }
@@ -305,14 +306,20 @@ fn checked(obj: &Fields, now: DateTime<Utc>) -> Result<Job, Fail> {
     let kind_text = text(obj.get("kind").ok_or("`kind` is missing")?, "kind")?;
     let kind = JobKind::parse(&kind_text).ok_or_else(|| {
         format!(
-            "unknown kind {kind_text:?}; use one of {}",
+            "`kind` {} is not a job kind; use one of {}",
+            quoted(&kind_text),
             JobKind::ALL.map(JobKind::as_str).join(", ")
         )
     })?;
     let dry_run = match obj.get("dry_run") {
         None => false,
         Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(format!("`dry_run` must be true or false, not {other}")),
+        Some(other) => {
+            return Err(format!(
+                "`dry_run` must be true or false, not {}",
+                shown(other)
+            ));
+        }
     };
     let requested_by = obj
         .get("requested_by")

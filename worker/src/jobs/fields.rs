@@ -16,6 +16,32 @@ pub type Fail = String;
 /// The parameters object of an envelope.
 pub type Fields = Map<String, Value>;
 
+/// Longest piece of the input a rejection message repeats: an answer must never be an echo of
+/// a huge job (its escaping would even make it bigger).
+const ECHO: usize = 80;
+
+/// A value from the job, as a rejection message shows it: JSON, cut to a few dozen characters.
+pub fn shown(v: &Value) -> String {
+    cut(v.to_string())
+}
+
+/// A string from the job, quoted and cut, as a rejection message shows it.
+pub fn quoted(s: &str) -> String {
+    cut(format!("{s:?}"))
+}
+
+fn cut(mut s: String) -> String {
+    if s.len() > ECHO {
+        let mut at = ECHO;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push('…');
+    }
+    s
+}
+
 pub fn describe(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -31,7 +57,8 @@ pub fn only_keys(obj: &Fields, allowed: &[&str], what: &str) -> Result<(), Fail>
     for k in obj.keys() {
         if !allowed.contains(&k.as_str()) {
             return Err(format!(
-                "unknown field `{k}` in {what}; allowed: {}",
+                "unknown field `{}` in {what}; allowed: {}",
+                cut(k.clone()),
                 allowed.join(", ")
             ));
         }
@@ -57,7 +84,8 @@ pub fn positive(v: &Value, field: &str) -> Result<u64, Fail> {
     match v.as_u64() {
         Some(n) if n > 0 => Ok(n),
         _ => Err(format!(
-            "`{field}` must be a positive whole number, not {v}"
+            "`{field}` must be a positive whole number, not {}",
+            shown(v)
         )),
     }
 }
@@ -96,7 +124,7 @@ pub fn email(v: &Value, field: &str) -> Result<String, Fail> {
     if ok {
         Ok(e)
     } else {
-        Err(format!("`{field}` {e:?} is not an email address"))
+        Err(format!("`{field}` {} is not an email address", quoted(&e)))
     }
 }
 
@@ -141,10 +169,13 @@ pub fn access_level(v: Option<&Value>) -> Result<AccessLevel, Fail> {
             .as_u64()
             .and_then(|n| u16::try_from(n).ok())
             .map(AccessLevel)
-            .ok_or_else(|| format!("`access_level` {v} is not a level"))?,
-        Value::String(s) => s
-            .parse::<AccessLevel>()
-            .map_err(|e| format!("`access_level`: {e}"))?,
+            .ok_or_else(|| format!("`access_level` {} is not a level", shown(v)))?,
+        Value::String(s) => s.parse::<AccessLevel>().map_err(|_| {
+            format!(
+                "`access_level` {} is not a level: give a number or a name such as \"developer\"",
+                quoted(s)
+            )
+        })?,
         other => {
             return Err(format!(
                 "`access_level` must be a number or a name, not {}",
@@ -165,7 +196,7 @@ pub fn access_level(v: Option<&Value>) -> Result<AccessLevel, Fail> {
 pub fn date(v: &Value, field: &str, now: DateTime<Utc>) -> Result<NaiveDate, Fail> {
     let s = text(v, field)?;
     let d = NaiveDate::parse_from_str(&s, "%Y-%m-%d")
-        .map_err(|_| format!("`{field}` {s:?} is not a date (YYYY-MM-DD)"))?;
+        .map_err(|_| format!("`{field}` {} is not a date (YYYY-MM-DD)", quoted(&s)))?;
     if d < now.date_naive() {
         return Err(format!("`{field}` {s} is in the past"));
     }
@@ -177,7 +208,10 @@ pub fn future_instant(v: &Value, field: &str, now: DateTime<Utc>) -> Result<Date
     let s = text(v, field)?;
     let t = DateTime::parse_from_rfc3339(&s)
         .map_err(|_| {
-            format!("`{field}` {s:?} is not an RFC 3339 timestamp such as 2026-11-23T18:00:00Z")
+            format!(
+                "`{field}` {} is not an RFC 3339 timestamp such as 2026-11-23T18:00:00Z",
+                quoted(&s)
+            )
         })?
         .with_timezone(&Utc);
     if t <= now {

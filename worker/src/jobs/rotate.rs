@@ -32,7 +32,12 @@ impl Params {
             match p.get("min_days_left") {
                 None => None,
                 Some(v) => Some(v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(
-                    || format!("`min_days_left` must be a whole number of days, not {v}"),
+                    || {
+                        format!(
+                            "`min_days_left` must be a whole number of days, not {}",
+                            fields::shown(v)
+                        )
+                    },
                 )?),
             };
         Ok(Self { min_days_left })

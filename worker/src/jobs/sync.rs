@@ -80,13 +80,13 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         return Err(JobFailure::rejected(
             Code::InvalidJob,
             format!(
-                "params.scope is missing and connector {:?} has no default scope (GITLAB_SCOPE); name a top-level group path or id, or \"instance\"",
+                "`params.scope` is missing and connector {:?} has no default scope (GITLAB_SCOPE); name a top-level group path or id, or \"instance\"",
                 ctx.job.connector.as_str()
             ),
         ));
     };
     let scope = Scope::parse(&scope_text)
-        .map_err(|e| JobFailure::rejected(Code::InvalidJob, format!("params.scope: {e}")))?;
+        .map_err(|e| JobFailure::rejected(Code::InvalidJob, format!("`params.scope`: {e}")))?;
     if params.scope.is_some() {
         let wanted = match &scope {
             Scope::Instance => None,

@@ -2,6 +2,7 @@
 //! through `handle()` directly. They need no NATS and no PostgreSQL; the end-to-end tests in
 //! `tests/e2e` run the built binary against real ones.
 
+mod adversarial;
 mod common;
 mod envelope;
 mod handler;
