@@ -572,7 +572,10 @@ async fn a_jit_grant_expires_after_a_worker_restart_and_never_overwrites_a_chang
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_removes_the_direct_membership_and_reports_residual_access() {
     let e = env().await;
-    let w = e.worker(&[]).await;
+    // One JIT grant below makes erin Owner: the policy must allow it explicitly.
+    let w = e
+        .worker(&[("GITLAB_MAX_GRANT_LEVEL", "owner".into())])
+        .await;
     let a = e.group("a");
     let r = e
         .run(
@@ -879,7 +882,13 @@ async fn a_grant_to_an_unknown_email_invites_or_creates_the_user_when_allowed() 
 #[tokio::test(flavor = "multi_thread")]
 async fn deprovisioning_account_actions_fall_back_when_gitlab_refuses() {
     let e = env().await;
-    let w = e.worker(&[]).await;
+    // Ban and delete are allowed explicitly (the default allows block and deactivate only).
+    let w = e
+        .worker(&[(
+            "GITLAB_ACCOUNT_ACTIONS",
+            "block,deactivate,ban,delete".into(),
+        )])
+        .await;
     // GitLab refuses to deactivate a recently active user: blocked instead, with a note.
     let r = e
         .run(
@@ -957,4 +966,180 @@ async fn deprovisioning_account_actions_fall_back_when_gitlab_refuses() {
         .filter(|r| r.method != "GET")
         .count();
     assert!(audit >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_policy_rule_is_enforced_through_nats_without_a_write() {
+    let e = env().await;
+    let w = e
+        .worker(&[
+            ("GITLAB_PROTECTED_USERS", "carol".into()),
+            ("GITLAB_ALLOW_PERMANENT_GRANTS", "false".into()),
+        ])
+        .await;
+    // A job id used once in a dry run (writes nothing), to be reused with another payload.
+    let dry = e
+        .run(
+            "pol-bound",
+            "grant",
+            json!({"user": {"username": "dave"}, "target": {"group": "org/a"}, "access_level": 30, "duration_seconds": 600}),
+            true,
+        )
+        .await;
+    assert_eq!(dry["status"], "succeeded", "{dry}\n{}", w.stderr());
+    // A deprovision envelope on the sync subject.
+    let sneaky = json!({"schema": "gitlab-connector.job.v1", "job_id": "pol-subject", "connector": "default", "kind": "deprovision", "params": {"user": {"username": "dave"}}});
+    publish_job(
+        &e.js,
+        "gitlab.jobs.default.sync",
+        sneaky.to_string(),
+        Some("pol-subject"),
+    )
+    .await;
+    let jit = |level: Value, extra: Value| {
+        let mut p = json!({"user": {"username": "dave"}, "target": {"group": "org/a"}, "access_level": level, "duration_seconds": 600});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p
+    };
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "pol-scope",
+            "grant",
+            json!({"user": {"username": "dave"}, "target": {"group": "partners"}, "access_level": 30, "duration_seconds": 600}),
+            "scope / GITLAB_SCOPE",
+        ),
+        (
+            "pol-owner",
+            "grant",
+            jit(json!("owner"), json!({})),
+            "max_grant_level / GITLAB_MAX_GRANT_LEVEL",
+        ),
+        (
+            "pol-long",
+            "grant",
+            jit(json!(30), json!({"duration_seconds": 40 * 86_400})),
+            "max_jit_seconds / GITLAB_MAX_JIT_SECONDS",
+        ),
+        (
+            "pol-permanent",
+            "grant",
+            json!({"user": {"username": "dave"}, "target": {"group": "org/a"}, "access_level": 30}),
+            "allow_permanent_grants / GITLAB_ALLOW_PERMANENT_GRANTS",
+        ),
+        (
+            "pol-invite",
+            "invite",
+            json!({"email": "x@example.com", "target": {"group": "org"}, "access_level": "owner"}),
+            "max_grant_level / GITLAB_MAX_GRANT_LEVEL",
+        ),
+        (
+            "pol-ban",
+            "deprovision",
+            json!({"user": {"username": "dave"}, "actions": ["ban"]}),
+            "account_actions / GITLAB_ACCOUNT_ACTIONS",
+        ),
+        (
+            "pol-admin",
+            "deprovision",
+            json!({"user": {"username": "root"}}),
+            "protected_users / GITLAB_PROTECTED_USERS",
+        ),
+        (
+            "pol-listed",
+            "deprovision",
+            json!({"user": {"username": "carol"}}),
+            "protected_users / GITLAB_PROTECTED_USERS",
+        ),
+        (
+            "pol-listed-revoke",
+            "revoke",
+            json!({"user": {"username": "carol"}, "target": {"group": "org"}}),
+            "protected_users / GITLAB_PROTECTED_USERS",
+        ),
+        (
+            "pol-sync",
+            "sync",
+            json!({"scope": "partners"}),
+            "scope / GITLAB_SCOPE",
+        ),
+        (
+            "pol-bound",
+            "deprovision",
+            json!({"user": {"username": "dave"}}),
+            "pol-bound",
+        ),
+    ];
+    for (id, kind, params, _) in &cases {
+        // The conflicting reuse of a job id has a message id of its own, as a second producer
+        // would use.
+        let msg_id = if *id == "pol-bound" {
+            "pol-bound-again"
+        } else {
+            id
+        };
+        e.publish(id, kind, params.clone(), false, Some(msg_id))
+            .await;
+    }
+    let schema = gitlab_e2e::schema("gitlab-connector.result.v1.schema.json");
+    let r = e.result("pol-subject").await;
+    assert_eq!(r["status"], "rejected", "{r}");
+    assert_eq!(r["error"]["code"], "subject_mismatch", "{r}");
+    gitlab_e2e::assert_valid(&schema, &r);
+    for (id, _, _, setting) in &cases {
+        let r = if *id == "pol-bound" {
+            // Two results carry this job id: the dry run's and the rejection.
+            let all = read_stream(
+                &e.js,
+                "GITLAB_RESULTS",
+                "gitlab.results.>",
+                1000,
+                Duration::from_secs(2),
+            )
+            .await;
+            let mut rs: Vec<Value> = all
+                .iter()
+                .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
+                .filter(|v| v["job_id"] == "pol-bound" && v["status"] == "rejected")
+                .collect();
+            assert_eq!(rs.len(), 1, "{rs:?}");
+            rs.remove(0)
+        } else {
+            e.result(id).await
+        };
+        assert_eq!(r["status"], "rejected", "{id}: {r}");
+        let code = if *id == "pol-bound" {
+            "job_id_conflict"
+        } else {
+            "policy_denied"
+        };
+        assert_eq!(r["error"]["code"], code, "{id}: {r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains(setting),
+            "{id}: the message does not name {setting}: {r}"
+        );
+        gitlab_e2e::assert_valid(&schema, &r);
+    }
+    assert_eq!(
+        e.writes(),
+        0,
+        "a denied job wrote to GitLab: {:?}",
+        e.sim
+            .sim
+            .requests()
+            .iter()
+            .filter(|r| r.method != "GET")
+            .collect::<Vec<_>>()
+    );
+    // Every rejection is dead-lettered.
+    let dlq = read_stream(
+        &e.js,
+        "GITLAB_DLQ",
+        "gitlab.dlq.>",
+        100,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(dlq.len(), cases.len() + 1, "{}", e.diagnostics().await);
 }
