@@ -230,6 +230,14 @@ mod tests {
             .to_string();
         assert!(e.contains("credentials"), "{e}");
         assert!(!e.contains("test-secret"), "{e}");
+        let e = BaseUrl::parse("https://gitlab.example.com/?private_token=glpat-querysecret01")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("query"), "{e}");
+        assert!(
+            !e.contains("querysecret01"),
+            "the query's token is printed: {e}"
+        );
         assert!(BaseUrl::parse("gitlab.com").is_err());
         assert!(BaseUrl::parse("ftp://gitlab.com").is_err());
         assert!(BaseUrl::parse("").is_err());

@@ -39,3 +39,62 @@ fn export_format_is_validated() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("ndjson"));
 }
+
+#[test]
+fn config_show_prints_the_effective_policy_and_no_secret() {
+    let out = worker()
+        .args(["config", "show"])
+        .env("GITLAB_URL", "https://gitlab.example.com")
+        .env("GITLAB_TOKEN", "glpat-config-show-secret-0001")
+        .env("GITLAB_SCOPE", "acme")
+        .env("GITLAB_PROTECTED_USERS", "BreakGlass")
+        .env("GITLAB_ACCOUNT_ACTIONS", "block,ban")
+        .env(
+            "NATS_URL",
+            "nats://worker:nats-pass-0001@nats.example.com:4222",
+        )
+        .env("NATS_USER", "worker")
+        .env("NATS_PASSWORD", "nats-pass-0001")
+        .env("DATABASE_URL", "postgres://w:db-pass-0001@db/gitlab")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for secret in [
+        "glpat-config-show-secret-0001",
+        "nats-pass-0001",
+        "db-pass-0001",
+    ] {
+        assert!(!text.contains(secret), "{secret} printed:\n{text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let policy = &v["connectors"][0]["policy"];
+    assert_eq!(policy["max_grant_level"], "maintainer");
+    assert_eq!(policy["max_jit_seconds"], 2_592_000);
+    assert_eq!(policy["allow_permanent_grants"], true);
+    assert_eq!(
+        policy["account_actions"],
+        serde_json::json!(["block", "ban"])
+    );
+    assert_eq!(policy["protected_users"], serde_json::json!(["breakglass"]));
+    assert_eq!(v["connectors"][0]["token"]["env"], "GITLAB_TOKEN");
+}
+
+#[test]
+fn a_bad_policy_setting_is_a_usage_error_naming_it() {
+    let out = worker()
+        .args(["config", "show"])
+        .env("GITLAB_URL", "https://gitlab.example.com")
+        .env("GITLAB_TOKEN", "glpat-config-show-secret-0002")
+        .env("GITLAB_MAX_GRANT_LEVEL", "superuser")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("GITLAB_MAX_GRANT_LEVEL"), "{err}");
+    assert!(!err.contains("glpat-config-show-secret-0002"));
+}

@@ -172,7 +172,7 @@ pub fn access_level(v: Option<&Value>) -> Result<AccessLevel, Fail> {
             .ok_or_else(|| format!("`access_level` {} is not a level", shown(v)))?,
         Value::String(s) => s.parse::<AccessLevel>().map_err(|_| {
             format!(
-                "`access_level` {} is not a level: give a number or a name such as \"developer\"",
+                "`access_level` {}: unknown access level; give a number or a name such as \"developer\"",
                 quoted(s)
             )
         })?,

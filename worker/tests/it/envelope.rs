@@ -282,3 +282,24 @@ mod schemas {
         }
     }
 }
+
+#[test]
+fn the_result_schema_lists_every_error_code() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../schemas/gitlab-connector.result.v1.schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let listed: Vec<&str> = schema["properties"]["error"]["oneOf"][1]["properties"]["code"]["enum"]
+        .as_array()
+        .expect("an enum of codes")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for code in gitlab_worker::jobs::Code::ALL {
+        assert!(
+            listed.contains(&code.as_str()),
+            "{} is missing from the result schema",
+            code.as_str()
+        );
+    }
+    assert_eq!(listed.len(), gitlab_worker::jobs::Code::ALL.len());
+}
