@@ -445,4 +445,17 @@ mod tests {
         let e = classify(R, StatusCode::TOO_MANY_REQUESTS, b"Retry later\n", None);
         assert!(matches!(e, Error::RateLimited { ref message, .. } if message == "Retry later"));
     }
+
+    #[test]
+    fn token_shaped_text_in_a_body_never_reaches_the_message() {
+        let e = classify(
+            R,
+            StatusCode::BAD_GATEWAY,
+            b"<html>upstream said: PRIVATE-TOKEN glpat-abcdefghij0123456789 rejected</html>",
+            None,
+        );
+        let text = e.to_string();
+        assert!(!text.contains("glpat-abcdefghij"), "{text}");
+        assert!(text.contains("[redacted]"), "{text}");
+    }
 }

@@ -54,17 +54,17 @@ pub fn redact_url(url: &str) -> String {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => ("", url),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let host = match authority.rfind('@') {
-        Some(at) => format!("[redacted]@{}", &authority[at + 1..]),
-        None => authority.to_string(),
+    // The last `@` ends the userinfo even when the password holds `@`, `#`, `?` or `/`
+    // unencoded; an `@` later in the URL only makes this redact more than it must.
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) => ("[redacted]@", &rest[at + 1..]),
+        None => ("", rest),
     };
-    let tail = match tail.find(['?', '#']) {
-        Some(q) => format!("{}?[redacted]", &tail[..q]),
-        None => tail.to_string(),
+    let rest = match rest.find(['?', '#']) {
+        Some(q) => format!("{}?[redacted]", &rest[..q]),
+        None => rest.to_string(),
     };
-    format!("{scheme}{host}{tail}")
+    format!("{scheme}{userinfo}{rest}")
 }
 
 /// Prefixes of GitLab's token formats (personal, OAuth, runner, deploy, pipeline trigger, CI
@@ -84,9 +84,13 @@ pub fn scrub(text: &str, secret: Option<&str>) -> String {
         let mut from = 0;
         while let Some(pos) = out[from..].find(prefix).map(|p| p + from) {
             let body_start = pos + prefix.len();
-            let body_len = out[body_start..]
+            let mut body_len = out[body_start..]
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
                 .unwrap_or(out.len() - body_start);
+            // Routable tokens contain dots; a sentence's full stop after one does not belong.
+            while body_len > 0 && out[body_start..body_start + body_len].ends_with('.') {
+                body_len -= 1;
+            }
             if body_len >= 8 {
                 out.replace_range(pos..body_start + body_len, "[redacted]");
                 from = pos + "[redacted]".len();

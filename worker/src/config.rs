@@ -758,27 +758,33 @@ impl Settings {
     /// Transports that send secrets in the clear: an `http://` GitLab (the token travels in
     /// every request) or NATS without TLS to a host that is not this machine. Logged at start.
     pub fn cleartext_warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for c in self.connectors.values() {
-            let url = c.url.to_string();
-            if url.starts_with("http://") {
-                out.push(format!(
-                    "connector {:?}: GITLAB_URL {} is plain http: the token is sent unencrypted; use https",
-                    c.id.as_str(),
-                    redact_url(&url)
-                ));
-            }
-        }
-        let nats = &self.nats.url;
-        let tls = nats.starts_with("tls://") || self.nats.tls_ca_file.is_some();
-        if !tls && !is_loopback_url(nats) {
+        let gitlab: Vec<(&str, String)> = self
+            .connectors
+            .values()
+            .map(|c| (c.id.as_str(), c.url.to_string()))
+            .collect();
+        let tls = self.nats.url.starts_with("tls://") || self.nats.tls_ca_file.is_some();
+        cleartext_warnings(&gitlab, &self.nats.url, tls)
+    }
+}
+
+fn cleartext_warnings(gitlab: &[(&str, String)], nats: &str, nats_tls: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for (id, url) in gitlab {
+        if url.starts_with("http://") {
             out.push(format!(
-                "NATS_URL {} is not TLS and not on this machine: jobs, results and NATS credentials cross the network unencrypted; use tls://",
-                redact_url(nats)
+                "connector {id:?}: GITLAB_URL {} is plain http: the token is sent unencrypted; use https",
+                redact_url(url)
             ));
         }
-        out
     }
+    if !nats_tls && !is_loopback_url(nats) {
+        out.push(format!(
+            "NATS_URL {} is not TLS and not on this machine: jobs, results and NATS credentials cross the network unencrypted; use tls://",
+            redact_url(nats)
+        ));
+    }
+    out
 }
 
 /// Whether every host of a (possibly comma-separated) NATS URL is on this machine.
@@ -800,7 +806,24 @@ fn is_loopback_url(urls: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_url;
+    use super::{cleartext_warnings, is_loopback_url};
+
+    #[test]
+    fn cleartext_transports_are_warned_about_without_their_secrets() {
+        let w = cleartext_warnings(
+            &[
+                ("corp", "http://gitlab.internal".into()),
+                ("com", "https://gitlab.com".into()),
+            ],
+            "nats://u:natssecret@nats.example.com:4222",
+            false,
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("corp") && w[0].contains("plain http"));
+        assert!(w[1].contains("not TLS") && !w[1].contains("natssecret"));
+        assert!(cleartext_warnings(&[], "nats://127.0.0.1:4222", false).is_empty());
+        assert!(cleartext_warnings(&[], "nats://nats.example.com:4222", true).is_empty());
+    }
 
     #[test]
     fn only_this_machine_counts_as_loopback() {

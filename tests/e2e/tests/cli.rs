@@ -98,3 +98,16 @@ fn a_bad_policy_setting_is_a_usage_error_naming_it() {
     assert!(err.contains("GITLAB_MAX_GRANT_LEVEL"), "{err}");
     assert!(!err.contains("glpat-config-show-secret-0002"));
 }
+
+#[test]
+fn a_database_url_that_does_not_parse_is_not_printed_with_its_password() {
+    let out = worker()
+        .args(["migrate"])
+        .env("DATABASE_URL", "mysql://w:p@ss#w0rd-db-secret@db/gitlab")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("DATABASE_URL"), "{err}");
+    assert!(!err.contains("w0rd-db-secret"), "{err}");
+}

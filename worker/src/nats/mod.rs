@@ -96,12 +96,13 @@ pub async fn connect(
             return Err(NatsError::Connect {
                 url: crate::redact::redact_url(&url),
                 message: format!(
-                    "no connection within {}s (is the server running?)",
-                    initial_timeout.as_secs()
+                    "no connection within {:.1}s (is the server running?)",
+                    initial_timeout.as_secs_f64()
                 ),
             });
         }
-        if client.flush().await.is_ok() {
+        // A flush waits for the connection; bounded, so the deadline holds.
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(1), client.flush()).await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -208,4 +209,32 @@ pub async fn setup(
         consumer: name.clone(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_connection_does_not_print_the_urls_credentials() {
+        let settings = NatsSettings {
+            url: "nats://worker:natssecret0001@127.0.0.1:1".into(),
+            creds_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            subject_prefix: "gitlab".into(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 8,
+        };
+        let e = connect(&settings, Duration::from_millis(300))
+            .await
+            .expect_err("nothing listens on port 1");
+        let text = e.to_string();
+        assert!(!text.contains("natssecret0001"), "{text}");
+        assert!(text.contains("127.0.0.1:1"), "{text}");
+    }
 }
