@@ -6,14 +6,16 @@ use chrono::Utc;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
+use super::convert::{
+    group_record, is_auth_failure, membership, project_record, shares_of, user_from_admin,
+    user_from_member,
+};
+use super::users::{assign_users, enrich_users, read_roles};
 use super::{Inventory, Progress, Scope, SyncError, SyncOptions};
-use crate::api::{Group, Invitation, MemberRow, Project, Source, User, UsersQuery};
+use crate::api::{Group, Invitation, MemberRow, Project, Source, UsersQuery};
 use crate::client::{Client, IdOrPath, InstanceKind};
 use crate::error::Error;
-use crate::model::{
-    DirectMember, GroupRecord, InvitationRecord, MembershipState, ProjectRecord, ReadFailure,
-    ResourceRef, RoleRecord, SamlGroupLinkRecord, ShareRecord, UserKind, UserRecord, user_kind,
-};
+use crate::model::{DirectMember, InvitationRecord, ReadFailure, ResourceRef, UserRecord};
 
 /// One read of the per-resource phase.
 #[derive(Debug, Clone, Copy)]
@@ -69,13 +71,6 @@ impl Task {
     }
 }
 
-fn is_auth_failure(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::TokenExpired { .. } | Error::TokenRevoked { .. } | Error::Unauthorized { .. }
-    )
-}
-
 fn failure(what: String, resource: Option<ResourceRef>, e: &Error) -> ReadFailure {
     ReadFailure {
         what,
@@ -111,95 +106,6 @@ impl Tracker {
             self.state.requests = self.client.request_count();
             let _ = tx.send(self.state.clone());
         }
-    }
-}
-
-fn group_record(g: &Group, in_scope: bool) -> GroupRecord {
-    GroupRecord {
-        id: g.id,
-        full_path: g.full_path.clone(),
-        name: g.name.clone(),
-        parent_id: g.parent_id,
-        in_scope,
-    }
-}
-
-fn project_record(p: &Project) -> ProjectRecord {
-    ProjectRecord {
-        id: p.id,
-        path_with_namespace: p.path_with_namespace.clone(),
-        namespace_id: p.namespace.id,
-        archived: p.archived,
-    }
-}
-
-fn shares_of(r: ResourceRef, links: &[crate::api::SharedWithGroup]) -> Vec<ShareRecord> {
-    let mut v: Vec<ShareRecord> = links
-        .iter()
-        .map(|l| ShareRecord {
-            resource: r,
-            shared_with_group_id: l.group_id,
-            group_access: l.group_access_level.0,
-            expires_at: l.expires_at,
-            member_role_id: l.member_role_id,
-        })
-        .collect();
-    v.sort_by_key(|s| s.shared_with_group_id);
-    v
-}
-
-fn membership(m: &MemberRow) -> DirectMember {
-    DirectMember {
-        user_id: m.id,
-        member_role_id: m.member_role.and_then(|r| std::num::NonZeroU64::new(r.id)),
-        created_by_id: m
-            .created_by
-            .as_ref()
-            .and_then(|c| std::num::NonZeroU64::new(c.id)),
-        created_at_ms: m.created_at.map(|t| t.timestamp_millis()),
-        expires_at: m.expires_at,
-        access_level: m.access_level.0,
-        state: if m.awaiting {
-            MembershipState::Awaiting
-        } else {
-            MembershipState::Active
-        },
-    }
-}
-
-fn user_from_member(m: &MemberRow) -> UserRecord {
-    UserRecord {
-        id: m.id,
-        username: m.username.clone(),
-        name: m.name.clone(),
-        state: m.state.clone().unwrap_or_default(),
-        kind: user_kind(&m.username, m.bot),
-        email: m.email.clone(),
-        is_admin: None,
-        two_factor_enabled: None,
-        last_sign_in_at: None,
-        last_activity_on: None,
-        external: None,
-    }
-}
-
-fn user_from_admin(u: &User) -> UserRecord {
-    UserRecord {
-        id: u.id,
-        username: u.username.clone(),
-        name: u.name.clone(),
-        state: u.state.clone(),
-        kind: match u.user_type.as_deref() {
-            Some("service_account") => UserKind::ServiceAccount,
-            Some(t) if t.ends_with("bot") => UserKind::Bot,
-            _ => user_kind(&u.username, u.bot),
-        },
-        email: u.email.clone(),
-        is_admin: u.is_admin,
-        two_factor_enabled: u.two_factor_enabled,
-        last_sign_in_at: u.last_sign_in_at.or(u.current_sign_in_at),
-        last_activity_on: u.last_activity_on,
-        external: u.external,
     }
 }
 
@@ -495,39 +401,6 @@ async fn read_outside_groups(
     Ok(fetched)
 }
 
-/// The user records: every user the memberships name, from admin `/users` where read (all of
-/// them for the `instance` scope), else from the member records.
-fn assign_users(
-    inv: &mut Inventory,
-    all_users: Option<BTreeMap<u64, UserRecord>>,
-    member_users: HashMap<u64, UserRecord>,
-    instance: bool,
-) {
-    let referenced: BTreeSet<u64> = inv.members.values().flatten().map(|m| m.user_id).collect();
-    for (id, u) in all_users.into_iter().flatten() {
-        if instance || referenced.contains(&id) {
-            inv.users.insert(id, u);
-        }
-    }
-    let mut unknown = 0;
-    for id in &referenced {
-        if inv.users.contains_key(id) {
-            continue;
-        }
-        match member_users.get(id) {
-            Some(u) => {
-                inv.users.insert(*id, u.clone());
-            }
-            None => unknown += 1,
-        }
-    }
-    if unknown > 0 {
-        inv.warnings.push(format!(
-            "{unknown} users with memberships were not in GET /users (created during the sync?); they have no user record"
-        ));
-    }
-}
-
 /// Streams a list into `each`. A failure after the client's retries is returned as a
 /// [`ReadFailure`] (the snapshot becomes partial); an authentication failure stops the sync.
 async fn read_list<T>(
@@ -618,111 +491,6 @@ async fn run_tasks(
                 let (what, resource) = task.describe();
                 inv.errors.push(failure(what, Some(resource), &e));
             }
-        }
-    }
-    Ok(())
-}
-
-/// GitLab.com without admin: last activity and login from `billable_members`, emails and 2FA of
-/// enterprise users from `enterprise_users`. Not readable → a warning, not a partial snapshot.
-async fn enrich_users(client: &Client, top: u64, inv: &mut Inventory) -> Result<(), SyncError> {
-    let group = IdOrPath::Id(top);
-    let billable: Result<Vec<_>, Error> = client.billable_members(&group).try_collect().await;
-    match billable {
-        Ok(rows) => {
-            for b in rows {
-                if let Some(u) = inv.users.get_mut(&b.id) {
-                    u.last_activity_on = b.last_activity_on.or(u.last_activity_on);
-                    u.last_sign_in_at = b.last_login_at.or(u.last_sign_in_at);
-                    if b.email.is_some() {
-                        u.email = b.email;
-                    }
-                }
-            }
-        }
-        Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-        Err(e) => inv.warnings.push(format!(
-            "billable_members not readable, last activity and sign-in are unknown: {e}"
-        )),
-    }
-    if client.instance() == InstanceKind::GitlabCom {
-        let enterprise: Result<Vec<User>, Error> =
-            client.enterprise_users(&group).try_collect().await;
-        match enterprise {
-            Ok(rows) => {
-                for e in rows {
-                    if let Some(u) = inv.users.get_mut(&e.id) {
-                        let full = user_from_admin(&e);
-                        u.email = full.email.or(u.email.take());
-                        u.two_factor_enabled = full.two_factor_enabled;
-                        u.last_sign_in_at = full.last_sign_in_at.or(u.last_sign_in_at);
-                        u.last_activity_on = full.last_activity_on.or(u.last_activity_on);
-                        u.external = full.external;
-                    }
-                }
-            }
-            Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-            Err(e) => inv.warnings.push(format!(
-                "enterprise_users not readable, their emails are unknown: {e}"
-            )),
-        }
-    }
-    Ok(())
-}
-
-async fn read_roles(
-    client: &Client,
-    admin: bool,
-    top: Option<&Group>,
-    inv: &mut Inventory,
-) -> Result<(), SyncError> {
-    let roles = if client.instance() == InstanceKind::GitlabCom {
-        match top {
-            Some(t) => Some(client.group_member_roles(&IdOrPath::Id(t.id)).await),
-            None => None,
-        }
-    } else if admin {
-        Some(client.instance_member_roles().await)
-    } else {
-        None
-    };
-    match roles {
-        Some(Ok(roles)) => {
-            inv.roles = roles
-                .into_iter()
-                .map(|r| RoleRecord {
-                    id: r.id,
-                    name: r.name,
-                    base_access_level: r.base_access_level.0,
-                    group_id: r.group_id,
-                })
-                .collect();
-            inv.roles.sort_by_key(|r| r.id);
-        }
-        Some(Err(e)) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-        Some(Err(e)) => inv.warnings.push(format!("custom roles not readable: {e}")),
-        None => {}
-    }
-    if let Some(t) = top {
-        match client.saml_group_links(&IdOrPath::Id(t.id)).await {
-            Ok(links) => {
-                inv.saml_links = links
-                    .into_iter()
-                    .map(|l| SamlGroupLinkRecord {
-                        group_id: t.id,
-                        name: l.name,
-                        access_level: l.access_level.0,
-                        member_role_id: l.member_role_id,
-                        provider: l.provider,
-                    })
-                    .collect();
-                inv.saml_links
-                    .sort_by(|a, b| (&a.name, &a.provider).cmp(&(&b.name, &b.provider)));
-            }
-            Err(e) if is_auth_failure(&e) => return Err(SyncError::Auth(e)),
-            Err(e) => inv
-                .warnings
-                .push(format!("SAML group links not readable: {e}")),
         }
     }
     Ok(())

@@ -17,7 +17,9 @@
 //! A list that cannot be read after the client's retries is recorded and makes the snapshot
 //! partial; an authentication failure stops the sync.
 
+mod convert;
 mod crawl;
+mod users;
 mod write;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Hostile input, generated: envelopes of every kind, valid and broken (wrong types, huge
 //! strings, deep nesting, unicode, boundary numbers, control characters, unknown fields, wrong
 //! subjects). Parsing must never panic and every rejection must name the field it refuses; the
-//! handler (in a dry run against the simulator) must answer each with `rejected` or a result
+//! handler (10,000 of them, in a dry run against the simulator) must answer each with `rejected` or a result
 //! that matches the result schema.
 
 use std::sync::OnceLock;
@@ -218,7 +218,7 @@ fn the_handler_answers_every_hostile_envelope_without_writing() {
         .build()
         .unwrap();
     let e = rt.block_on(env());
-    let mut cases = runner(400);
+    let mut cases = runner(10_000);
     let subjects = prop::sample::select(vec![
         None,
         Some("gitlab.jobs.default.grant"),

@@ -1,0 +1,356 @@
+//! Configuration (docs/configuration.md): environment variables, optionally layered over a TOML
+//! file (`--config FILE`) that may declare several connectors. Every error names the setting and
+//! says what to do; no error prints a token.
+//!
+//! This is the only module that reads the environment, and every default lives in [`defaults`]:
+//! the command line may show a setting, never read it a second time.
+//!
+//! ```toml
+//! database_url = "postgres://worker@db/gitlab"   # every worker-wide key is optional
+//! nats_url = "tls://nats.example.com:4222"
+//! concurrency = 8
+//!
+//! [[connectors]]
+//! id = "corp"
+//! url = "https://git.example.com/gitlab"
+//! token_file = "/run/secrets/gitlab-corp"        # or token_env = "VAR"
+//! scope = "acme"
+//! rate_limit_per_minute = 1200
+//! ```
+//!
+//! Environment variables override the file's worker-wide keys; `GITLAB_URL` in the environment
+//! adds one more connector (id `CONNECTOR_ID`, default `default`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gitlab_connector::Secret;
+use serde::Deserialize;
+
+use crate::ids::ConnectorId;
+use crate::redact::redact_url;
+
+mod connector;
+mod transport;
+mod values;
+
+use connector::FileConnector;
+pub use connector::{ConnectorSettings, TokenSource};
+pub use values::{ConfigError, defaults};
+use values::{invalid, positive, read_token_file, var};
+
+/// How the worker reaches NATS.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    pub creds_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    /// CA bundle for `tls://` servers with a private CA.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub subject_prefix: String,
+    /// Redelivery after this long without an ack or a progress ack (a crashed worker).
+    pub ack_wait: Duration,
+    /// Deliveries before a job is dead-lettered.
+    pub max_deliver: i64,
+}
+
+/// Everything `serve`, `run-job`, `sync` and `demo` need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub connectors: BTreeMap<ConnectorId, ConnectorSettings>,
+    pub database_url: String,
+    pub nats: NatsSettings,
+    pub http_listen: SocketAddr,
+    pub concurrency: usize,
+    /// How long SIGTERM waits for jobs in flight before handing them back to NATS.
+    pub shutdown_grace: Duration,
+    /// How often `serve` checks the tokens' expiry for automatic rotation.
+    pub token_check_interval: Duration,
+    /// `SPOOL_DIR`: where snapshots are written before they are stored (each process uses a
+    /// folder of its own inside it).
+    pub spool_root: PathBuf,
+    /// `SYNC_CONCURRENCY`: GitLab requests in flight during `gitlab-worker sync`.
+    pub sync_concurrency: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    nats_url: Option<String>,
+    nats_creds_file: Option<PathBuf>,
+    nats_user: Option<String>,
+    nats_password_env: Option<String>,
+    nats_token_env: Option<String>,
+    nats_tls_ca_file: Option<PathBuf>,
+    nats_tls_cert_file: Option<PathBuf>,
+    nats_tls_key_file: Option<PathBuf>,
+    nats_subject_prefix: Option<String>,
+    http_listen: Option<String>,
+    concurrency: Option<usize>,
+    ack_wait_seconds: Option<u64>,
+    max_deliver: Option<i64>,
+    shutdown_grace_seconds: Option<u64>,
+    #[serde(default)]
+    connectors: Vec<FileConnector>,
+}
+
+impl Settings {
+    /// Reads `file` (if any), then the environment. `need_connector`: at least one connector
+    /// must be configured (every command but `migrate` and `snapshots`).
+    pub fn load(file: Option<&Path>, need_connector: bool) -> Result<Self, ConfigError> {
+        let mut fc = match file {
+            None => FileConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+                    path: p.display().to_string(),
+                    message: format!("cannot read the configuration file: {e}"),
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::File {
+                    path: p.display().to_string(),
+                    message: format!("not a valid configuration: {e}"),
+                })?
+            }
+        };
+        let connectors = connectors(std::mem::take(&mut fc.connectors), need_connector)?;
+        let nats = nats_settings(&fc)?;
+        let database_url = var("DATABASE_URL")
+            .or(fc.database_url)
+            .unwrap_or_else(|| defaults::DATABASE_URL.into());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres:")
+            || database_url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "DATABASE_URL",
+                format!(
+                    "{:?} is neither sqlite://FILE?mode=rwc nor postgres://USER@HOST/DB",
+                    redact_url(&database_url)
+                ),
+            ));
+        }
+        let http_text = var("HTTP_LISTEN")
+            .or(fc.http_listen)
+            .unwrap_or_else(|| defaults::HTTP_LISTEN.into());
+        let http_listen = http_text.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "HTTP_LISTEN",
+                format!("{http_text:?} is not an address:port such as 127.0.0.1:9464"),
+            )
+        })?;
+        let concurrency = match var("WORKER_CONCURRENCY") {
+            Some(v) => positive::<usize>("WORKER_CONCURRENCY", &v, "jobs")?,
+            None => fc.concurrency.unwrap_or(defaults::CONCURRENCY),
+        };
+        if concurrency == 0 || concurrency > defaults::MAX_CONCURRENCY {
+            return Err(invalid(
+                "WORKER_CONCURRENCY",
+                format!("{concurrency} is outside 1..={}", defaults::MAX_CONCURRENCY),
+            ));
+        }
+        let shutdown_grace = Duration::from_secs(match var("SHUTDOWN_GRACE_SECONDS") {
+            Some(v) => positive::<u64>("SHUTDOWN_GRACE_SECONDS", &v, "seconds")?,
+            None => fc
+                .shutdown_grace_seconds
+                .unwrap_or(defaults::SHUTDOWN_GRACE_SECONDS),
+        });
+        let token_check_interval = Duration::from_secs(match var("TOKEN_CHECK_INTERVAL_SECONDS") {
+            Some(v) => positive::<u64>("TOKEN_CHECK_INTERVAL_SECONDS", &v, "seconds")?,
+            None => defaults::TOKEN_CHECK_INTERVAL_SECONDS,
+        });
+        let spool_root = var("SPOOL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let sync_concurrency = match var("SYNC_CONCURRENCY") {
+            Some(v) => positive::<usize>("SYNC_CONCURRENCY", &v, "requests")?,
+            None => defaults::SYNC_CONCURRENCY,
+        };
+        Ok(Self {
+            spool_root,
+            sync_concurrency,
+            token_check_interval,
+            connectors,
+            database_url,
+            nats,
+            http_listen,
+            concurrency,
+            shutdown_grace,
+        })
+    }
+}
+
+impl Settings {
+    /// This process's spool folder inside `SPOOL_DIR`.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_root
+            .join(format!("gitlab-worker-spool-{}", std::process::id()))
+    }
+}
+
+/// The configuration file: `--config FILE`, else `GITLAB_WORKER_CONFIG`.
+pub fn config_file(from_cli: Option<PathBuf>) -> Option<PathBuf> {
+    from_cli.or_else(|| var("GITLAB_WORKER_CONFIG").map(PathBuf::from))
+}
+
+/// The log format: `--log-format`, else `LOG_FORMAT` (`pretty` or `json`; the logging module
+/// picks by terminal when neither is set).
+pub fn log_format(from_cli: Option<String>) -> Option<String> {
+    from_cli.or_else(|| var("LOG_FORMAT"))
+}
+
+/// `RUST_LOG`: tracing filter directives (`info`, `gitlab_worker=debug,sqlx=warn`, …).
+pub fn log_filter() -> Option<String> {
+    var("RUST_LOG")
+}
+
+/// The address `gitlab-worker healthcheck` asks: `--addr`, else `HTTP_LISTEN`, else the default.
+/// Read without the rest of the configuration: a container's healthcheck must not need it.
+pub fn healthcheck_addr(from_cli: Option<String>) -> String {
+    from_cli
+        .or_else(|| var("HTTP_LISTEN"))
+        .unwrap_or_else(|| defaults::HTTP_LISTEN.into())
+}
+
+/// The scope of `gitlab-worker sync`: `--scope`, else `GITLAB_SCOPE` (which also applies to a
+/// connector of the configuration file that names no scope), else the connector's own.
+pub fn sync_scope(from_cli: Option<String>) -> Option<String> {
+    from_cli.or_else(|| var("GITLAB_SCOPE"))
+}
+
+/// The connectors of the configuration file, then the environment's.
+fn connectors(
+    file: Vec<FileConnector>,
+    need_connector: bool,
+) -> Result<BTreeMap<ConnectorId, ConnectorSettings>, ConfigError> {
+    let mut connectors = BTreeMap::new();
+    for (i, c) in file.into_iter().enumerate() {
+        let c = c.into_settings(i)?;
+        if connectors.contains_key(&c.id) {
+            return Err(invalid(
+                format!("connectors[{i}].id"),
+                format!("connector id {:?} is declared twice", c.id.as_str()),
+            ));
+        }
+        connectors.insert(c.id.clone(), c);
+    }
+    if var("GITLAB_URL").is_some() {
+        let c = ConnectorSettings::from_env()?;
+        if connectors.contains_key(&c.id) {
+            return Err(invalid(
+                "CONNECTOR_ID",
+                format!(
+                    "the environment's connector {:?} is also declared in the configuration file; give it another CONNECTOR_ID or remove one",
+                    c.id.as_str()
+                ),
+            ));
+        }
+        connectors.insert(c.id.clone(), c);
+    } else if need_connector && connectors.is_empty() {
+        // The environment's message names GITLAB_URL, the usual first setting.
+        ConnectorSettings::from_env()?;
+    }
+
+    Ok(connectors)
+}
+
+/// How the worker reaches NATS: the environment over the file.
+fn nats_settings(fc: &FileConfig) -> Result<NatsSettings, ConfigError> {
+    let subject_prefix = var("NATS_SUBJECT_PREFIX")
+        .or_else(|| fc.nats_subject_prefix.clone())
+        .unwrap_or_else(|| defaults::SUBJECT_PREFIX.into());
+    if subject_prefix.is_empty()
+        || !subject_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            "NATS_SUBJECT_PREFIX",
+            format!(
+                "{subject_prefix:?} may only contain letters, digits, '-' and '_' (it names subjects and streams)"
+            ),
+        ));
+    }
+    let secret_env = |name: &str| var(name).map(|v| Secret::new(v.trim()));
+    let password = match &fc.nats_password_env {
+        Some(v) => Some(secret_env(v).ok_or_else(|| {
+            invalid(
+                "nats_password_env",
+                format!("the environment variable {v} is not set"),
+            )
+        })?),
+        None => match (secret_env("NATS_PASSWORD"), var("NATS_PASSWORD_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "NATS_PASSWORD_FILE",
+                    "both NATS_PASSWORD and NATS_PASSWORD_FILE are set; keep one",
+                ));
+            }
+            (Some(p), None) => Some(p),
+            (None, Some(f)) => Some(read_token_file("NATS_PASSWORD_FILE".into(), Path::new(&f))?),
+            (None, None) => None,
+        },
+    };
+    let token = match &fc.nats_token_env {
+        Some(v) => Some(secret_env(v).ok_or_else(|| {
+            invalid(
+                "nats_token_env",
+                format!("the environment variable {v} is not set"),
+            )
+        })?),
+        None => secret_env("NATS_TOKEN"),
+    };
+    let user = var("NATS_USER").or_else(|| fc.nats_user.clone());
+    if user.is_some() != password.is_some() {
+        return Err(invalid(
+            "NATS_USER",
+            "NATS_USER and NATS_PASSWORD go together; set both or neither",
+        ));
+    }
+    let creds_file = var("NATS_CREDS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| fc.nats_creds_file.clone());
+    if let Some(p) = &creds_file
+        && !p.is_file()
+    {
+        return Err(invalid(
+            "NATS_CREDS_FILE",
+            format!("{} is not a readable file", p.display()),
+        ));
+    }
+    let path_setting = |env: &str, file: Option<PathBuf>| var(env).map(PathBuf::from).or(file);
+    let nats = NatsSettings {
+        url: var("NATS_URL")
+            .or_else(|| fc.nats_url.clone())
+            .unwrap_or_else(|| defaults::NATS_URL.into()),
+        creds_file,
+        user,
+        password,
+        token,
+        tls_ca_file: path_setting("NATS_TLS_CA_FILE", fc.nats_tls_ca_file.clone()),
+        tls_cert_file: path_setting("NATS_TLS_CERT_FILE", fc.nats_tls_cert_file.clone()),
+        tls_key_file: path_setting("NATS_TLS_KEY_FILE", fc.nats_tls_key_file.clone()),
+        subject_prefix,
+        ack_wait: Duration::from_secs(match var("NATS_ACK_WAIT_SECONDS") {
+            Some(v) => positive::<u64>("NATS_ACK_WAIT_SECONDS", &v, "seconds")?,
+            None => fc.ack_wait_seconds.unwrap_or(defaults::ACK_WAIT_SECONDS),
+        }),
+        max_deliver: match var("NATS_MAX_DELIVER") {
+            Some(v) => positive::<i64>("NATS_MAX_DELIVER", &v, "deliveries")?,
+            None => fc.max_deliver.unwrap_or(defaults::MAX_DELIVER),
+        },
+    };
+    if nats.tls_cert_file.is_some() != nats.tls_key_file.is_some() {
+        return Err(invalid(
+            "NATS_TLS_CERT_FILE",
+            "a client certificate needs its key: set NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE together",
+        ));
+    }
+    Ok(nats)
+}

@@ -1,0 +1,107 @@
+//! What every part of the configuration shares: the defaults, the error, and the readers of
+//! single values.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use gitlab_connector::{InstanceKind, Secret};
+
+use crate::ids::ConnectorId;
+
+/// Every default of every setting.
+pub mod defaults {
+    pub const CONNECTOR_ID: &str = "default";
+    pub const DATABASE_URL: &str = "sqlite://gitlab-connector.db?mode=rwc";
+    pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+    pub const SUBJECT_PREFIX: &str = "gitlab";
+    pub const HTTP_LISTEN: &str = "127.0.0.1:9464";
+    pub const CONCURRENCY: usize = 4;
+    pub const MAX_CONCURRENCY: usize = 256;
+    pub const ACK_WAIT_SECONDS: u64 = 30;
+    pub const MAX_DELIVER: i64 = 8;
+    pub const SHUTDOWN_GRACE_SECONDS: u64 = 25;
+    pub const TOKEN_CHECK_INTERVAL_SECONDS: u64 = 3600;
+    pub const ROTATE_DAYS_LEFT: u32 = 7;
+    pub const SYNC_CONCURRENCY: usize = 16;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not set: {hint}")]
+    Missing {
+        name: Cow<'static, str>,
+        hint: &'static str,
+    },
+    #[error("{name}: {message}")]
+    Invalid {
+        name: Cow<'static, str>,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+pub(super) fn invalid(
+    name: impl Into<Cow<'static, str>>,
+    message: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.into(),
+        message: message.into(),
+    }
+}
+
+pub(super) fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+pub(super) fn read_token_file(name: Cow<'static, str>, path: &Path) -> Result<Secret, ConfigError> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| invalid(name.clone(), format!("cannot read {}: {e}", path.display())))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(invalid(
+            name,
+            format!(
+                "{} is empty; put the service account's token in it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Secret::new(t))
+}
+
+pub(super) fn connector_id(name: Cow<'static, str>, id: &str) -> Result<ConnectorId, ConfigError> {
+    ConnectorId::parse(id).map_err(|e| invalid(name, e.to_string()))
+}
+
+pub(super) fn parse_instance(
+    name: Cow<'static, str>,
+    v: &str,
+) -> Result<InstanceKind, ConfigError> {
+    match v.trim() {
+        "gitlab-com" => Ok(InstanceKind::GitlabCom),
+        "self-managed" => Ok(InstanceKind::SelfManaged),
+        other => Err(invalid(
+            name,
+            format!("{other:?} is not `gitlab-com` or `self-managed`"),
+        )),
+    }
+}
+
+pub(super) fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    name: &'static str,
+    v: &str,
+    what: &str,
+) -> Result<T, ConfigError> {
+    v.trim()
+        .parse::<T>()
+        .ok()
+        .filter(|n| *n > T::default())
+        .ok_or_else(|| {
+            invalid(
+                name,
+                format!("{v:?} is not a positive whole number of {what}"),
+            )
+        })
+}
