@@ -1058,3 +1058,20 @@ async fn retries_stop_at_the_request_budget() {
     assert!(matches!(err, Error::BudgetExhausted { .. }), "{err:?}");
     assert!(err.is_transient());
 }
+
+#[tokio::test]
+async fn a_proxy_echoing_the_token_in_an_error_body_never_puts_it_in_the_error() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/user"))
+        .respond_with(ResponseTemplate::new(403).set_body_string(format!(
+            "<html>denied request with PRIVATE-TOKEN: {TOKEN}; also saw glpat-0123456789abcdefghij</html>"
+        )))
+        .mount(&server)
+        .await;
+    let e = client(&server).current_user().await.unwrap_err();
+    let text = format!("{e} {e:?}");
+    assert!(!text.contains(TOKEN), "{text}");
+    assert!(!text.contains("glpat-0123456789"), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+}
