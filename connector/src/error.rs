@@ -111,6 +111,21 @@ pub enum Error {
     #[error("{route}: not allowed ({message})")]
     NotAllowed { route: Route, message: String },
 
+    #[error(
+        "{route}: the response is larger than {limit} bytes and was not read; raise GITLAB_MAX_RESPONSE_BYTES if this GitLab really sends such pages"
+    )]
+    ResponseTooLarge { route: Route, limit: u64 },
+
+    #[error(
+        "{route}: the list's next page ({page}) was read before: GitLab's pagination loops, so the read stopped (a proxy or a GitLab bug); the list is incomplete"
+    )]
+    PageLoop { route: Route, page: String },
+
+    #[error(
+        "{route}: the list goes on past {read} items, more than its headers allow ({limit}); the read stopped and the list is incomplete"
+    )]
+    ListTooLong { route: Route, read: u64, limit: u64 },
+
     #[error("{route}: GitLab answered {status} ({message})")]
     UnexpectedStatus {
         route: Route,
@@ -184,6 +199,9 @@ impl Error {
             | InvitationErrors { route, .. }
             | OffsetLimit { route, .. }
             | NotAllowed { route, .. }
+            | ResponseTooLarge { route, .. }
+            | PageLoop { route, .. }
+            | ListTooLong { route, .. }
             | UnexpectedStatus { route, .. }
             | Server { route, .. }
             | Transport { route, .. }
@@ -238,6 +256,9 @@ impl Error {
             InvitationErrors { .. } => "invitation_errors",
             OffsetLimit { .. } => "offset_limit",
             NotAllowed { .. } => "not_allowed",
+            ResponseTooLarge { .. } => "response_too_large",
+            PageLoop { .. } => "page_loop",
+            ListTooLong { .. } => "list_too_long",
             UnexpectedStatus { .. } => "unexpected_status",
             Server { .. } => "server_error",
             Transport { .. } => "transport",

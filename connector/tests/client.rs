@@ -1075,3 +1075,195 @@ async fn a_proxy_echoing_the_token_in_an_error_body_never_puts_it_in_the_error()
     assert!(!text.contains("glpat-0123456789"), "{text}");
     assert!(text.contains("[redacted]"), "{text}");
 }
+
+// GitLab's headers and bodies cannot break the client: odd values are clamped or ignored, a
+// wait beyond `max_wait` is a `RateLimited` error instead of a pause, bodies are bounded, and a
+// pagination that loops ends.
+
+#[tokio::test]
+async fn a_huge_retry_after_is_rate_limited_without_pausing_other_requests() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/groups/1"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "99999999999")
+                .insert_header("RateLimit-Reset", "99999999999")
+                .insert_header("RateLimit-Remaining", "0")
+                .set_body_string("Retry later"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/user"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"id": 1, "username": "svc", "name": "svc", "state": "active"}),
+            ),
+        )
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let e = c.group(&IdOrPath::Id(1)).await.unwrap_err();
+    assert!(matches!(e, Error::RateLimited { .. }), "{e:?}");
+    let started = Instant::now();
+    c.current_user().await.expect("the next request is served");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the connector was paused for {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn odd_rate_limit_resets_are_ignored() {
+    let server = MockServer::start().await;
+    for (i, reset) in ["-1", "99999999999", "soon"].into_iter().enumerate() {
+        Mock::given(method("GET"))
+            .and(path(format!("/api/v4/groups/{}", i + 1)))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .insert_header("RateLimit-Remaining", "0")
+                    .insert_header("RateLimit-Limit", "600")
+                    .insert_header("RateLimit-Reset", reset)
+                    .set_body_json(json!({"id": i + 1, "full_path": "g", "parent_id": null})),
+            )
+            .mount(&server)
+            .await;
+    }
+    let c = client(&server);
+    let started = Instant::now();
+    for i in 1..=3u64 {
+        c.group(&IdOrPath::Id(i)).await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_server_error_is_backed_off_per_request_not_until_the_window_resets() {
+    let server = MockServer::start().await;
+    let reset = (unix_now() + 50).to_string();
+    Mock::given(method("GET"))
+        .and(path("/api/v4/groups/1"))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .insert_header("RateLimit-Remaining", "500")
+                .insert_header("RateLimit-Reset", reset.as_str())
+                .set_body_string("upstream unavailable"),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/groups/1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"id": 1, "full_path": "g", "parent_id": null})),
+        )
+        .mount(&server)
+        .await;
+    let started = Instant::now();
+    client(&server).group(&IdOrPath::Id(1)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a 503 waited for the rate-limit window: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_an_error_not_a_buffer() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/groups/1"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("x".repeat(1024 * 1024)))
+        .mount(&server)
+        .await;
+    let mut cfg = config(&server.uri());
+    cfg.max_response_bytes = 64 * 1024;
+    let e = Client::new(cfg)
+        .unwrap()
+        .group(&IdOrPath::Id(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::ResponseTooLarge { limit: 65_536, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("GITLAB_MAX_RESPONSE_BYTES"), "{e}");
+}
+
+#[tokio::test]
+async fn a_link_back_to_the_same_page_ends_the_list_with_an_error() {
+    let server = MockServer::start().await;
+    let looping = format!(
+        "<{}/api/v4/groups/7/members?page=1&per_page=100>; rel=\"next\"",
+        server.uri()
+    );
+    Mock::given(method("GET"))
+        .and(path("/api/v4/groups/7/members"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("Link", looping.as_str())
+                .set_body_json(json!([member_json(1)])),
+        )
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let read: Result<Vec<_>, _> = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.members(&Source::group(7u64)).try_collect(),
+    )
+    .await
+    .expect("the walk ends");
+    let e = read.unwrap_err();
+    assert!(matches!(e, Error::PageLoop { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_list_longer_than_its_total_ends_with_an_error() {
+    let server = MockServer::start().await;
+    let next = format!(
+        "<{}/api/v4/groups/8/members?page=2&per_page=100>; rel=\"next\"",
+        server.uri()
+    );
+    // Every page claims a total of 1 and always points to a page further on.
+    Mock::given(method("GET"))
+        .and(path("/api/v4/groups/8/members"))
+        .respond_with(move |req: &Request| {
+            let page: u64 = req
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == "page")
+                .map_or(1, |(_, v)| v.parse().unwrap());
+            ResponseTemplate::new(200)
+                .insert_header("X-Total", "1")
+                .insert_header(
+                    "Link",
+                    next.replace("page=2", &format!("page={}", page + 1))
+                        .as_str(),
+                )
+                .set_body_json(json!(
+                    (0..100)
+                        .map(|i| member_json(page * 100 + i))
+                        .collect::<Vec<_>>()
+                ))
+        })
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let read: Result<Vec<_>, _> = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.members(&Source::group(8u64)).try_collect(),
+    )
+    .await
+    .expect("the walk ends");
+    assert!(matches!(
+        read.unwrap_err(),
+        Error::ListTooLong { limit: 1, .. }
+    ));
+}

@@ -59,6 +59,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Items per page; GitLab caps it at 100.
     pub per_page: u32,
+    /// The largest response body read; a larger one is an error, never buffered.
+    pub max_response_bytes: u64,
 }
 
 impl ClientConfig {
@@ -77,6 +79,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             per_page: 100,
+            max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -332,23 +335,29 @@ impl Client {
         let status = response.status();
         let mut response = response;
         let headers = std::mem::take(response.headers_mut());
-        let body = match response.bytes().await {
+        let body = match read_body(response, inner.config.max_response_bytes, req.route).await {
             Ok(b) => b,
             Err(e) => {
                 inner.limiter.abandon();
                 inner.stats.response(req.route, 0);
-                return Err(transport_error(req.route, e));
+                return Err(e);
             }
         };
         inner.stats.response(req.route, status.as_u16());
-        let wait = if status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::SERVICE_UNAVAILABLE
-        {
-            retry::server_wait(&headers)
+        // Only a 429 waits for GitLab's window, and only it pauses every request of the
+        // connector; a 5xx honours `Retry-After` alone and is backed off per request (GitLab
+        // sends `RateLimit-Reset` on ordinary responses too, up to a minute away).
+        let wait = if status == StatusCode::TOO_MANY_REQUESTS {
+            retry::rate_limit_wait(&headers)
+        } else if status.is_server_error() {
+            retry::retry_after(&headers)
         } else {
             None
         };
-        inner.limiter.observe(&headers, wait);
+        let pause = wait.filter(|w| {
+            status == StatusCode::TOO_MANY_REQUESTS && *w <= inner.config.retry.max_wait
+        });
+        inner.limiter.observe(&headers, pause);
         tracing::debug!(
             route = %req.route,
             status = status.as_u16(),
@@ -489,6 +498,31 @@ fn retry_delay(
         return Err(Stop::Budget);
     }
     Ok(wait)
+}
+
+/// Reads a response body of at most `limit` bytes, refusing a larger one by its declared length
+/// or as it arrives, so a hostile or broken server cannot fill memory.
+async fn read_body(
+    mut response: reqwest::Response,
+    limit: u64,
+    route: Route,
+) -> Result<bytes::Bytes, Error> {
+    if response.content_length().is_some_and(|n| n > limit) {
+        return Err(Error::ResponseTooLarge { route, limit });
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(Error::ResponseTooLarge { route, limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => return Err(transport_error(route, e)),
+        }
+    }
 }
 
 fn over_budget(route: Route, policy: &RetryPolicy, last: Error) -> Error {

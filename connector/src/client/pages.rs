@@ -8,6 +8,13 @@
 //!   it, resuming after the last id read; elsewhere it is an error.
 //!
 //! One page is held at a time, so memory is bounded by the consumer, not the list.
+//!
+//! A walk always ends: a next page that was read before (a `Link` or `X-Next-Page` pointing
+//! back) is `Error::PageLoop`, and a list that grows past what its `X-Total` allows, or past
+//! [`MAX_PAGES`], is `Error::ListTooLong`. Either ends the read of that list with a clear error
+//! (a sync records it and its snapshot is partial), never an endless loop.
+
+use std::collections::HashSet;
 
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use reqwest::header::HeaderMap;
@@ -71,6 +78,9 @@ impl ListSpec {
     }
 }
 
+/// No list GitLab serves is longer than this many pages (ten million items at 100 a page).
+pub const MAX_PAGES: u64 = 100_000;
+
 enum Next {
     First,
     Url(Url),
@@ -83,6 +93,10 @@ struct Walk {
     next: Next,
     last_id: Option<u64>,
     skip_through: Option<u64>,
+    /// Pages already read (their URLs), to stop a pagination that loops.
+    seen: HashSet<String>,
+    /// Items read so far.
+    read: u64,
 }
 
 impl Walk {
@@ -136,6 +150,27 @@ impl Walk {
             };
             let mut items: Vec<T> = resp.json(route)?;
             let raw_len = items.len();
+            self.read += raw_len as u64;
+            self.seen.insert(resp.url.to_string());
+            if self.seen.len() as u64 > MAX_PAGES {
+                return Err(Error::ListTooLong {
+                    route,
+                    read: self.read,
+                    limit: MAX_PAGES * u64::from(self.client.config().per_page),
+                });
+            }
+            // `X-Total` (sent up to 10,000 records): a list may grow while it is read, by a page
+            // at most between two reads; anything beyond is a server that does not stop.
+            if let Some(total) = header_u64(&resp.headers, "x-total") {
+                let slack = u64::from(self.client.config().per_page);
+                if self.read > total.saturating_add(slack) {
+                    return Err(Error::ListTooLong {
+                        route,
+                        read: self.read,
+                        limit: total,
+                    });
+                }
+            }
             if let Some(skip) = self.skip_through {
                 items.retain(|i| i.page_id().is_none_or(|id| id > skip));
             }
@@ -156,6 +191,14 @@ impl Walk {
                     None => Next::Done,
                 }
             };
+            if let Next::Url(url) = &self.next
+                && self.seen.contains(url.as_str())
+            {
+                return Err(Error::PageLoop {
+                    route,
+                    page: crate::secret::redact_url(url.as_str()),
+                });
+            }
             return Ok(Some((items, self)));
         }
     }
@@ -172,6 +215,8 @@ where
         next: Next::First,
         last_id: None,
         skip_through: None,
+        seen: HashSet::new(),
+        read: 0,
     };
     stream::try_unfold(walk, |w| w.step::<T>()).boxed()
 }
@@ -287,4 +332,11 @@ mod tests {
             "https://x/api/v4/groups/1/members?per_page=100&page=3"
         );
     }
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -196,7 +196,7 @@ impl RateLimiter {
             waited.add(t.elapsed());
         }
         loop {
-            let slot = self.pacer.lock().unwrap().next_slot(Instant::now());
+            let slot = self.pacer().next_slot(Instant::now());
             match slot {
                 None => break,
                 Some(at) => {
@@ -218,30 +218,49 @@ impl RateLimiter {
     /// Feeds GitLab's `RateLimit-*` headers (and, on 429, its requested wait) to the pacer.
     pub fn observe(&self, headers: &HeaderMap, retry_after: Option<Duration>) {
         let now = Instant::now();
-        let mut pacer = self.pacer.lock().unwrap();
+        let mut pacer = self.pacer();
         pacer.in_flight = pacer.in_flight.saturating_sub(1);
-        if let Some(wait) = retry_after {
-            pacer.pause_until(now + wait);
+        if let Some(until) = retry_after.and_then(|w| now.checked_add(w)) {
+            pacer.pause_until(until);
         }
         let remaining = header_u64(headers, "ratelimit-remaining");
         let reset = header_u64(headers, "ratelimit-reset");
         if let (Some(remaining), Some(reset)) = (remaining, reset) {
             // Requests still in flight may not be counted in `remaining` yet.
             let unaccounted = pacer.in_flight;
-            pacer.window = Some(Window {
-                remaining,
-                issued: unaccounted,
-                reset_at: now + unix_to_duration_from_now(reset),
-            });
+            // GitLab's throttle windows last at most an hour; a reset further away is not
+            // GitLab's and is ignored rather than waited for.
+            let wait = unix_to_duration_from_now(reset);
+            if wait <= MAX_WINDOW
+                && let Some(reset_at) = now.checked_add(wait)
+            {
+                pacer.window = Some(Window {
+                    remaining,
+                    issued: unaccounted,
+                    reset_at,
+                });
+            }
         }
+    }
+
+    /// The pacer's state. A panic elsewhere while it was held must not stop every later request
+    /// of the connector: a poisoned lock is taken over (its state is plain counters and times).
+    fn pacer(&self) -> std::sync::MutexGuard<'_, Pacer> {
+        self.pacer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A request ended without a response (transport error): it no longer counts as in flight.
     pub fn abandon(&self) {
-        let mut pacer = self.pacer.lock().unwrap();
+        let mut pacer = self.pacer();
         pacer.in_flight = pacer.in_flight.saturating_sub(1);
     }
 }
+
+/// The longest throttle window GitLab uses (self-managed: 7,200 requests per 3,600 s), with a
+/// margin for clock skew.
+const MAX_WINDOW: Duration = Duration::from_secs(3_700);
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers

@@ -52,21 +52,34 @@ impl RetryPolicy {
     }
 }
 
-/// The wait GitLab asked for: `Retry-After` (seconds or HTTP date), else `RateLimit-Reset`
-/// (Unix seconds). python-gitlab uses the same order.
-pub(crate) fn server_wait(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(v) = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()) {
-        let v = v.trim();
-        if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
-        }
-        if let Ok(at) = httpdate::parse_http_date(v) {
-            return Some(at.duration_since(SystemTime::now()).unwrap_or_default());
-        }
-    }
-    headers
-        .get("ratelimit-reset")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(unix_to_duration_from_now)
+/// The longest wait read from a header: anything beyond is clamped here, so no later time
+/// arithmetic can overflow, whatever a server sends. Waits above the policy's `max_wait` are
+/// not honoured in place anyway.
+pub(crate) const MAX_HEADER_WAIT: Duration = Duration::from_secs(86_400);
+
+/// The wait of a 429: `Retry-After` (seconds or HTTP date), else `RateLimit-Reset` (Unix
+/// seconds). python-gitlab uses the same order.
+pub(crate) fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
+    retry_after(headers).or_else(|| {
+        headers
+            .get("ratelimit-reset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(unix_to_duration_from_now)
+            .map(|d| d.min(MAX_HEADER_WAIT))
+    })
+}
+
+/// `Retry-After` alone (seconds or an HTTP date), clamped.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    };
+    Some(wait.min(MAX_HEADER_WAIT))
 }

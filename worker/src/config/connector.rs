@@ -43,6 +43,65 @@ pub struct ConnectorSettings {
     pub rotate_when_days_left: u32,
     /// What jobs may do on this connector (docs/security.md).
     pub policy: Policy,
+    /// What the client accepts from GitLab.
+    pub limits: ClientLimits,
+}
+
+/// Bounds on what a GitLab answer can make the client do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The longest single wait GitLab may ask for (`Retry-After`, `RateLimit-Reset`) that is
+    /// honoured in place; a longer one becomes `rate_limited` for the job layer.
+    pub max_wait: std::time::Duration,
+    /// The largest response body read.
+    pub max_response_bytes: u64,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            max_wait: std::time::Duration::from_secs(defaults::MAX_WAIT_SECONDS),
+            max_response_bytes: defaults::MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
+impl ClientLimits {
+    fn parse(
+        max_wait: Option<String>,
+        max_response: Option<String>,
+        name: impl Fn(&str) -> Cow<'static, str>,
+    ) -> Result<Self, ConfigError> {
+        let mut l = Self::default();
+        if let Some(v) = max_wait {
+            l.max_wait = std::time::Duration::from_secs(
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            name("max_wait_seconds"),
+                            format!("{v:?} is not a positive whole number of seconds"),
+                        )
+                    })?,
+            );
+        }
+        if let Some(v) = max_response {
+            l.max_response_bytes = v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n >= 1024)
+                .ok_or_else(|| {
+                    invalid(
+                        name("max_response_bytes"),
+                        format!("{v:?} is not a number of bytes (1024 or more)"),
+                    )
+                })?;
+        }
+        Ok(l)
+    }
 }
 
 impl ConnectorSettings {
@@ -112,7 +171,16 @@ impl ConnectorSettings {
             protected_users: var("GITLAB_PROTECTED_USERS"),
         }
         .parse(|k| env_name(k).into())?;
+        let limits = ClientLimits::parse(
+            var("GITLAB_MAX_WAIT_SECONDS"),
+            var("GITLAB_MAX_RESPONSE_BYTES"),
+            |k| match k {
+                "max_wait_seconds" => "GITLAB_MAX_WAIT_SECONDS".into(),
+                _ => "GITLAB_MAX_RESPONSE_BYTES".into(),
+            },
+        )?;
         Ok(Self {
+            limits,
             policy,
             rotate_when_days_left,
             id,
@@ -144,6 +212,8 @@ impl ConnectorSettings {
             Some(n) => preset.with_per_minute(Some(n)),
             None => preset,
         };
+        c.retry.max_wait = self.limits.max_wait;
+        c.max_response_bytes = self.limits.max_response_bytes;
         c
     }
 }
@@ -166,6 +236,8 @@ pub(super) struct FileConnector {
     allow_permanent_grants: Option<bool>,
     account_actions: Option<Vec<String>>,
     protected_users: Option<Vec<String>>,
+    max_wait_seconds: Option<u64>,
+    max_response_bytes: Option<u64>,
 }
 
 impl FileConnector {
@@ -218,7 +290,13 @@ impl FileConnector {
             protected_users: self.protected_users.map(|u| u.join(",")),
         }
         .parse(|k| at(k))?;
+        let limits = ClientLimits::parse(
+            self.max_wait_seconds.map(|n| n.to_string()),
+            self.max_response_bytes.map(|n| n.to_string()),
+            |k| at(k),
+        )?;
         Ok(ConnectorSettings {
+            limits,
             policy,
             id,
             url,

@@ -37,7 +37,7 @@ mod transport;
 mod values;
 
 use connector::FileConnector;
-pub use connector::{ConnectorSettings, TokenSource};
+pub use connector::{ClientLimits, ConnectorSettings, TokenSource};
 pub use values::{ConfigError, defaults};
 use values::{invalid, positive, read_token_file, var};
 

@@ -23,6 +23,8 @@ pub mod defaults {
     pub const TOKEN_CHECK_INTERVAL_SECONDS: u64 = 3600;
     pub const ROTATE_DAYS_LEFT: u32 = 7;
     pub const SYNC_CONCURRENCY: usize = 16;
+    pub const MAX_WAIT_SECONDS: u64 = 600;
+    pub const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 }
 
 #[derive(Debug, thiserror::Error)]

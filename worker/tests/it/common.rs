@@ -46,6 +46,7 @@ pub async fn env_with(policy: Policy) -> Env {
         allow_create_users: false,
         rotate_when_days_left: 0,
         policy,
+        limits: gitlab_worker::config::ClientLimits::default(),
     };
     let mut config: ClientConfig = settings.client_config();
     config.retry = RetryPolicy::none();
