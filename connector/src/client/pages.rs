@@ -298,6 +298,13 @@ fn with_page(url: &Url, page: u64) -> Url {
     next
 }
 
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,11 +339,4 @@ mod tests {
             "https://x/api/v4/groups/1/members?per_page=100&page=3"
         );
     }
-}
-
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
 }
