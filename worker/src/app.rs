@@ -115,6 +115,7 @@ pub fn handler(
         publish,
         lease: settings.nats.ack_wait,
         clock: Clock::system(),
+        max_job_bytes: settings.nats.max_job_bytes,
     }
 }
 

@@ -59,6 +59,8 @@ pub struct NatsSettings {
     pub ack_wait: Duration,
     /// Deliveries before a job is dead-lettered.
     pub max_deliver: i64,
+    /// Job envelopes larger than this are rejected unread (`NATS_MAX_JOB_BYTES`).
+    pub max_job_bytes: usize,
 }
 
 /// Everything `serve`, `run-job`, `sync` and `demo` need.
@@ -97,6 +99,7 @@ struct FileConfig {
     concurrency: Option<usize>,
     ack_wait_seconds: Option<u64>,
     max_deliver: Option<i64>,
+    max_job_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
     #[serde(default)]
     connectors: Vec<FileConnector>,
@@ -344,6 +347,10 @@ fn nats_settings(fc: &FileConfig) -> Result<NatsSettings, ConfigError> {
         max_deliver: match var("NATS_MAX_DELIVER") {
             Some(v) => positive::<i64>("NATS_MAX_DELIVER", &v, "deliveries")?,
             None => fc.max_deliver.unwrap_or(defaults::MAX_DELIVER),
+        },
+        max_job_bytes: match var("NATS_MAX_JOB_BYTES") {
+            Some(v) => positive::<usize>("NATS_MAX_JOB_BYTES", &v, "bytes")?,
+            None => fc.max_job_bytes.unwrap_or(defaults::MAX_JOB_BYTES),
         },
     };
     if nats.tls_cert_file.is_some() != nats.tls_key_file.is_some() {

@@ -24,6 +24,7 @@ pub mod defaults {
     pub const ROTATE_DAYS_LEFT: u32 = 7;
     pub const SYNC_CONCURRENCY: usize = 16;
     pub const MAX_WAIT_SECONDS: u64 = 600;
+    pub const MAX_JOB_BYTES: usize = 256 * 1024;
     pub const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
 }
 

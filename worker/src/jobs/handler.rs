@@ -37,6 +37,8 @@ pub struct Handler {
     /// over when NATS redelivers it.
     pub lease: Duration,
     pub clock: Clock,
+    /// Envelopes larger than this are rejected without being parsed or echoed.
+    pub max_job_bytes: usize,
 }
 
 /// A job's end before it is committed.
@@ -59,6 +61,20 @@ impl Handler {
         delivery: Delivery,
     ) -> Result<Handled, HandlerError> {
         let started = self.clock.now();
+        if payload.len() > self.max_job_bytes {
+            let rejection = Rejection {
+                job_id: None,
+                connector: None,
+                kind: None,
+                code: Code::InvalidJob,
+                message: format!(
+                    "the job is {} bytes, more than NATS_MAX_JOB_BYTES ({}); it was not read. A job envelope is small: split the work or raise the limit",
+                    payload.len(),
+                    self.max_job_bytes
+                ),
+            };
+            return self.reject(rejection, started, &delivery).await;
+        }
         let job = match parse_job(payload, started) {
             Ok(job) => job,
             Err(rejection) => return self.reject(rejection, started, &delivery).await,

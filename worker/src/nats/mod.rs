@@ -229,6 +229,7 @@ mod tests {
             subject_prefix: "gitlab".into(),
             ack_wait: Duration::from_secs(30),
             max_deliver: 8,
+            max_job_bytes: 256 * 1024,
         };
         let e = connect(&settings, Duration::from_millis(300))
             .await

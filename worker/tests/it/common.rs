@@ -65,6 +65,7 @@ pub async fn env_with(policy: Policy) -> Env {
         publish: true,
         lease: Duration::from_secs(30),
         clock: Clock::system(),
+        max_job_bytes: 256 * 1024,
     };
     Env { sim, handler }
 }

@@ -324,3 +324,43 @@ async fn an_unknown_connector_is_rejected_naming_the_configured_ones() {
         error.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_job_is_rejected_unread_and_the_next_job_runs() {
+    let e = env().await;
+    let (group, user) = e.group_and_outsider();
+    let filler = "A".repeat(2 * 1024 * 1024);
+    let big = job(
+        "big-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": 30, "reason": filler}),
+    );
+    let h = e
+        .handler
+        .handle(&big, delivery(1, false, 40))
+        .await
+        .unwrap();
+    assert_eq!(h.status, JobStatus::Rejected);
+    assert!(
+        h.result.len() < 2_000,
+        "the answer echoes the job: {} bytes",
+        h.result.len()
+    );
+    assert!(!h.result.contains("AAAA"));
+    assert!(h.error.unwrap().message.contains("NATS_MAX_JOB_BYTES"));
+    let normal = job(
+        "small-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": 30}),
+    );
+    let h = e
+        .handler
+        .handle(&normal, delivery(1, false, 41))
+        .await
+        .unwrap();
+    assert_eq!(h.status, JobStatus::Succeeded, "{}", h.result);
+    assert_eq!(
+        e.outbox_ids().await,
+        vec!["rejected 40".to_string(), "small-1".to_string()]
+    );
+}
