@@ -4,8 +4,8 @@
 //! Modules depend on each other in one direction only; each imports from those listed before
 //! it, never after:
 //!
-//! 1. [`ids`], [`redact`], [`policy`]: identifiers, safe printing and the policy rules, no
-//!    dependencies inside the crate;
+//! 1. [`ids`], [`redact`], [`policy`], [`files`]: identifiers, safe printing, the policy rules
+//!    and private files, no dependencies inside the crate;
 //! 2. [`config`]: settings from the environment and the TOML file (the only reader of the
 //!    environment);
 //! 3. [`store`]: persistence, with its own record types;
@@ -20,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod files;
 pub mod http;
 pub mod ids;
 pub mod jobs;

@@ -266,12 +266,24 @@ async fn execute(
         ),
         None => (None, None),
     };
+    // The spool is the worker's own (private); next to `--out` is the operator's folder, left
+    // as it is.
+    let spooled = target.is_none();
     if let Some(t) = &tmp
         && let Some(dir) = t.parent()
     {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let made = if spooled {
+            crate::files::private_dir(dir)
+        } else {
+            std::fs::create_dir_all(dir)
+        };
+        made.with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let out: Box<dyn Write + Send> = match &tmp {
+        Some(t) if spooled => Box::new(BufWriter::new(
+            crate::files::create_private(t)
+                .with_context(|| format!("cannot create {}", t.display()))?,
+        )),
         Some(t) => Box::new(BufWriter::new(
             std::fs::File::create(t).with_context(|| format!("cannot create {}", t.display()))?,
         )),

@@ -76,14 +76,10 @@ pub fn marker_path(token_file: &Path) -> PathBuf {
     token_file.with_file_name(name)
 }
 
+/// Writes `content` to a new private file at `path` (a stale one from a crash is replaced,
+/// a symlink there is never followed), and syncs it.
 fn write_synced(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = crate::files::replace_private(path)?;
     f.write_all(content)?;
     f.sync_all()
 }

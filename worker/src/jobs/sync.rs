@@ -106,7 +106,7 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         .await?;
     let meta = SnapshotMeta::new(connector_id, &scope_text);
     let snapshot_id = meta.snapshot_id.clone();
-    std::fs::create_dir_all(ctx.spool_dir).map_err(|e| {
+    crate::files::private_dir(ctx.spool_dir).map_err(|e| {
         JobFailure::transient(
             Code::Internal,
             format!(
@@ -116,7 +116,7 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         )
     })?;
     let spool = SpoolFile::new(ctx.spool_dir.join(format!("{snapshot_id}.ndjson")));
-    let file = std::fs::File::create(spool.path()).map_err(|e| {
+    let file = crate::files::create_private(spool.path()).map_err(|e| {
         JobFailure::transient(
             Code::Internal,
             format!("cannot write {}: {e}", spool.path().display()),
@@ -194,7 +194,7 @@ async fn announce(
                 .await
                 .map_err(io)?;
             let file = SpoolFile::new(ctx.spool_dir.join(format!("{snapshot_id}.base.ndjson")));
-            let mut out = BufWriter::new(std::fs::File::create(file.path())?);
+            let mut out = BufWriter::new(crate::files::create_private(file.path())?);
             ctx.store
                 .export_snapshot(&snap, &mut out)
                 .await
