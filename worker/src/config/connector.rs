@@ -24,6 +24,16 @@ pub enum TokenSource {
     File(PathBuf),
 }
 
+impl TokenSource {
+    /// The token file, when the token comes from one.
+    pub fn file(&self) -> Option<PathBuf> {
+        match self {
+            TokenSource::File(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// One GitLab instance and its credential.
 #[derive(Debug, Clone)]
 pub struct ConnectorSettings {
@@ -186,10 +196,7 @@ impl ConnectorSettings {
             id,
             url,
             token,
-            token_file: match &token_source {
-                TokenSource::File(p) => Some(p.clone()),
-                _ => None,
-            },
+            token_file: token_source.file(),
             token_source,
             scope: var("GITLAB_SCOPE"),
             rate_limit_per_minute,
@@ -301,10 +308,7 @@ impl FileConnector {
             id,
             url,
             token,
-            token_file: match &token_source {
-                TokenSource::File(p) => Some(p.clone()),
-                _ => None,
-            },
+            token_file: token_source.file(),
             token_source,
             scope: self.scope.filter(|s| !s.trim().is_empty()),
             rate_limit_per_minute: self.rate_limit_per_minute,
