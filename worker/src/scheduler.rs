@@ -1,6 +1,12 @@
 //! The JIT expiry scheduler: undoes each grant at its precise expiry (checked every 500 ms, so
 //! within a second of it), across restarts (the grants are in the database), once across
-//! workers (a claim in the database), and announces what it did as an `access` event.
+//! workers, and announces what it did as an `access` event.
+//!
+//! A claim is a lease ([`CLAIM_LEASE`], renewed while the undo runs): when a worker dies while
+//! undoing, its claim lapses in seconds and another worker takes the undo over. A grant's new
+//! state and its event are committed together. A failing undo is retried for that grant alone,
+//! with a backoff that doubles up to [`MAX_RETRY_DELAY`]; after [`FAILURES_BEFORE_ALERT`]
+//! failures an `access` event with `cause: "jit_expiry_failed"` tells a person.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +25,18 @@ use crate::store::{GrantRecord, GrantState, OutboxMessage};
 use crate::subjects::msg_id;
 
 pub const TICK: Duration = Duration::from_millis(500);
+
+/// How long a claim on a grant lasts without a renewal.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(15);
+/// The longest wait between two attempts to undo a grant.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+/// Failed undos of one grant before a person is told.
+pub const FAILURES_BEFORE_ALERT: u32 = 5;
+
+/// The wait after the `attempts`-th failed undo: 1 s, 2 s, 4 s, … at most [`MAX_RETRY_DELAY`].
+pub fn retry_delay(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(16)).min(MAX_RETRY_DELAY)
+}
 
 /// What one expiry did, for logs and the demo.
 #[derive(Debug, Clone)]
@@ -41,7 +59,11 @@ pub async fn run_due(h: &Handler) -> Vec<Expired> {
         let Some(c) = h.connectors.get(g.connector.as_str()) else {
             continue;
         };
-        match h.store.claim_grant(&g.job_id).await {
+        match h
+            .store
+            .claim_grant(&g.job_id, h.clock.now(), CLAIM_LEASE)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
@@ -59,9 +81,22 @@ pub async fn run_due(h: &Handler) -> Vec<Expired> {
     out
 }
 
-/// Undoes one claimed grant; `None` when it must be retried at the next tick.
+/// Undoes one claimed grant, renewing the claim meanwhile; `None` when it failed and is
+/// retried later.
 async fn expire(h: &Handler, c: &Connector, g: &GrantRecord) -> Option<Expired> {
+    let renewal = {
+        let (store, job_id) = (h.store.clone(), g.job_id.clone());
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CLAIM_LEASE / 3).await;
+                if let Err(e) = store.renew_grant_claim(&job_id, CLAIM_LEASE).await {
+                    tracing::warn!("cannot renew the claim on the grant: {e}");
+                }
+            }
+        }))
+    };
     let undone = undo_grant(&h.store, c, g, "JIT grant expired").await;
+    renewal.abort();
     let (state, changes, conflict) = match undone {
         Ok(u) => (
             if u.conflict.is_some() {
@@ -73,18 +108,10 @@ async fn expire(h: &Handler, c: &Connector, g: &GrantRecord) -> Option<Expired> 
             u.conflict,
         ),
         Err(e) => {
-            // Back to active: retried at the next tick.
-            tracing::warn!("undoing the grant failed: {e}; retrying");
-            let _ = h
-                .store
-                .release_stale_claims(Utc::now() + chrono::Duration::seconds(1))
-                .await;
+            failed(h, g, &e.to_string()).await;
             return None;
         }
     };
-    if let Err(e) = h.store.end_grant(&g.job_id, state, conflict.clone()).await {
-        tracing::warn!("scheduler: {e}");
-    }
     let event = json!({
         "schema": EVENT_SCHEMA,
         "type": "access",
@@ -102,17 +129,24 @@ async fn expire(h: &Handler, c: &Connector, g: &GrantRecord) -> Option<Expired> 
         Some(c) => tracing::warn!("JIT grant expired with a conflict: {c}"),
         None => tracing::info!(changes = changes.len(), "JIT grant expired and undone"),
     }
-    if h.publish
-        && let Err(e) = h
-            .store
-            .enqueue(vec![OutboxMessage::Publish {
-                msg_id: msg_id::jit_expiry(&g.job_id),
-                subject: h.subjects.event(&g.connector, "access"),
-                payload: event.to_string(),
-            }])
-            .await
+    let outbox = if h.publish {
+        vec![OutboxMessage::Publish {
+            msg_id: msg_id::jit_expiry(&g.job_id),
+            subject: h.subjects.event(&g.connector, "access"),
+            payload: event.to_string(),
+        }]
+    } else {
+        Vec::new()
+    };
+    if let Err(e) = h
+        .store
+        .end_grant_with(&g.job_id, state, conflict.clone(), outbox)
+        .await
     {
-        tracing::warn!("scheduler: the access event could not be queued: {e}");
+        // The undo is in GitLab but not recorded: the claim lapses and the next attempt finds
+        // the membership already restored, records it and sends the event then.
+        tracing::warn!("scheduler: the undone grant could not be recorded: {e}; retried");
+        return None;
     }
     Some(Expired {
         grant_job_id: g.job_id.clone(),
@@ -120,13 +154,52 @@ async fn expire(h: &Handler, c: &Connector, g: &GrantRecord) -> Option<Expired> 
     })
 }
 
+/// A failed undo: this grant alone is tried again after a backoff; after
+/// [`FAILURES_BEFORE_ALERT`] failures a `jit_expiry_failed` event tells a person (once).
+async fn failed(h: &Handler, g: &GrantRecord, error: &str) {
+    let attempts = g.undo_attempts.saturating_add(1);
+    let delay = retry_delay(attempts);
+    metrics::counter!("gitlab_worker_jit_expiry_failures_total", "connector" => g.connector.clone())
+        .increment(1);
+    tracing::warn!(
+        attempts,
+        retry_in_s = delay.as_secs(),
+        "undoing the grant failed: {error}"
+    );
+    let next = h.clock.now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    if let Err(e) = h.store.retry_grant_later(&g.job_id, attempts, next).await {
+        tracing::warn!("scheduler: {e}; the claim lapses and the grant is retried then");
+    }
+    if attempts == FAILURES_BEFORE_ALERT && h.publish {
+        let event = json!({
+            "schema": EVENT_SCHEMA,
+            "type": "access",
+            "cause": "jit_expiry_failed",
+            "connector": g.connector,
+            "grant_job_id": g.job_id,
+            "user_id": g.user_id,
+            "target": {"type": g.target_kind.as_str(), "id": g.target_id, "path": g.target_path},
+            "expires_at": g.expires_at,
+            "attempts": attempts,
+            "error": error,
+            "changes": [],
+        });
+        let queued = h
+            .store
+            .enqueue(vec![OutboxMessage::Publish {
+                msg_id: msg_id::jit_expiry_failed(&g.job_id),
+                subject: h.subjects.event(&g.connector, "access"),
+                payload: event.to_string(),
+            }])
+            .await;
+        if let Err(e) = queued {
+            tracing::warn!("scheduler: the failure event could not be queued: {e}");
+        }
+    }
+}
+
 /// Runs until `stop`; wakes the outbox publisher after each expiry.
 pub async fn run(h: Arc<Handler>, wake: Option<Arc<Notify>>, stop: CancellationToken) {
-    // Claims a dead worker left behind are released once they are clearly stale.
-    let _ = h
-        .store
-        .release_stale_claims(Utc::now() - chrono::Duration::seconds(60))
-        .await;
     loop {
         let done = run_due(&h).await;
         if !done.is_empty()

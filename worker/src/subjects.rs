@@ -140,6 +140,10 @@ pub mod msg_id {
         format!("jit_expiry {grant_job_id}")
     }
 
+    pub fn jit_expiry_failed(grant_job_id: &str) -> String {
+        format!("jit_expiry_failed {grant_job_id}")
+    }
+
     /// The DLQ copy of the message at `stream_seq` of the jobs stream.
     pub fn dlq(stream_seq: u64) -> String {
         format!("dlq {stream_seq}")
@@ -161,6 +165,7 @@ mod msg_id_tests {
             msg_id::access_event("s", 1),
             msg_id::snapshot_object("s"),
             msg_id::jit_expiry("g"),
+            msg_id::jit_expiry_failed("g"),
             msg_id::dlq(5),
         ] {
             assert!(

@@ -262,6 +262,7 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
             state: GrantState::Active,
             ended_at: None,
             note: None,
+            undo_attempts: 0,
         })
         .await?;
     ctx.report.changes.push(change);

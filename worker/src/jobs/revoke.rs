@@ -102,7 +102,10 @@ async fn by_grant(ctx: &mut JobContext<'_>, gid: &JobId) -> Result<Done, JobFail
         });
         return Ok(Done::Succeeded);
     }
-    let _ = ctx.store.claim_grant(gid.as_str()).await;
+    let _ = ctx
+        .store
+        .claim_grant(gid.as_str(), ctx.clock.now(), crate::scheduler::CLAIM_LEASE)
+        .await;
     let why = format!("ended early by job {}", ctx.job.job_id);
     let undone = undo_grant(ctx.store, &connector, &g, &why).await?;
     let state = if undone.conflict.is_some() {

@@ -139,6 +139,7 @@ mod tests {
             state: GrantState::Active,
             ended_at: None,
             note: None,
+            undo_attempts: 0,
         }
     }
 

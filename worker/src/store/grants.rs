@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use gitlab_connector::provision::{MemberState, TargetKind};
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, TransactionTrait,
+};
 
 use super::entity::grant;
 use super::records::{GrantRecord, GrantState};
@@ -43,6 +46,7 @@ fn record(m: grant::Model) -> Result<GrantRecord, StoreError> {
         state: m.state,
         ended_at: m.ended_at,
         note: m.note,
+        undo_attempts: u32::try_from(m.undo_attempts).unwrap_or(0),
         connector: m.connector,
         job_id: m.job_id,
     })
@@ -70,6 +74,9 @@ impl Store {
             ended_at: Set(g.ended_at),
             note: Set(g.note),
             updated_at: Set(Utc::now()),
+            claimed_until: Set(None),
+            undo_attempts: Set(0),
+            next_attempt_at: Set(None),
         })
         .on_conflict(
             OnConflict::column(grant::Column::JobId)
@@ -109,12 +116,29 @@ impl Store {
         )
     }
 
-    /// Active JIT grants whose expiry has passed, soonest first.
+    /// JIT grants whose expiry has passed and that no worker holds: active ones (not waiting
+    /// for a retry), and claimed ones whose claim has lapsed (the worker died). Soonest first.
     pub async fn due_grants(&self, now: DateTime<Utc>) -> Result<Vec<GrantRecord>, StoreError> {
         records(
             grant::Entity::find()
-                .filter(grant::Column::State.eq(GrantState::Active))
                 .filter(grant::Column::ExpiresAt.lte(now))
+                .filter(
+                    Condition::any()
+                        .add(
+                            Condition::all()
+                                .add(grant::Column::State.eq(GrantState::Active))
+                                .add(
+                                    Condition::any()
+                                        .add(grant::Column::NextAttemptAt.is_null())
+                                        .add(grant::Column::NextAttemptAt.lte(now)),
+                                ),
+                        )
+                        .add(
+                            Condition::all()
+                                .add(grant::Column::State.eq(GrantState::Ending))
+                                .add(grant::Column::ClaimedUntil.lt(now)),
+                        ),
+                )
                 .order_by_asc(grant::Column::ExpiresAt)
                 .all(&self.db)
                 .await?,
@@ -132,27 +156,92 @@ impl Store {
             .and_then(|g| g.expires_at))
     }
 
-    /// Claims a grant for ending: only one claimant (scheduler or revoke) wins.
-    pub async fn claim_grant(&self, job_id: &str) -> Result<bool, StoreError> {
+    /// Claims a grant for ending until `now + lease`: only one claimant (a scheduler or a
+    /// revoke) wins, and a lapsed claim (its worker died) may be taken over.
+    pub async fn claim_grant(
+        &self,
+        job_id: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let until =
+            now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(15));
         let r = grant::Entity::update_many()
             .col_expr(grant::Column::State, Expr::value(GrantState::Ending))
+            .col_expr(grant::Column::ClaimedUntil, Expr::value(until))
             .col_expr(grant::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(grant::Column::JobId.eq(job_id))
-            .filter(grant::Column::State.eq(GrantState::Active))
+            .filter(
+                Condition::any()
+                    .add(grant::Column::State.eq(GrantState::Active))
+                    .add(
+                        Condition::all()
+                            .add(grant::Column::State.eq(GrantState::Ending))
+                            .add(grant::Column::ClaimedUntil.lt(now)),
+                    ),
+            )
             .exec(&self.db)
             .await?;
         Ok(r.rows_affected == 1)
     }
 
-    /// Claims left `ending` by a worker that died before finishing go back to `active`.
-    pub async fn release_stale_claims(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
-        let r = grant::Entity::update_many()
-            .col_expr(grant::Column::State, Expr::value(GrantState::Active))
+    /// Extends a claim while its undo runs.
+    pub async fn renew_grant_claim(
+        &self,
+        job_id: &str,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let until =
+            Utc::now() + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(15));
+        grant::Entity::update_many()
+            .col_expr(grant::Column::ClaimedUntil, Expr::value(until))
+            .filter(grant::Column::JobId.eq(job_id))
             .filter(grant::Column::State.eq(GrantState::Ending))
-            .filter(grant::Column::UpdatedAt.lt(older_than))
             .exec(&self.db)
             .await?;
-        Ok(r.rows_affected)
+        Ok(())
+    }
+
+    /// Gives one grant's claim back after a failed undo, to be tried again from `next_attempt`.
+    pub async fn retry_grant_later(
+        &self,
+        job_id: &str,
+        attempts: u32,
+        next_attempt: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        grant::Entity::update_many()
+            .col_expr(grant::Column::State, Expr::value(GrantState::Active))
+            .col_expr(
+                grant::Column::ClaimedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(
+                grant::Column::UndoAttempts,
+                Expr::value(i32::try_from(attempts).unwrap_or(i32::MAX)),
+            )
+            .col_expr(grant::Column::NextAttemptAt, Expr::value(next_attempt))
+            .col_expr(grant::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(grant::Column::JobId.eq(job_id))
+            .filter(grant::Column::State.eq(GrantState::Ending))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a grant and queues the messages announcing it, in one transaction: the grant is
+    /// never recorded ended without its event, nor the event sent for a grant still live.
+    pub async fn end_grant_with(
+        &self,
+        job_id: &str,
+        state: GrantState,
+        note: Option<String>,
+        outbox: Vec<super::OutboxMessage>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        end_in(&txn, job_id, state, note).await?;
+        super::jobs::insert_outbox(&txn, outbox).await?;
+        txn.commit().await?;
+        Ok(())
     }
 
     /// Ends a grant: `state` is [`GrantState::Ended`] or [`GrantState::Conflict`].
@@ -162,15 +251,28 @@ impl Store {
         state: GrantState,
         note: Option<String>,
     ) -> Result<(), StoreError> {
-        let now = Utc::now();
-        grant::Entity::update_many()
-            .col_expr(grant::Column::State, Expr::value(state))
-            .col_expr(grant::Column::EndedAt, Expr::value(now))
-            .col_expr(grant::Column::Note, Expr::value(note))
-            .col_expr(grant::Column::UpdatedAt, Expr::value(now))
-            .filter(grant::Column::JobId.eq(job_id))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+        end_in(&self.db, job_id, state, note).await
     }
+}
+
+async fn end_in<C: ConnectionTrait>(
+    db: &C,
+    job_id: &str,
+    state: GrantState,
+    note: Option<String>,
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    grant::Entity::update_many()
+        .col_expr(grant::Column::State, Expr::value(state))
+        .col_expr(grant::Column::EndedAt, Expr::value(now))
+        .col_expr(grant::Column::Note, Expr::value(note))
+        .col_expr(grant::Column::UpdatedAt, Expr::value(now))
+        .col_expr(
+            grant::Column::ClaimedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(grant::Column::JobId.eq(job_id))
+        .exec(db)
+        .await?;
+    Ok(())
 }

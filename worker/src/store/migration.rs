@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0001Initial),
             Box::new(M0002Grants),
             Box::new(M0003JobPayload),
+            Box::new(M0004GrantClaims),
         ]
     }
 }
@@ -348,5 +349,46 @@ impl MigrationTrait for M0003JobPayload {
                 .to_owned(),
         )
         .await
+    }
+}
+
+/// A scheduler's claim on a grant is a lease (`claimed_until`): a dead worker's claim lapses in
+/// seconds and another takes the undo over. A failing undo is retried per grant with a backoff
+/// (`undo_attempts`, `next_attempt_at`).
+struct M0004GrantClaims;
+
+impl MigrationName for M0004GrantClaims {
+    fn name(&self) -> &str {
+        "m0004_grant_claims"
+    }
+}
+
+#[derive(DeriveIden)]
+enum GrantClaims {
+    #[sea_orm(iden = "grants")]
+    Table,
+    ClaimedUntil,
+    UndoAttempts,
+    NextAttemptAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0004GrantClaims {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one column at a time.
+        for col in [
+            timestamp_with_time_zone_null(GrantClaims::ClaimedUntil),
+            integer(GrantClaims::UndoAttempts).default(0).to_owned(),
+            timestamp_with_time_zone_null(GrantClaims::NextAttemptAt),
+        ] {
+            m.alter_table(
+                Table::alter()
+                    .table(GrantClaims::Table)
+                    .add_column(col)
+                    .to_owned(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -97,6 +97,8 @@ pub struct GrantRecord {
     pub state: GrantState,
     pub ended_at: Option<DateTime<Utc>>,
     pub note: Option<String>,
+    /// Failed attempts to undo it so far.
+    pub undo_attempts: u32,
 }
 
 impl GrantRecord {

@@ -7,3 +7,4 @@ mod common;
 mod envelope;
 mod handler;
 mod policy;
+mod scheduler;

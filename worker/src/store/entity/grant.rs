@@ -30,6 +30,12 @@ pub struct Model {
     #[sea_orm(column_type = "Text", nullable)]
     pub note: Option<String>,
     pub updated_at: DateTimeUtc,
+    /// While a scheduler undoes the grant (state `ending`), its claim lasts until then.
+    pub claimed_until: Option<DateTimeUtc>,
+    /// Failed attempts to undo it.
+    pub undo_attempts: i32,
+    /// A failed undo is tried again from then on.
+    pub next_attempt_at: Option<DateTimeUtc>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
