@@ -81,6 +81,20 @@ async fn a_sync_job_stores_a_snapshot_and_publishes_its_result_and_events_postgr
     )
     .await;
     assert_eq!(results.len(), 1, "worker log:\n{}", worker.stderr());
+    // The jobs stream is bounded and refuses new jobs when full.
+    let jobs =
+        e.js.get_stream("GITLAB_JOBS")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+    assert_eq!(
+        jobs.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New
+    );
+    assert_eq!(jobs.max_messages, gitlab_worker::nats::JOBS_MAX_MESSAGES);
+    assert_eq!(jobs.max_bytes, gitlab_worker::nats::JOBS_MAX_BYTES);
     let r = json(&results[0]);
     assert_eq!(r["schema"], "gitlab-connector.result.v1");
     assert_eq!(r["job_id"], "sync-1");

@@ -110,6 +110,11 @@ pub async fn connect(
     Ok(client)
 }
 
+/// The most jobs the jobs stream holds waiting.
+pub const JOBS_MAX_MESSAGES: i64 = 1_000_000;
+/// The most bytes the jobs stream holds waiting (1 GiB).
+pub const JOBS_MAX_BYTES: i64 = 1 << 30;
+
 /// Creates or reconciles the four streams, the object store bucket and the shared consumer.
 pub async fn setup(
     js: &jetstream::Context,
@@ -125,8 +130,11 @@ pub async fn setup(
             subjects: vec![format!("{p}.jobs.>")],
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: Duration::from_secs(120),
-            // A full queue refuses new jobs rather than dropping unprocessed ones.
+            // Bounded, and a full queue refuses new jobs rather than dropping unprocessed ones:
+            // a flood of jobs is answered at publish time instead of filling the server's disk.
             discard: stream::DiscardPolicy::New,
+            max_messages: JOBS_MAX_MESSAGES,
+            max_bytes: JOBS_MAX_BYTES,
             max_age: 7 * day,
             storage: stream::StorageType::File,
             ..Default::default()
