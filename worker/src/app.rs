@@ -223,6 +223,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         .filter(|c| c.settings.rotate_when_days_left > 0)
         .map(|c| {
             tokio::spawn(crate::jobs::rotate::auto_rotate(
+                store.clone(),
                 vec![c.clone()],
                 c.settings.rotate_when_days_left,
                 settings.token_check_interval,
@@ -230,6 +231,10 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
             ))
         })
         .collect();
+    let token_watch = tokio::spawn(crate::jobs::rotate::watch_token_files(
+        handler.connectors.values().cloned().collect(),
+        background_stop.clone(),
+    ));
     tracing::info!(http = %bound, consumer = %nats::consumer_name(&subjects), jobs = %subjects.jobs_all(), concurrency = settings.concurrency, "serving jobs");
     // A stable line for scripts and tests, whatever the log format.
     eprintln!("gitlab-worker: ready; http on {bound}");
@@ -255,6 +260,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     for r in rotations {
         let _ = r.await;
     }
+    let _ = token_watch.await;
     let _ = outbox_task.await;
     let _ = watcher.await;
     if let Err(e) = client.drain().await {

@@ -15,6 +15,8 @@ pub struct Connector {
     pub capability: Option<Capability>,
     scope_path: OnceCell<Option<String>>,
     token_user: OnceCell<u64>,
+    rotation: tokio::sync::Mutex<()>,
+    last_rotation: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Connector {
@@ -29,7 +31,30 @@ impl Connector {
             capability,
             scope_path: OnceCell::new(),
             token_user: OnceCell::new(),
+            rotation: tokio::sync::Mutex::new(()),
+            last_rotation: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The token changed (rotated here, or found new in the token file) at most `within` ago.
+    pub fn rotated_within(&self, within: std::time::Duration) -> bool {
+        self.last_rotation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < within)
+    }
+
+    /// Notes that the token just changed.
+    pub fn mark_rotated(&self) {
+        *self
+            .last_rotation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+    }
+
+    /// Held while this process rotates the connector's token: one rotation at a time.
+    pub async fn rotation_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.rotation.lock().await
     }
 
     /// Why this connector cannot run a provisioning job: a read-only (`read_api`) token.

@@ -261,6 +261,16 @@ impl Client {
         Ok(())
     }
 
+    /// Whether requests are sent with `token` now.
+    pub fn uses_token(&self, token: &Secret) -> bool {
+        self.inner
+            .token_header
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_bytes()
+            == token.expose().as_bytes()
+    }
+
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
     }

@@ -64,7 +64,7 @@ on_both!(audit, the_audit_log_keeps_every_write);
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
-    assert_eq!(store.pending_migrations().await.unwrap(), 4);
+    assert_eq!(store.pending_migrations().await.unwrap(), 5);
     store.migrate().await.unwrap();
     assert_eq!(store.pending_migrations().await.unwrap(), 0);
     // Opening again (every command migrates on start) changes nothing.

@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use gitlab_connector::Secret;
@@ -18,6 +19,7 @@ use super::fields::{self, Fail, Fields};
 use super::outcome::{Done, JobFailure};
 use super::result::Change;
 use crate::connector::Connector;
+use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Params {
@@ -59,12 +61,24 @@ pub enum RotationError {
         "GitLab rotated the token but the new one could not be written to {path}: {message}. The old token is revoked; do not use it again (GitLab would revoke the whole token family). Create a new token and write it to {path}"
     )]
     Write { path: String, message: String },
+    #[error(
+        "another worker is rotating connector {0:?}'s token now; the job is tried again once it is done"
+    )]
+    Busy(String),
+    #[error(
+        "the rotation's outcome is unknown ({0}): GitLab may have rotated the token. The marker file stays; the next start checks whether the token in the file still works"
+    )]
+    Unknown(String),
+    #[error("the job store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// What a rotation check did.
 #[derive(Debug, Clone)]
 pub struct Rotation {
     pub rotated: bool,
+    /// Another worker had rotated the token: this one took the new token from the file.
+    pub rotated_elsewhere: bool,
     pub days_left: Option<i64>,
     pub new_expires_at: Option<chrono::NaiveDate>,
     pub token_id: u64,
@@ -106,9 +120,39 @@ pub fn write_token_file(path: &Path, token: &Secret) -> std::io::Result<()> {
     sync_dir(path)
 }
 
+/// A token rotated less than this ago is not rotated again by another job.
+pub const JUST_ROTATED: Duration = Duration::from_secs(60);
+
+/// How long one worker holds a connector's rotation (a rotation is one request and a file write).
+pub const ROTATION_LEASE: Duration = Duration::from_secs(120);
+
+/// This process's name as a lease holder.
+fn holder() -> &'static str {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(|| format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()))
+}
+
+/// Takes the token in `path` when it is not the one the client sends: another worker (or a
+/// person) put a new one there. Returns whether it changed.
+pub fn reload_token_file(c: &Connector, path: &Path) -> Result<bool, std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    let token = Secret::new(text.trim());
+    if token.is_empty() || c.client.uses_token(&token) {
+        return Ok(false);
+    }
+    c.client.set_token(&token).map_err(std::io::Error::other)?;
+    c.mark_rotated();
+    tracing::info!(connector = %c.settings.id, "the token file changed: the new token is used from now on");
+    Ok(true)
+}
+
 /// Rotates the connector's token when it expires within `min_days_left` days (always when
-/// `None`). Never retried: a rotate sent twice would present a revoked token.
+/// `None`). One rotation at a time per connector: in this process (a lock) and across workers
+/// (a lease in the database); a token another worker just rotated is taken from the file
+/// instead of being rotated again. Never retried: a rotate sent twice would present a revoked
+/// token.
 pub async fn rotate(
+    store: &Store,
     c: &Connector,
     min_days_left: Option<u32>,
     dry_run: bool,
@@ -116,14 +160,40 @@ pub async fn rotate(
     let Some(path) = c.settings.token_file.clone() else {
         return Err(RotationError::EnvToken(c.settings.id.to_string()));
     };
+    let _one_here = c.rotation_lock().await;
+    let lease = format!("rotate_token {}", c.settings.id);
+    if !dry_run && !store.try_lease(&lease, holder(), ROTATION_LEASE).await? {
+        return Err(RotationError::Busy(c.settings.id.to_string()));
+    }
+    let result = rotate_held(c, &path, min_days_left, dry_run).await;
+    if !dry_run && let Err(e) = store.release_named_lease(&lease, holder()).await {
+        tracing::warn!("the rotation lease could not be released ({e}); it ends by itself");
+    }
+    result
+}
+
+async fn rotate_held(
+    c: &Connector,
+    path: &Path,
+    min_days_left: Option<u32>,
+    dry_run: bool,
+) -> Result<Rotation, RotationError> {
+    // The file is the truth: another worker may have rotated while this one waited. A token
+    // that changed a moment ago (here or elsewhere) is not rotated again by a second job.
+    let reloaded = reload_token_file(c, path).map_err(|e| RotationError::Write {
+        path: path.display().to_string(),
+        message: format!("cannot read the token file ({e}); nothing was rotated"),
+    })?;
+    let elsewhere = !dry_run && (reloaded || c.rotated_within(JUST_ROTATED));
     let current = c.client.token_self().await?;
     let today = Utc::now().date_naive();
     let days_left = current.expires_at.map(|d| (d - today).num_days());
-    if let (Some(min), Some(left)) = (min_days_left, days_left)
-        && left > i64::from(min)
-    {
+    let fresh_enough =
+        matches!((min_days_left, days_left), (Some(min), Some(left)) if left > i64::from(min));
+    if elsewhere || fresh_enough {
         return Ok(Rotation {
             rotated: false,
+            rotated_elsewhere: elsewhere,
             days_left,
             new_expires_at: None,
             token_id: current.id,
@@ -133,31 +203,39 @@ pub async fn rotate(
     if dry_run {
         return Ok(Rotation {
             rotated: false,
+            rotated_elsewhere: false,
             days_left,
             new_expires_at: Some(expires_at),
             token_id: current.id,
         });
     }
-    let marker = marker_path(&path);
+    let marker = marker_path(path);
     write_synced(
         &marker,
         json!({"started_at": Utc::now(), "token_id": current.id})
             .to_string()
             .as_bytes(),
     )
+    .and_then(|()| sync_dir(&marker))
     .map_err(|e| RotationError::Write {
         path: marker.display().to_string(),
         message: format!("cannot write the rotation marker ({e}); nothing was rotated"),
     })?;
     let rotated = match c.client.rotate_token_self(expires_at).await {
         Ok(t) => t,
+        // A timeout, a dropped connection or a 5xx: GitLab may have rotated. The marker stays,
+        // so the next start finds out instead of presenting a token that may be revoked.
+        Err(e) if outcome_unknown(&e) => {
+            return Err(RotationError::Unknown(e.to_string()));
+        }
         Err(e) => {
-            // Not rotated: the old token still works.
+            // Refused (4xx): certainly not rotated, the old token still works.
             let _ = std::fs::remove_file(&marker);
+            let _ = sync_dir(&marker);
             return Err(e.into());
         }
     };
-    write_token_file(&path, &rotated.token).map_err(|e| RotationError::Write {
+    write_token_file(path, &rotated.token).map_err(|e| RotationError::Write {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
@@ -166,13 +244,31 @@ pub async fn rotate(
     c.client
         .set_token(&rotated.token)
         .map_err(RotationError::GitLab)?;
+    c.mark_rotated();
     tracing::info!(connector = %c.settings.id, new_expires_at = %expires_at, "token rotated and saved to the token file");
     Ok(Rotation {
         rotated: true,
+        rotated_elsewhere: false,
         days_left,
         new_expires_at: Some(expires_at),
         token_id: rotated.info.id,
     })
+}
+
+/// Whether a failed rotate may still have rotated: no answer, a server error, or an answer that
+/// could not be read. A refusal (4xx) certainly did not.
+fn outcome_unknown(e: &gitlab_connector::Error) -> bool {
+    use gitlab_connector::Error as E;
+    e.is_transient()
+        || matches!(
+            e,
+            E::Transport { .. }
+                | E::Decode { .. }
+                | E::Server { .. }
+                | E::BudgetExhausted { .. }
+                | E::ResponseTooLarge { .. }
+                | E::UnexpectedStatus { .. }
+        )
 }
 
 /// On start: a marker left by an interrupted rotation. Returns a message when the token in
@@ -210,8 +306,24 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
             "a read_api token cannot rotate itself; it needs the `api` scope",
         ));
     }
-    let rot = match rotate(&ctx.connector, params.min_days_left, ctx.job.dry_run).await {
+    let rot = match rotate(
+        ctx.store,
+        &ctx.connector,
+        params.min_days_left,
+        ctx.job.dry_run,
+    )
+    .await
+    {
         Ok(rot) => rot,
+        Err(e @ RotationError::Busy(_)) => {
+            return Err(JobFailure::transient(Code::Conflict, e.to_string()));
+        }
+        Err(e @ RotationError::Store(_)) => {
+            return Err(JobFailure::transient(Code::Internal, e.to_string()));
+        }
+        Err(e @ RotationError::Unknown(_)) => {
+            return Err(JobFailure::failed(Code::GitlabError, e.to_string()));
+        }
         Err(e @ RotationError::EnvToken(_)) => {
             return Err(JobFailure::failed(Code::Forbidden, e.to_string()));
         }
@@ -222,6 +334,13 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
             return Err(JobFailure::failed(Code::from(&e), e.to_string()));
         }
     };
+    if rot.rotated_elsewhere {
+        ctx.report.warnings.push(
+            "another worker rotated the token a moment ago: its new token is used, not rotated again"
+                .into(),
+        );
+        return Ok(Done::Noop);
+    }
     if !(rot.rotated || (ctx.job.dry_run && rot.new_expires_at.is_some())) {
         ctx.report.warnings.push(format!(
             "the token has {} days left (more than {}): not rotated",
@@ -249,6 +368,7 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
 /// Serve's background check: rotates each file-backed token when fewer than `days_left` days
 /// remain, every `interval`.
 pub async fn auto_rotate(
+    store: Store,
     connectors: Vec<std::sync::Arc<Connector>>,
     days_left: u32,
     interval: std::time::Duration,
@@ -259,7 +379,7 @@ pub async fn auto_rotate(
             if c.settings.token_file.is_none() || c.capability == Some(Capability::SyncOnly) {
                 continue;
             }
-            match rotate(c, Some(days_left), false).await {
+            match rotate(&store, c, Some(days_left), false).await {
                 Ok(r) if r.rotated => {
                     tracing::info!(connector = %c.settings.id, "automatic token rotation done")
                 }
@@ -272,6 +392,27 @@ pub async fn auto_rotate(
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Serve's watch on the token files: a token another worker or a person wrote is used within
+/// seconds, without a restart.
+pub async fn watch_token_files(
+    connectors: Vec<std::sync::Arc<Connector>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        for c in &connectors {
+            if let Some(path) = &c.settings.token_file
+                && let Err(e) = reload_token_file(c, path)
+            {
+                tracing::warn!(connector = %c.settings.id, "cannot read the token file: {e}");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

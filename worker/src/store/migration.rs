@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0002Grants),
             Box::new(M0003JobPayload),
             Box::new(M0004GrantClaims),
+            Box::new(M0005Leases),
         ]
     }
 }
@@ -390,5 +391,38 @@ impl MigrationTrait for M0004GrantClaims {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// Named leases: one holder at a time across workers (a token rotation per connector).
+struct M0005Leases;
+
+impl MigrationName for M0005Leases {
+    fn name(&self) -> &str {
+        "m0005_leases"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Leases {
+    Table,
+    Name,
+    Holder,
+    Until,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0005Leases {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Leases::Table)
+                .if_not_exists()
+                .col(string(Leases::Name).primary_key())
+                .col(string(Leases::Holder))
+                .col(timestamp_with_time_zone(Leases::Until))
+                .to_owned(),
+        )
+        .await
     }
 }

@@ -8,6 +8,7 @@ pub mod migration;
 mod audit;
 mod grants;
 mod jobs;
+mod leases;
 mod records;
 mod snapshots;
 

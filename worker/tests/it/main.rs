@@ -7,4 +7,5 @@ mod common;
 mod envelope;
 mod handler;
 mod policy;
+mod rotation;
 mod scheduler;

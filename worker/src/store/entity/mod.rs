@@ -3,6 +3,7 @@
 pub mod audit_log;
 pub mod grant;
 pub mod job;
+pub mod lease;
 pub mod outbox;
 pub mod snapshot;
 pub mod snapshot_record;
