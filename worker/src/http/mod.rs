@@ -90,19 +90,107 @@ async fn metrics_page(State(h): State<Arc<Health>>) -> impl IntoResponse {
     }
 }
 
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long one connection may last, whatever it does (health and metrics answer in
+/// milliseconds; a slow or stuck client must not hold a connection open).
+pub const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves until `stop` is cancelled. Returns the bound address (port 0 picks a free one).
 pub async fn serve(
     addr: SocketAddr,
     h: Arc<Health>,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with(
+        addr,
+        router(h),
+        stop,
+        HEADER_READ_TIMEOUT,
+        CONNECTION_TIMEOUT,
+    )
+    .await
+}
+
+/// Serves `app` over HTTP/1 with a header-read timeout and a per-connection deadline.
+pub async fn serve_with(
+    addr: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+    header_read: std::time::Duration,
+    connection: std::time::Duration,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(h);
     let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let connections = tokio_util::task::TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let Ok((stream, _)) = accepted else {
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            connections.spawn(async move {
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_read);
+                let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(connection, conn).await;
+            });
+        }
+        connections.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connections.wait()).await;
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+        let app = Router::new().route("/livez", get(|| async { "ok\n" }));
+        let stop = CancellationToken::new();
+        let (addr, task) = serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            app,
+            stop.clone(),
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        // A complete request is answered.
+        let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+        ok.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        ok.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // Half a request line, then silence: the server hangs up.
+        let started = Instant::now();
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /livez HTTP/1.1\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf))
+            .await
+            .expect("the server closed the connection")
+            .ok();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
 }
