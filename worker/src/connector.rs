@@ -17,6 +17,9 @@ pub struct Connector {
     token_user: OnceCell<u64>,
     rotation: tokio::sync::Mutex<()>,
     last_rotation: std::sync::Mutex<Option<std::time::Instant>>,
+    /// This connector instance's name as the holder of database leases: unique per worker
+    /// (and per instance, so two in one process exclude each other too).
+    lease_holder: String,
 }
 
 impl Connector {
@@ -33,7 +36,13 @@ impl Connector {
             token_user: OnceCell::new(),
             rotation: tokio::sync::Mutex::new(()),
             last_rotation: std::sync::Mutex::new(None),
+            lease_holder: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()),
         }
+    }
+
+    /// The name this connector holds database leases under.
+    pub fn lease_holder(&self) -> &str {
+        &self.lease_holder
     }
 
     /// The token changed (rotated here, or found new in the token file) at most `within` ago.

@@ -126,12 +126,6 @@ pub const JUST_ROTATED: Duration = Duration::from_secs(60);
 /// How long one worker holds a connector's rotation (a rotation is one request and a file write).
 pub const ROTATION_LEASE: Duration = Duration::from_secs(120);
 
-/// This process's name as a lease holder.
-fn holder() -> &'static str {
-    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HOLDER.get_or_init(|| format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()))
-}
-
 /// Takes the token in `path` when it is not the one the client sends: another worker (or a
 /// person) put a new one there. Returns whether it changed.
 pub fn reload_token_file(c: &Connector, path: &Path) -> Result<bool, std::io::Error> {
@@ -162,11 +156,15 @@ pub async fn rotate(
     };
     let _one_here = c.rotation_lock().await;
     let lease = format!("rotate_token {}", c.settings.id);
-    if !dry_run && !store.try_lease(&lease, holder(), ROTATION_LEASE).await? {
+    if !dry_run
+        && !store
+            .try_lease(&lease, c.lease_holder(), ROTATION_LEASE)
+            .await?
+    {
         return Err(RotationError::Busy(c.settings.id.to_string()));
     }
     let result = rotate_held(c, &path, min_days_left, dry_run).await;
-    if !dry_run && let Err(e) = store.release_named_lease(&lease, holder()).await {
+    if !dry_run && let Err(e) = store.release_named_lease(&lease, c.lease_holder()).await {
         tracing::warn!("the rotation lease could not be released ({e}); it ends by itself");
     }
     result
