@@ -232,6 +232,29 @@ async fn report_progress(mut rx: tokio::sync::watch::Receiver<sync::Progress>) {
     }
 }
 
+/// Where the snapshot is written: the temporary file (in the private spool, or beside `--out`
+/// in the operator's folder, left as it is), else standard output.
+fn open_output(tmp: Option<&Path>, spooled: bool) -> anyhow::Result<Box<dyn Write + Send>> {
+    let Some(t) = tmp else {
+        return Ok(Box::new(BufWriter::new(std::io::stdout())));
+    };
+    if let Some(dir) = t.parent() {
+        let made = if spooled {
+            crate::files::private_dir(dir)
+        } else {
+            std::fs::create_dir_all(dir)
+        };
+        made.with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = if spooled {
+        crate::files::create_private(t)
+    } else {
+        std::fs::File::create(t)
+    }
+    .with_context(|| format!("cannot create {}", t.display()))?;
+    Ok(Box::new(BufWriter::new(file)))
+}
+
 async fn execute(
     settings: &ConnectorSettings,
     store: Option<&Store>,
@@ -266,29 +289,7 @@ async fn execute(
         ),
         None => (None, None),
     };
-    // The spool is the worker's own (private); next to `--out` is the operator's folder, left
-    // as it is.
-    let spooled = target.is_none();
-    if let Some(t) = &tmp
-        && let Some(dir) = t.parent()
-    {
-        let made = if spooled {
-            crate::files::private_dir(dir)
-        } else {
-            std::fs::create_dir_all(dir)
-        };
-        made.with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let out: Box<dyn Write + Send> = match &tmp {
-        Some(t) if spooled => Box::new(BufWriter::new(
-            crate::files::create_private(t)
-                .with_context(|| format!("cannot create {}", t.display()))?,
-        )),
-        Some(t) => Box::new(BufWriter::new(
-            std::fs::File::create(t).with_context(|| format!("cannot create {}", t.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout())),
-    };
+    let out = open_output(tmp.as_deref(), target.is_none())?;
     let result = sync::run(&client, &opts, meta, prev, out).await;
     drop(opts);
     let _ = reporter.await;

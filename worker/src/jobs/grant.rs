@@ -152,15 +152,11 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         return Err(JobFailure::failed(Code::Forbidden, why));
     }
     let connector = ctx.connector.clone();
-    let policy = &connector.settings.policy;
-    policy
-        .check_level(params.access_level)
-        .map_err(guard::denied)?;
     let lasts = params
         .expiry
         .as_ref()
         .map(|e| (precise_expiry(e, ctx.job.started_at) - ctx.clock.now()).num_seconds());
-    policy.check_expiry(lasts).map_err(guard::denied)?;
+    check_policy(&connector.settings.policy, params.access_level, lasts)?;
     let client = &connector.client;
     let target = provision::resolve_target(client, &params.target).await?;
     guard::target_in_scope(&connector, &target).await?;
@@ -314,6 +310,16 @@ async fn write_membership(
             .await
             .map(|_| ())
     }
+}
+
+/// The policy's static rules for a grant: its level, and how long it lasts (`None`: forever).
+fn check_policy(
+    policy: &crate::policy::Policy,
+    level: AccessLevel,
+    lasts_seconds: Option<i64>,
+) -> Result<(), JobFailure> {
+    policy.check_level(level).map_err(guard::denied)?;
+    policy.check_expiry(lasts_seconds).map_err(guard::denied)
 }
 
 /// A username for a new account from an email's local part.
