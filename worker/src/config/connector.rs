@@ -84,18 +84,7 @@ impl ClientLimits {
     ) -> Result<Self, ConfigError> {
         let mut l = Self::default();
         if let Some(v) = max_wait {
-            l.max_wait = std::time::Duration::from_secs(
-                v.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        invalid(
-                            name("max_wait_seconds"),
-                            format!("{v:?} is not a positive whole number of seconds"),
-                        )
-                    })?,
-            );
+            l.max_wait = std::time::Duration::from_secs(seconds(name("max_wait_seconds"), &v)?);
         }
         if let Some(v) = max_response {
             l.max_response_bytes = v
@@ -321,6 +310,20 @@ impl FileConnector {
     }
 }
 
+/// A positive whole number of seconds.
+fn seconds(name: Cow<'static, str>, v: &str) -> Result<u64, ConfigError> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            invalid(
+                name,
+                format!("{v:?} is not a positive whole number of seconds"),
+            )
+        })
+}
+
 /// A connector's policy settings as text, from the environment or the TOML file.
 struct PolicyText {
     max_grant_level: Option<String>,
@@ -360,17 +363,7 @@ impl PolicyText {
             p.max_grant_level = level;
         }
         if let Some(v) = self.max_jit_seconds {
-            p.max_jit_seconds =
-                v.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        invalid(
-                            name("max_jit_seconds"),
-                            format!("{v:?} is not a positive whole number of seconds"),
-                        )
-                    })?;
+            p.max_jit_seconds = seconds(name("max_jit_seconds"), &v)?;
         }
         if let Some(v) = self.allow_permanent_grants {
             p.allow_permanent_grants = match v.trim() {
