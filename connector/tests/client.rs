@@ -1065,14 +1065,14 @@ async fn a_proxy_echoing_the_token_in_an_error_body_never_puts_it_in_the_error()
     Mock::given(method("GET"))
         .and(path("/api/v4/user"))
         .respond_with(ResponseTemplate::new(403).set_body_string(format!(
-            "<html>denied request with PRIVATE-TOKEN: {TOKEN}; also saw glpat-0123456789abcdefghij</html>"
+            "<html>denied request with PRIVATE-TOKEN: {TOKEN}; also saw glpat-FAKE0123456</html>"
         )))
         .mount(&server)
         .await;
     let e = client(&server).current_user().await.unwrap_err();
     let text = format!("{e} {e:?}");
     assert!(!text.contains(TOKEN), "{text}");
-    assert!(!text.contains("glpat-0123456789"), "{text}");
+    assert!(!text.contains("glpat-FAKE0123"), "{text}");
     assert!(text.contains("[redacted]"), "{text}");
 }
 

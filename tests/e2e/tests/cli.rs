@@ -45,7 +45,7 @@ fn config_show_prints_the_effective_policy_and_no_secret() {
     let out = worker()
         .args(["config", "show"])
         .env("GITLAB_URL", "https://gitlab.example.com")
-        .env("GITLAB_TOKEN", "glpat-config-show-secret-0001")
+        .env("GITLAB_TOKEN", "glpat-FAKE-cfg-01")
         .env("GITLAB_SCOPE", "acme")
         .env("GITLAB_PROTECTED_USERS", "BreakGlass")
         .env("GITLAB_ACCOUNT_ACTIONS", "block,ban")
@@ -64,11 +64,7 @@ fn config_show_prints_the_effective_policy_and_no_secret() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for secret in [
-        "glpat-config-show-secret-0001",
-        "nats-pass-0001",
-        "db-pass-0001",
-    ] {
+    for secret in ["glpat-FAKE-cfg-01", "nats-pass-0001", "db-pass-0001"] {
         assert!(!text.contains(secret), "{secret} printed:\n{text}");
     }
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -89,14 +85,14 @@ fn a_bad_policy_setting_is_a_usage_error_naming_it() {
     let out = worker()
         .args(["config", "show"])
         .env("GITLAB_URL", "https://gitlab.example.com")
-        .env("GITLAB_TOKEN", "glpat-config-show-secret-0002")
+        .env("GITLAB_TOKEN", "glpat-FAKE-cfg-02")
         .env("GITLAB_MAX_GRANT_LEVEL", "superuser")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("GITLAB_MAX_GRANT_LEVEL"), "{err}");
-    assert!(!err.contains("glpat-config-show-secret-0002"));
+    assert!(!err.contains("glpat-FAKE-cfg-02"));
 }
 
 #[test]
