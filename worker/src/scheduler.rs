@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -20,14 +19,13 @@ use tracing::Instrument;
 use crate::connector::Connector;
 use crate::jobs::Handler;
 use crate::jobs::events::EVENT_SCHEMA;
-use crate::jobs::undo::undo_grant;
-use crate::store::{GrantRecord, GrantState, OutboxMessage};
+use crate::jobs::undo::{ExpireError, expire_grant};
+use crate::store::{GrantRecord, OutboxMessage};
 use crate::subjects::msg_id;
 
 pub const TICK: Duration = Duration::from_millis(500);
 
-/// How long a claim on a grant lasts without a renewal.
-pub const CLAIM_LEASE: Duration = Duration::from_secs(15);
+pub use crate::jobs::undo::{CLAIM_LEASE, Expired};
 /// The longest wait between two attempts to undo a grant.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// Failed undos of one grant before a person is told.
@@ -36,13 +34,6 @@ pub const FAILURES_BEFORE_ALERT: u32 = 5;
 /// The wait after the `attempts`-th failed undo: 1 s, 2 s, 4 s, … at most [`MAX_RETRY_DELAY`].
 pub fn retry_delay(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.saturating_sub(1).min(16)).min(MAX_RETRY_DELAY)
-}
-
-/// What one expiry did, for logs and the demo.
-#[derive(Debug, Clone)]
-pub struct Expired {
-    pub grant_job_id: String,
-    pub event: serde_json::Value,
 }
 
 /// Undoes every grant due now; returns what was done.
@@ -61,7 +52,7 @@ pub async fn run_due(h: &Handler) -> Vec<Expired> {
         };
         match h
             .store
-            .claim_grant(&g.job_id, h.clock.now(), CLAIM_LEASE)
+            .claim_grant(&g.job_id, h.clock.now(), CLAIM_LEASE, false)
             .await
         {
             Ok(true) => {}
@@ -81,77 +72,29 @@ pub async fn run_due(h: &Handler) -> Vec<Expired> {
     out
 }
 
-/// Undoes one claimed grant, renewing the claim meanwhile; `None` when it failed and is
-/// retried later.
+/// Undoes one claimed grant; `None` when it failed and is retried later.
 async fn expire(h: &Handler, c: &Connector, g: &GrantRecord) -> Option<Expired> {
-    let renewal = {
-        let (store, job_id) = (h.store.clone(), g.job_id.clone());
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(CLAIM_LEASE / 3).await;
-                if let Err(e) = store.renew_grant_claim(&job_id, CLAIM_LEASE).await {
-                    tracing::warn!("cannot renew the claim on the grant: {e}");
+    match expire_grant(&h.store, &h.subjects, h.publish, c, g, "JIT grant expired").await {
+        Ok(done) => {
+            match &done.conflict {
+                Some(c) => tracing::warn!("JIT grant expired with a conflict: {c}"),
+                None => {
+                    tracing::info!(changes = done.changes.len(), "JIT grant expired and undone")
                 }
             }
-        }))
-    };
-    let undone = undo_grant(&h.store, c, g, "JIT grant expired").await;
-    renewal.abort();
-    let (state, changes, conflict) = match undone {
-        Ok(u) => (
-            if u.conflict.is_some() {
-                GrantState::Conflict
-            } else {
-                GrantState::Ended
-            },
-            u.changes,
-            u.conflict,
-        ),
-        Err(e) => {
-            failed(h, g, &e.to_string()).await;
-            return None;
+            Some(done)
         }
-    };
-    let event = json!({
-        "schema": EVENT_SCHEMA,
-        "type": "access",
-        "cause": "jit_expiry",
-        "connector": g.connector,
-        "grant_job_id": g.job_id,
-        "user_id": g.user_id,
-        "target": {"type": g.target_kind.as_str(), "id": g.target_id, "path": g.target_path},
-        "expires_at": g.expires_at,
-        "undone_at": Utc::now(),
-        "changes": changes,
-        "conflict": conflict,
-    });
-    match &conflict {
-        Some(c) => tracing::warn!("JIT grant expired with a conflict: {c}"),
-        None => tracing::info!(changes = changes.len(), "JIT grant expired and undone"),
+        Err(ExpireError::Undo(e)) => {
+            failed(h, g, &e.to_string()).await;
+            None
+        }
+        Err(e @ ExpireError::Record(_)) => {
+            // The undo is in GitLab but not recorded: the claim lapses and the next attempt
+            // finds the membership already restored, records it and sends the event then.
+            tracing::warn!("scheduler: {e}");
+            None
+        }
     }
-    let outbox = if h.publish {
-        vec![OutboxMessage::Publish {
-            msg_id: msg_id::jit_expiry(&g.job_id),
-            subject: h.subjects.event(&g.connector, "access"),
-            payload: event.to_string(),
-        }]
-    } else {
-        Vec::new()
-    };
-    if let Err(e) = h
-        .store
-        .end_grant_with(&g.job_id, state, conflict.clone(), outbox)
-        .await
-    {
-        // The undo is in GitLab but not recorded: the claim lapses and the next attempt finds
-        // the membership already restored, records it and sends the event then.
-        tracing::warn!("scheduler: the undone grant could not be recorded: {e}; retried");
-        return None;
-    }
-    Some(Expired {
-        grant_job_id: g.job_id.clone(),
-        event,
-    })
 }
 
 /// A failed undo: this grant alone is tried again after a backoff; after
@@ -198,11 +141,23 @@ async fn failed(h: &Handler, g: &GrantRecord, error: &str) {
     }
 }
 
+/// Ticks between two sweeps for jobs whose last delivery died.
+const ABANDONED_SWEEP_TICKS: u32 = 10;
+
 /// Runs until `stop`; wakes the outbox publisher after each expiry.
 pub async fn run(h: Arc<Handler>, wake: Option<Arc<Notify>>, stop: CancellationToken) {
+    let mut ticks = 0u32;
     loop {
         let done = run_due(&h).await;
-        if !done.is_empty()
+        let mut answered = 0;
+        ticks = ticks.wrapping_add(1);
+        if ticks % ABANDONED_SWEEP_TICKS == 0 {
+            answered = h.answer_abandoned().await.unwrap_or_else(|e| {
+                tracing::warn!("scheduler: jobs whose last delivery died: {e}");
+                0
+            });
+        }
+        if (!done.is_empty() || answered > 0)
             && let Some(w) = &wake
         {
             w.notify_one();

@@ -61,6 +61,16 @@ impl Subjects {
         )
     }
 
+    /// Where the DLQ notice of an outbox message that cannot be published goes: beside the
+    /// jobs of the same connector and kind (a result or event subject), else under `outbox`.
+    pub fn dlq_for_outbox(&self, subject: &str) -> String {
+        let rest = subject.strip_prefix(&format!("{}.", self.prefix));
+        match rest.map(|r| r.split('.').collect::<Vec<_>>()).as_deref() {
+            Some([_class, connector, kind]) => self.dlq(connector, kind),
+            _ => self.dlq(UNKNOWN_CONNECTOR, "outbox"),
+        }
+    }
+
     pub fn snapshot_bucket(&self) -> String {
         self.stream("SNAPSHOTS")
     }
@@ -97,6 +107,18 @@ mod tests {
         assert_eq!(s.dlq("corp", "x.>"), "gitlab.dlq.corp.invalid");
         assert_eq!(s.event("*", "access"), "gitlab.events.unknown.access");
         assert_eq!(s.stream("JOBS"), "GITLAB_JOBS");
+        assert_eq!(
+            s.dlq_for_outbox("gitlab.results.corp.grant"),
+            "gitlab.dlq.corp.grant"
+        );
+        assert_eq!(
+            s.dlq_for_outbox("gitlab.events.corp.snapshot"),
+            "gitlab.dlq.corp.snapshot"
+        );
+        assert_eq!(
+            s.dlq_for_outbox("results/corp/j.changes.ndjson"),
+            "gitlab.dlq.unknown.outbox"
+        );
     }
 }
 
@@ -134,6 +156,21 @@ pub mod msg_id {
 
     pub fn snapshot_object(snapshot_id: &str) -> String {
         format!("object {snapshot_id}")
+    }
+
+    /// A result's full change list in the object store (the result keeps the first changes).
+    pub fn result_object(job_id: &str) -> String {
+        format!("result_object {job_id}")
+    }
+
+    /// The DLQ copy of a job whose last delivery died.
+    pub fn abandoned(job_id: &str) -> String {
+        format!("{job_id} abandoned")
+    }
+
+    /// The DLQ notice of an outbox message that could not be published (its own message id).
+    pub fn parked(original_msg_id: &str) -> String {
+        format!("parked {original_msg_id}")
     }
 
     pub fn jit_expiry(grant_job_id: &str) -> String {

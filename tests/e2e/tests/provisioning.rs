@@ -640,8 +640,18 @@ async fn invitations_report_gitlab_errors_and_silent_member_updates() {
     let w = e.worker(&[]).await;
     let r = e.run("i-1", "invite", json!({"email": "new.person@example.org", "target": {"group": "org/b"}, "access_level": 30}), false).await;
     assert_eq!(r["status"], "succeeded", "{r}\n{}", w.stderr());
-    // The same address again: GitLab answers 201 with a per-address error.
+    // The same invitation again: it is pending already, nothing is sent.
     let r = e.run("i-2", "invite", json!({"email": "new.person@example.org", "target": {"group": "org/b"}, "access_level": 30}), false).await;
+    assert_eq!(r["status"], "noop", "{r}");
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("pending already"),
+        "{r}"
+    );
+    // The same address at another level: GitLab answers 201 with a per-address error.
+    let r = e.run("i-2b", "invite", json!({"email": "new.person@example.org", "target": {"group": "org/b"}, "access_level": 20}), false).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert!(
         r["error"]["message"]

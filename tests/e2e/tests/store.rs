@@ -64,7 +64,7 @@ on_both!(audit, the_audit_log_keeps_every_write);
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
-    assert_eq!(store.pending_migrations().await.unwrap(), 5);
+    assert_eq!(store.pending_migrations().await.unwrap(), 6);
     store.migrate().await.unwrap();
     assert_eq!(store.pending_migrations().await.unwrap(), 0);
     // Opening again (every command migrates on start) changes nothing.
@@ -88,6 +88,7 @@ async fn a_job_id_is_recorded_once_and_its_result_kept(b: Backend) {
                         request: "{}",
                         payload_sha256: "h1",
                         stream_seq: seq,
+                        last_delivery: false,
                     },
                     lease,
                 )
@@ -143,6 +144,7 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
                 request: "{}",
                 payload_sha256: "h",
                 stream_seq: 1,
+                last_delivery: false,
             },
             std::time::Duration::from_secs(30),
         )
@@ -177,8 +179,8 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
 async fn the_audit_log_keeps_every_write(b: Backend) {
     let store = Store::open(&b.url()).await.unwrap();
     for (i, action) in ["add_member", "remove_member"].into_iter().enumerate() {
-        store
-            .audit(AuditEntry {
+        let id = store
+            .audit_begin(AuditEntry {
                 at: chrono::Utc::now(),
                 connector: "default".into(),
                 job_id: Some("grant-1".into()),
@@ -187,13 +189,19 @@ async fn the_audit_log_keeps_every_write(b: Backend) {
                 user_id: Some(7),
                 before: (i == 1).then(|| serde_json::json!({"access_level": 30})),
                 after: (i == 0).then(|| serde_json::json!({"access_level": 30})),
-                outcome: "ok".into(),
+                outcome: "pending".into(),
             })
             .await
             .unwrap();
+        // Written ahead, completed after: the second write's answer never came.
+        if i == 0 {
+            store.audit_finish(id, "ok").await.unwrap();
+        }
     }
     let entries = store.audit_entries(Some("grant-1")).await.unwrap();
     assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].outcome, "ok");
+    assert_eq!(entries[1].outcome, "pending");
     assert_eq!(entries[0].action, "add_member");
     assert_eq!(entries[1].before.as_deref(), Some("{\"access_level\":30}"));
     assert!(store.audit_entries(Some("other")).await.unwrap().is_empty());

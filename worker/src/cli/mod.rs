@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod config_show;
 #[cfg(feature = "demo")]
 mod demo;
+mod outbox;
 mod run_job;
 mod snapshots;
 mod sync;
@@ -100,6 +101,29 @@ pub enum Command {
     Snapshots {
         #[command(subcommand)]
         command: SnapshotsCommand,
+    },
+    /// Results and events that could not be published (parked), for operators.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List parked messages: what could not be published, and why.
+    Parked {
+        /// One JSON object per line instead of tab-separated text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark parked messages as dealt with, so `/readyz` is green again.
+    Dismiss {
+        /// The parked message's id (from `outbox parked`).
+        id: Option<i64>,
+        /// Every parked message.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
     },
 }
 
@@ -206,6 +230,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::RunJob { file } => run_job::run(config, &file).await,
         Command::Migrate => migrate(config).await,
         Command::Snapshots { command } => snapshots::run(config, command).await,
+        Command::Outbox { command } => outbox::run(config, command).await,
         Command::Config {
             command: ConfigCommand::Show,
         } => config_show::run(config),

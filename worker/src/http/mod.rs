@@ -56,6 +56,13 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     if let Err(e) = h.store.ping().await {
         problems.push(format!("database unreachable: {e}"));
     }
+    // Degraded: a result or event could not be published and waits for an operator.
+    match h.store.parked_count().await {
+        Ok(0) | Err(_) => {}
+        Ok(n) => problems.push(format!(
+            "{n} outbox message(s) could not be published and are parked (see `gitlab-worker outbox parked`)"
+        )),
+    }
     if problems.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {

@@ -11,6 +11,7 @@ use gitlab_connector::provision::{self, MemberState, ProvisionError, Target, Tar
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::audit::AuditedError;
 use super::codes::Code;
 use super::context::JobContext;
 use super::fields::{self, Fail, Fields, describe};
@@ -308,8 +309,15 @@ async fn cancel_invitations(
             note: None,
         };
         if !ctx.job.dry_run {
-            match connector.client.cancel_invitation(&t.source(), email).await {
-                Ok(()) => ctx.audit().record(&change, "ok").await,
+            match ctx
+                .audit()
+                .write(
+                    &change,
+                    connector.client.cancel_invitation(&t.source(), email),
+                )
+                .await
+            {
+                Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
             }
@@ -336,8 +344,9 @@ async fn revoke_tokens(
             note: None,
         };
         if !ctx.job.dry_run {
-            let answer = connector.client.revoke_token(t.id).await;
-            ctx.audit().write(&change, answer).await?;
+            ctx.audit()
+                .write(&change, connector.client.revoke_token(t.id))
+                .await?;
         }
         ctx.report.changes.push(change);
     }
@@ -367,36 +376,47 @@ async fn account_action(
         ctx.report.changes.push(change);
         return Ok(());
     }
+    change.after = Some(json!({ "state": action.account_change().map_or("", |(_, s)| s) }));
+    let audit = ctx.audit();
     let answer = match action {
-        DeprovisionAction::Ban => client.user_action(user.id, UserAction::Ban).await,
-        DeprovisionAction::Block => client.user_action(user.id, UserAction::Block).await,
-        DeprovisionAction::Delete => client.delete_user(user.id, false).await,
-        _ => match client.user_action(user.id, UserAction::Deactivate).await {
-            Err(GitLabError::Forbidden { message, .. })
-            | Err(GitLabError::Validation { message, .. }) => {
+        DeprovisionAction::Ban => {
+            audit
+                .write(&change, client.user_action(user.id, UserAction::Ban))
+                .await
+        }
+        DeprovisionAction::Block => {
+            audit
+                .write(&change, client.user_action(user.id, UserAction::Block))
+                .await
+        }
+        DeprovisionAction::Delete => {
+            audit
+                .write(&change, client.delete_user(user.id, false))
+                .await
+        }
+        _ => match audit
+            .write(&change, client.user_action(user.id, UserAction::Deactivate))
+            .await
+        {
+            Err(AuditedError::GitLab(
+                GitLabError::Forbidden { message, .. } | GitLabError::Validation { message, .. },
+            )) => {
                 change.note = Some(format!(
                     "GitLab refused to deactivate ({message}); blocked instead"
                 ));
                 change.action = "block_user".into();
-                client.user_action(user.id, UserAction::Block).await
+                change.after = Some(json!({ "state": "blocked" }));
+                audit
+                    .write(&change, client.user_action(user.id, UserAction::Block))
+                    .await
             }
             other => other,
         },
     };
     match answer {
-        Ok(()) => {
-            let state = match change.action.as_str() {
-                "block_user" => "blocked",
-                _ => action.account_change().map_or("", |(_, s)| s),
-            };
-            change.after = Some(json!({ "state": state }));
-            ctx.audit().record(&change, "ok").await;
-        }
+        Ok(()) => {}
         Err(e) if e.is_not_found() && action == DeprovisionAction::Delete => {}
-        Err(e) => {
-            ctx.audit().record(&change, e.code()).await;
-            return Err(e.into());
-        }
+        Err(e) => return Err(e.into()),
     }
     ctx.report.changes.push(change);
     Ok(())

@@ -146,6 +146,7 @@ impl JobResult {
             grant: None,
             residual_access: None,
             warnings: Vec::new(),
+            changes_object: None,
         }
     }
 
@@ -174,6 +175,7 @@ impl JobResult {
             grant: None,
             residual_access: None,
             warnings: Vec::new(),
+            changes_object: None,
         }
     }
 }

@@ -19,6 +19,9 @@ pub const EVENT_SCHEMA: &str = "gitlab-connector.event.v1";
 /// leaving room for the envelope and headers.
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
+/// Read errors named in a snapshot event (all of them are in the snapshot object).
+pub const MAX_EVENT_ERRORS: usize = 100;
+
 fn open(p: &Path) -> Result<BufReader<std::fs::File>, ReadError> {
     Ok(BufReader::new(std::fs::File::open(p)?))
 }
@@ -55,6 +58,10 @@ pub fn build(
     let summary = snapshot::verify(open(path)?)?;
     let h = header(path)?;
     let object = json!({"bucket": subjects.snapshot_bucket(), "name": object_name});
+    // Read errors can number thousands (a partial sync of a large scope): the event names the
+    // first of them and how many there are; the snapshot object's trailer has them all.
+    let errors_total = summary.errors.len();
+    let errors: Vec<_> = summary.errors.iter().take(MAX_EVENT_ERRORS).collect();
     let mut out = vec![OutboxMessage::Publish {
         msg_id: msg_id::snapshot_event(&h.snapshot_id),
         subject: subjects.event(&h.connector, "snapshot"),
@@ -69,7 +76,8 @@ pub fn build(
             "finished_at": summary.finished_at,
             "complete": summary.complete,
             "counts": summary.counts,
-            "errors": summary.errors,
+            "errors": errors,
+            "errors_total": errors_total,
             "sha256": summary.sha256,
             "prev_sha256": summary.prev_sha256,
             "object": object,

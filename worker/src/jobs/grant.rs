@@ -1,7 +1,8 @@
 //! `grant`: give a user a level on a group or project, permanently or until a precise expiry
-//! (JIT). The state before the write is checkpointed before anything is written, so a
-//! redelivery after a crash restores the right prior state; the grant is recorded for the JIT
-//! scheduler and for `revoke` by grant id.
+//! (JIT). The grant is recorded before anything is written (`pending`: the state before, the
+//! state intended, the precise expiry), so whatever a crash interrupts, the redelivery
+//! completes it, or undoes it when its expiry has passed, and without a redelivery the JIT
+//! scheduler undoes it at the expiry. The record also serves `revoke` by grant id.
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveTime, Utc};
 use gitlab_connector::InstanceKind;
@@ -10,13 +11,15 @@ use gitlab_connector::client::IdOrPath;
 use gitlab_connector::provision::{
     self, AccessView, MemberState, ProvisionError, Target, TargetRef, UserRef,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::audit::AuditedError;
 use super::codes::Code;
 use super::context::JobContext;
 use super::fields::{self, Fail, Fields};
 use super::outcome::{Done, JobFailure};
 use super::result::{Change, to_value};
+use super::undo::{CLAIM_LEASE, expire_grant};
 use super::{guard, invite};
 use crate::store::{GrantRecord, GrantState};
 
@@ -41,7 +44,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn parse(p: &Fields, now: DateTime<Utc>) -> Result<Self, Fail> {
+    pub fn parse(p: &Fields, _now: DateTime<Utc>) -> Result<Self, Fail> {
         fields::only_keys(
             p,
             &[
@@ -65,11 +68,9 @@ impl Params {
                 }
                 Some(GrantExpiry::Duration(secs))
             }
-            (None, Some(e)) => Some(GrantExpiry::At(fields::future_instant(
-                e,
-                "expires_at",
-                now,
-            )?)),
+            // Whether it is still ahead is decided when the job runs: a redelivery of a grant
+            // written before its expiry must be able to undo it.
+            (None, Some(e)) => Some(GrantExpiry::At(fields::instant(e, "expires_at")?)),
             (None, None) => None,
         };
         Ok(Self {
@@ -138,26 +139,33 @@ pub fn intended_state(
     }
 }
 
-/// What an earlier attempt checkpointed before writing: the state before and whether the
-/// membership was created.
-fn checkpointed(cp: &Value) -> (Option<MemberState>, bool) {
-    (
-        serde_json::from_value::<Option<MemberState>>(cp["prior"].clone()).unwrap_or(None),
-        cp["created"].as_bool().unwrap_or(false),
-    )
-}
-
 pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, JobFailure> {
     if let Some(why) = ctx.connector.read_only_reason() {
         return Err(JobFailure::failed(Code::Forbidden, why));
     }
     let connector = ctx.connector.clone();
-    let lasts = params
+    let client = &connector.client;
+    // An earlier delivery wrote the grant ahead: it is completed (or, its expiry passed,
+    // undone) from that record, never decided again from the job's parameters.
+    if !ctx.job.dry_run
+        && let Some(ahead) = ctx.store.grant(ctx.job.job_id.as_str()).await?
+    {
+        return resume(ctx, ahead).await;
+    }
+    let precise = params
         .expiry
         .as_ref()
-        .map(|e| (precise_expiry(e, ctx.job.started_at) - ctx.clock.now()).num_seconds());
+        .map(|e| precise_expiry(e, ctx.job.started_at));
+    if let Some(p) = precise
+        && p <= ctx.clock.now()
+    {
+        return Err(JobFailure::rejected(
+            Code::InvalidJob,
+            format!("`expires_at` {} is in the past", p.to_rfc3339()),
+        ));
+    }
+    let lasts = precise.map(|p| (p - ctx.clock.now()).num_seconds());
     check_policy(&connector.settings.policy, params.access_level, lasts)?;
-    let client = &connector.client;
     let target = provision::resolve_target(client, &params.target).await?;
     guard::target_in_scope(&connector, &target).await?;
     let user = match provision::resolve_user(client, &params.user).await {
@@ -173,10 +181,6 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         }
         Err(e) => return Err(e.into()),
     };
-    let precise = params
-        .expiry
-        .as_ref()
-        .map(|e| precise_expiry(e, ctx.job.started_at));
     let gl_date = precise.map(gitlab_date);
     if let Some(p) = precise {
         ctx.report.grant = Some(json!({"expires_at": p, "gitlab_expires_at": gl_date}));
@@ -192,77 +196,173 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
             links.len()
         ));
     }
-
-    // A checkpoint from an earlier attempt holds the state before our write.
-    let checkpoint = ctx.checkpoint().await.ok().flatten();
-    let (prior, created) = match &checkpoint {
-        Some(cp) => checkpointed(cp),
-        None => (view.direct.clone(), view.direct.is_none()),
-    };
-    if checkpoint.is_none()
-        && view.effective_level >= params.access_level.0
-        && params.member_role_id.is_none()
-    {
+    if view.effective_level >= params.access_level.0 && params.member_role_id.is_none() {
         ctx.report
             .warnings
             .push(already_has(&view, params.access_level));
         ctx.report.residual_access = Some(to_value(&view.paths));
         return Ok(Done::Noop);
     }
+    let record = GrantRecord {
+        job_id: ctx.job.job_id.to_string(),
+        connector: ctx.job.connector.to_string(),
+        target_kind: target.kind,
+        target_id: target.id,
+        target_path: target.full_path.clone(),
+        user_id: user.id,
+        created: view.direct.is_none(),
+        prior: view.direct.clone(),
+        applied: intended_state(
+            view.direct.as_ref(),
+            params.access_level,
+            gl_date,
+            params.member_role_id,
+        ),
+        expires_at: precise,
+        state: GrantState::Pending,
+        ended_at: None,
+        note: None,
+        undo_attempts: 0,
+    };
+    if ctx.job.dry_run {
+        ctx.report.changes.push(change_of(&record));
+        return Ok(Done::Succeeded);
+    }
+    // Written ahead: from here a crash leaves a record that the redelivery completes, or that
+    // the scheduler undoes at the expiry when no delivery comes back.
+    ctx.store.record_grant(record.clone()).await?;
+    complete(ctx, &record, view.direct.as_ref()).await
+}
 
-    let intended = intended_state(
-        prior.as_ref(),
-        params.access_level,
-        gl_date,
-        params.member_role_id,
-    );
-    let change = Change {
-        action: if created {
+/// The grant's change as results and the audit log name it.
+fn change_of(g: &GrantRecord) -> Change {
+    Change {
+        action: if g.created {
             "add_member"
         } else {
             "update_member"
         }
         .into(),
-        target: target.reference(),
-        user_id: Some(user.id),
+        target: g.target().reference(),
+        user_id: Some(g.user_id),
         email: None,
-        before: prior.as_ref().map(to_value),
-        after: Some(to_value(&intended)),
+        before: g.prior.as_ref().map(to_value),
+        after: Some(to_value(&g.applied)),
         note: None,
-    };
-    if ctx.job.dry_run {
-        ctx.report.changes.push(change);
-        return Ok(Done::Succeeded);
     }
-    if checkpoint.is_none() {
-        ctx.save_checkpoint(&json!({"prior": prior, "created": created, "intended": intended}))
-            .await?;
+}
+
+/// Makes the membership what the written-ahead grant says (unless it is already), then marks
+/// the grant active. A write GitLab refused ends the grant: nothing of it is in GitLab.
+async fn complete(
+    ctx: &mut JobContext<'_>,
+    g: &GrantRecord,
+    current: Option<&MemberState>,
+) -> Result<Done, JobFailure> {
+    let change = change_of(g);
+    if current != Some(&g.applied) {
+        let connector = ctx.connector.clone();
+        let written = write_membership(
+            ctx,
+            &connector.client,
+            &g.target(),
+            g.user_id,
+            current.is_none(),
+            &g.applied,
+            &change,
+        )
+        .await;
+        if let Err(e) = written {
+            let failure = JobFailure::from(e);
+            if failure.status != crate::jobs::JobStatus::Failed || failure.hand_back {
+                return Err(failure);
+            }
+            let note = format!("not written: {}", failure.error().message);
+            ctx.store
+                .end_grant(&g.job_id, GrantState::Ended, Some(note))
+                .await?;
+            return Err(failure);
+        }
     }
-    if view.direct.as_ref() != Some(&intended) {
-        let answer =
-            write_membership(client, &target, user.id, view.direct.is_none(), &intended).await;
-        ctx.audit().write(&change, answer).await?;
-    }
-    ctx.store
-        .record_grant(GrantRecord {
-            job_id: ctx.job.job_id.to_string(),
-            connector: ctx.job.connector.to_string(),
-            target_kind: target.kind,
-            target_id: target.id,
-            target_path: target.full_path.clone(),
-            user_id: user.id,
-            created,
-            prior,
-            applied: intended,
-            expires_at: precise,
-            state: GrantState::Active,
-            ended_at: None,
-            note: None,
-            undo_attempts: 0,
-        })
-        .await?;
+    ctx.store.activate_grant(&g.job_id).await?;
     ctx.report.changes.push(change);
     Ok(Done::Succeeded)
+}
+
+/// A redelivery of a grant an earlier delivery wrote ahead.
+async fn resume(ctx: &mut JobContext<'_>, g: GrantRecord) -> Result<Done, JobFailure> {
+    if let Some(p) = g.expires_at {
+        ctx.report.grant = Some(json!({"expires_at": p, "gitlab_expires_at": gitlab_date(p)}));
+    }
+    let expired = g.expires_at.is_some_and(|e| e <= ctx.clock.now());
+    match g.state {
+        GrantState::Pending | GrantState::Active if expired => undo_expired(ctx, g).await,
+        GrantState::Pending => {
+            let connector = ctx.connector.clone();
+            let current = connector
+                .client
+                .direct_member(&g.target().source(), g.user_id)
+                .await?
+                .map(|m| MemberState::of(&m));
+            complete(ctx, &g, current.as_ref()).await
+        }
+        GrantState::Active => {
+            ctx.report.changes.push(change_of(&g));
+            Ok(Done::Succeeded)
+        }
+        GrantState::Ending | GrantState::Ended | GrantState::Conflict => {
+            ctx.report.changes.push(change_of(&g));
+            ctx.report.warnings.push(format!(
+                "the grant is {} already{}",
+                if g.state == GrantState::Ending {
+                    "being undone"
+                } else {
+                    "over"
+                },
+                g.note
+                    .as_deref()
+                    .map(|n| format!(": {n}"))
+                    .unwrap_or_default()
+            ));
+            Ok(Done::Succeeded)
+        }
+    }
+}
+
+/// The grant's expiry passed before this delivery: what an earlier delivery wrote is undone
+/// now (with its `jit_expiry` event), instead of rejecting the job and leaving it in GitLab.
+async fn undo_expired(ctx: &mut JobContext<'_>, g: GrantRecord) -> Result<Done, JobFailure> {
+    ctx.report.changes.push(change_of(&g));
+    if !ctx
+        .store
+        .claim_grant(&g.job_id, ctx.clock.now(), CLAIM_LEASE, true)
+        .await?
+    {
+        ctx.report.warnings.push(
+            "the grant's expiry passed before this delivery; the JIT scheduler is undoing it"
+                .into(),
+        );
+        return Ok(Done::Succeeded);
+    }
+    let connector = ctx.connector.clone();
+    let why = "JIT grant expired before its job finished";
+    match expire_grant(ctx.store, ctx.subjects, ctx.publish, &connector, &g, why).await {
+        Ok(done) => {
+            ctx.report.changes.extend(done.changes);
+            ctx.report.warnings.push(match done.conflict {
+                Some(c) => format!("the grant's expiry passed before this delivery: {c}"),
+                None => "the grant's expiry passed before this delivery: what an earlier delivery wrote is undone".into(),
+            });
+            Ok(Done::Succeeded)
+        }
+        Err(e) => {
+            // The claim lapses; the scheduler (or the next delivery) takes the undo over.
+            Err(JobFailure::transient(
+                Code::GitlabError,
+                format!("the grant expired and could not be undone yet: {e}"),
+            ))
+        }
+    }
 }
 
 /// The warning of a grant that is already in effect, naming the paths that give it.
@@ -282,15 +382,19 @@ fn already_has(view: &AccessView, level: AccessLevel) -> String {
     )
 }
 
-/// Sets the intended membership: a new member, or the full intended state of an existing one.
+/// Sets the intended membership (a new member, or the full intended state of an existing
+/// one), audited ahead.
 async fn write_membership(
+    ctx: &JobContext<'_>,
     client: &gitlab_connector::Client,
     target: &Target,
     user_id: u64,
     create: bool,
     intended: &MemberState,
-) -> Result<(), gitlab_connector::Error> {
+    change: &Change,
+) -> Result<(), AuditedError> {
     let source = target.source();
+    let audit = ctx.audit();
     if create {
         let add = AddMember {
             user_id,
@@ -298,15 +402,18 @@ async fn write_membership(
             expires_at: intended.expires_at,
             member_role_id: intended.member_role_id,
         };
-        client.add_member(&source, &add).await.map(|_| ())
+        audit
+            .write(change, client.add_member(&source, &add))
+            .await
+            .map(|_| ())
     } else {
         let edit = EditMember {
             access_level: intended.level(),
             expires_at: intended.expires_at,
             member_role_id: intended.member_role_id,
         };
-        client
-            .edit_member(&source, user_id, &edit)
+        audit
+            .write(change, client.edit_member(&source, user_id, &edit))
             .await
             .map(|_| ())
     }
@@ -392,17 +499,18 @@ async fn to_unknown_email(
         });
         return Ok(Done::Succeeded);
     }
-    let user = client
-        .create_user(&CreateUser {
-            email: email.to_string(),
-            username: username.clone(),
-            name: username,
-            skip_confirmation: true,
-            external: false,
-        })
+    let new_user = CreateUser {
+        email: email.to_string(),
+        username: username.clone(),
+        name: username,
+        skip_confirmation: true,
+        external: false,
+    };
+    let user = ctx
+        .audit()
+        .write(&create_change, client.create_user(&new_user))
         .await?;
     create_change.user_id = Some(user.id);
-    ctx.audit().record(&create_change, "ok").await;
     ctx.report.changes.push(create_change);
     let member_change = Change {
         action: "add_member".into(),
@@ -419,8 +527,9 @@ async fn to_unknown_email(
         expires_at: None,
         member_role_id: None,
     };
-    let answer = client.add_member(&target.source(), &add).await.map(|_| ());
-    ctx.audit().write(&member_change, answer).await?;
+    ctx.audit()
+        .write(&member_change, client.add_member(&target.source(), &add))
+        .await?;
     ctx.report.changes.push(member_change);
     Ok(Done::Succeeded)
 }

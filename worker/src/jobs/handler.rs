@@ -18,7 +18,7 @@ use super::delivery::{Delivery, Disposition, Handled, HandlerError, retry_delay}
 use super::envelope::{Job, JobParams, Rejection, parse_job};
 use super::outcome::{Done, JobFailure};
 use super::result::{JobError, JobResult, JobStatus};
-use super::{deprovision, grant, invite, revoke, rotate, sync};
+use super::{bounded, deprovision, grant, invite, revoke, rotate, sync};
 use crate::connector::Connector;
 use crate::ids::ConnectorId;
 use crate::store::{Begin, JobCompletion, NewJob, OutboxMessage, Store, StoreError};
@@ -234,12 +234,13 @@ impl Handler {
                     request: &request,
                     payload_sha256: &job.payload_sha256,
                     stream_seq: delivery.stream_seq,
+                    last_delivery: delivery.last_attempt,
                 },
                 self.lease,
             )
             .await?;
         let attempt = match begun {
-            Begin::Busy => return Ok(self.busy(&job, started, delivery)),
+            Begin::Busy => return self.busy(&job, started, delivery).await,
             Begin::Conflict => {
                 let rejection = Rejection {
                     job_id: Some(job.job_id.clone()),
@@ -282,26 +283,42 @@ impl Handler {
     }
 
     /// The same job id is running in another delivery: come back when it is done (its result
-    /// is then published again), or drop this copy on its last delivery.
-    fn busy(&self, job: &Job, started: DateTime<Utc>, delivery: &Delivery) -> Handled {
+    /// is then published again). On this message's last delivery it is answered `failed` and
+    /// dead-lettered under a message id of its own: the platform learns that this message was
+    /// not executed, and the running delivery still publishes the job's result.
+    async fn busy(
+        &self,
+        job: &Job,
+        started: DateTime<Utc>,
+        delivery: &Delivery,
+    ) -> Result<Handled, HandlerError> {
         tracing::info!("the job id is running in another delivery");
-        let result = JobResult::for_job(job, started, delivery.attempt);
-        Handled {
+        let mut result = JobResult::for_job(job, started, delivery.attempt);
+        if delivery.last_attempt {
+            result.status = JobStatus::Failed;
+            result.finished_at = self.clock.now();
+            result.error = Some(JobError::new(
+                Code::Conflict,
+                format!(
+                    "job {:?} was running in another delivery when this message's deliveries ran out; that delivery publishes the job's result when it finishes",
+                    job.job_id.as_str()
+                ),
+                false,
+            ));
+            return self.answer_unstored(result, delivery).await;
+        }
+        Ok(Handled {
             result: to_json(&result),
             status: JobStatus::Noop,
             kind: result.kind.clone(),
             connector: result.connector.clone(),
             job_id: job.job_id.to_string(),
-            disposition: if delivery.last_attempt {
-                Disposition::Done { dead_letter: false }
-            } else {
-                Disposition::Retry {
-                    delay: (self.lease / 2).max(Duration::from_secs(1)),
-                }
+            disposition: Disposition::Retry {
+                delay: (self.lease / 2).max(Duration::from_secs(1)),
             },
             error: None,
             repeated: true,
-        }
+        })
     }
 
     /// Runs the job's kind with a context of its own.
@@ -391,8 +408,17 @@ impl Handler {
             matches!(o, Err(f) if f.hand_back) && !delivery.last_attempt
         };
         let mut result = self.result_of(job, started, attempt, &outcome, report);
+        // Published results are bounded; `run-job` prints the whole result.
+        let object = if self.publish {
+            bounded::bound(&mut result, &self.subjects)
+        } else {
+            None
+        };
         if let Some(pending) = snapshot.filter(|_| !hand_back(&outcome)) {
-            match self.store_with_snapshot(job, &result, pending).await {
+            match self
+                .store_with_snapshot(job, &result, object.clone(), pending)
+                .await
+            {
                 Ok(()) => return Ok(self.handled(job, &result)),
                 Err(e) => {
                     let failure = JobFailure::transient(
@@ -426,7 +452,10 @@ impl Handler {
         }
         let json = to_json(&result);
         let outbox = if self.publish {
-            vec![self.result_message(&result, &json)]
+            object
+                .into_iter()
+                .chain([self.result_message(&result, &json)])
+                .collect()
         } else {
             Vec::new()
         };
@@ -442,11 +471,13 @@ impl Handler {
         &self,
         job: &Job,
         result: &JobResult,
+        object: Option<OutboxMessage>,
         pending: PendingSnapshot,
     ) -> Result<(), StoreError> {
         let json = to_json(result);
         let mut outbox = pending.events;
         if self.publish {
+            outbox.extend(object);
             outbox.push(self.result_message(result, &json));
         }
         let stored = self

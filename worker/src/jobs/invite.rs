@@ -1,5 +1,7 @@
 //! `invite`: invite an email to a group or project. GitLab answers 201 with per-address errors,
-//! and silently updates an existing member invited by email: both are read and reported.
+//! and silently updates an existing member invited by email: both are read and reported. An
+//! invitation already pending with the same level and expiry is not sent again (after a crash
+//! between GitLab's write and the job's end, the redelivery finds it and finishes).
 
 use chrono::{DateTime, NaiveDate, Utc};
 use gitlab_connector::Error as GitLabError;
@@ -7,6 +9,7 @@ use gitlab_connector::api::{AccessLevel, CreateInvitation};
 use gitlab_connector::provision::{self, MemberState, Target, TargetRef, UserRef};
 use serde_json::json;
 
+use super::audit::AuditedError;
 use super::codes::Code;
 use super::context::JobContext;
 use super::fields::{self, Fail, Fields};
@@ -122,25 +125,43 @@ pub(super) async fn send(
         after: Some(json!({"access_level": level.0, "expires_at": expires_at})),
         note: None,
     };
+    // The same invitation pending already: sent by an earlier attempt of this job (its
+    // checkpoint says it was about to send), or by someone else. Sending again would be
+    // answered "already invited" although what the job asks for is there.
+    let same_pending = pending_before
+        .as_ref()
+        .is_some_and(|i| i.access_level == level && i.expires_at == expires_at);
+    if same_pending && member_before.is_none() {
+        let resumed = ctx.checkpoint().await.ok().flatten().is_some();
+        change.before = None;
+        if resumed {
+            change.note = Some("sent by an earlier attempt of this job".into());
+            ctx.report.changes.push(change);
+            return Ok(Done::Succeeded);
+        }
+        ctx.report
+            .warnings
+            .push(format!("{email} has this invitation pending already"));
+        return Ok(Done::Noop);
+    }
     if ctx.job.dry_run {
         ctx.report.changes.push(change);
         return Ok(Done::Succeeded);
     }
-    let answer = client
-        .invite(
-            &target.source(),
-            &CreateInvitation {
-                email: email.to_string(),
-                access_level: level,
-                expires_at,
-                member_role_id: None,
-            },
-        )
-        .await;
-    match answer {
+    ctx.save_checkpoint(&json!({"invite": "sending"})).await?;
+    let invitation = CreateInvitation {
+        email: email.to_string(),
+        access_level: level,
+        expires_at,
+        member_role_id: None,
+    };
+    match ctx
+        .audit()
+        .write(&change, client.invite(&target.source(), &invitation))
+        .await
+    {
         Ok(_) => {}
-        Err(GitLabError::InvitationErrors { errors, .. }) => {
-            ctx.audit().record(&change, "invitation_errors").await;
+        Err(AuditedError::GitLab(GitLabError::InvitationErrors { errors, .. })) => {
             return Err(JobFailure::failed(
                 Code::GitlabError,
                 format!(
@@ -149,10 +170,7 @@ pub(super) async fn send(
                 ),
             ));
         }
-        Err(e) => {
-            ctx.audit().record(&change, e.code()).await;
-            return Err(e.into());
-        }
+        Err(e) => return Err(e.into()),
     }
     if let Some((id, before)) = &member_before {
         let after = client
@@ -173,7 +191,6 @@ pub(super) async fn send(
         ctx.report.warnings.push(note.clone());
         change.note = Some(note);
     }
-    ctx.audit().record(&change, "ok").await;
     ctx.report.changes.push(change);
     Ok(Done::Succeeded)
 }

@@ -4,10 +4,12 @@
 //! (`execute(ctx, params) -> Result<Done, JobFailure>`): [`sync`], [`grant`], [`revoke`],
 //! [`invite`], [`deprovision`], [`rotate`]; [`undo`] is the JIT undo that the scheduler and
 //! `revoke` share. Inside this folder the dependencies run one way:
-//! `codes`, `result`, `fields` → `outcome`, `audit`, `context` → the kinds (and `undo`,
-//! `events`) → `envelope` → `delivery`, `handler`.
+//! `codes`, `result`, `fields` → `outcome`, `audit`, `context`, `bounded` → the kinds (and
+//! `undo`, `events`) → `envelope` → `delivery`, `handler`.
 
+pub mod abandoned;
 mod audit;
+pub mod bounded;
 pub mod codes;
 pub mod context;
 pub mod delivery;

@@ -67,6 +67,10 @@ pub struct JobResult {
     pub residual_access: Option<Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Set when the change list was too large for one message: `changes` holds its first
+    /// entries and the object (`{"bucket", "name", "sha256", "bytes", "changes"}`) all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes_object: Option<Value>,
 }
 
 impl JobStatus {

@@ -104,7 +104,12 @@ async fn by_grant(ctx: &mut JobContext<'_>, gid: &JobId) -> Result<Done, JobFail
     }
     let _ = ctx
         .store
-        .claim_grant(gid.as_str(), ctx.clock.now(), crate::scheduler::CLAIM_LEASE)
+        .claim_grant(
+            gid.as_str(),
+            ctx.clock.now(),
+            super::undo::CLAIM_LEASE,
+            false,
+        )
         .await;
     let why = format!("ended early by job {}", ctx.job.job_id);
     let undone = undo_grant(ctx.store, &connector, &g, &why).await?;
@@ -168,10 +173,12 @@ async fn by_membership(
                 note: None,
             };
             if !ctx.job.dry_run {
-                let answer = client
-                    .cancel_invitation(&target.source(), &inv.invite_email)
-                    .await;
-                ctx.audit().write(&change, answer).await?;
+                ctx.audit()
+                    .write(
+                        &change,
+                        client.cancel_invitation(&target.source(), &inv.invite_email),
+                    )
+                    .await?;
             }
             ctx.report.changes.push(change);
         }

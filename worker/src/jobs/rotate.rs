@@ -357,7 +357,7 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         note: None,
     };
     if rot.rotated {
-        ctx.audit().record(&change, "ok").await;
+        ctx.audit().record_done(&change, "ok").await;
     }
     ctx.report.changes.push(change);
     Ok(Done::Succeeded)

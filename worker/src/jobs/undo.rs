@@ -5,10 +5,16 @@
 use gitlab_connector::api::EditMember;
 use gitlab_connector::provision::{MemberState, ProvisionError};
 
-use super::audit::Audit;
+use super::audit::{Audit, AuditedError};
+use super::outcome::JobFailure;
 use super::result::{Change, to_value};
+use chrono::Utc;
+use serde_json::json;
+
+use super::events::EVENT_SCHEMA;
 use crate::connector::Connector;
-use crate::store::{GrantRecord, Store};
+use crate::store::{GrantRecord, GrantState, OutboxMessage, Store, StoreError};
+use crate::subjects::{Subjects, msg_id};
 
 /// What undoing a grant must do, given the membership as it is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +46,31 @@ pub fn plan_undo(current: Option<&MemberState>, g: &GrantRecord) -> UndoPlan {
     }
 }
 
+/// Why an undo did not finish: reading the membership, or writing it (GitLab refused, or the
+/// audit log could not be written ahead and nothing was sent).
+#[derive(Debug, thiserror::Error)]
+pub enum UndoError {
+    #[error(transparent)]
+    Read(#[from] ProvisionError),
+    #[error(transparent)]
+    Write(#[from] AuditedError),
+}
+
+impl From<gitlab_connector::Error> for UndoError {
+    fn from(e: gitlab_connector::Error) -> Self {
+        UndoError::Read(e.into())
+    }
+}
+
+impl From<UndoError> for JobFailure {
+    fn from(e: UndoError) -> Self {
+        match e {
+            UndoError::Read(r) => r.into(),
+            UndoError::Write(w) => w.into(),
+        }
+    }
+}
+
 /// What undoing a grant did.
 pub struct Undone {
     pub changes: Vec<Change>,
@@ -53,7 +84,7 @@ pub async fn undo_grant(
     connector: &Connector,
     g: &GrantRecord,
     why: &str,
-) -> Result<Undone, ProvisionError> {
+) -> Result<Undone, UndoError> {
     let client = &connector.client;
     let target = g.target();
     let source = target.source();
@@ -81,19 +112,14 @@ pub async fn undo_grant(
         }
         UndoPlan::Restore(p) => {
             let c = change("restore_member", Some(&p));
-            let answer = client
-                .edit_member(
-                    &source,
-                    g.user_id,
-                    &EditMember {
-                        access_level: p.level(),
-                        expires_at: p.expires_at,
-                        member_role_id: p.member_role_id,
-                    },
-                )
-                .await
-                .map(|_| ());
-            audit.write(&c, answer).await?;
+            let edit = EditMember {
+                access_level: p.level(),
+                expires_at: p.expires_at,
+                member_role_id: p.member_role_id,
+            };
+            audit
+                .write(&c, client.edit_member(&source, g.user_id, &edit))
+                .await?;
             changes.push(c);
         }
         UndoPlan::Conflict(message) => {
@@ -106,6 +132,93 @@ pub async fn undo_grant(
     Ok(Undone {
         changes,
         conflict: None,
+    })
+}
+
+/// How long a claim on a grant lasts without a renewal.
+pub const CLAIM_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What one expiry did: the event announcing it (committed with the grant's new state).
+#[derive(Debug, Clone)]
+pub struct Expired {
+    pub grant_job_id: String,
+    pub changes: Vec<Change>,
+    pub conflict: Option<String>,
+    pub event: serde_json::Value,
+}
+
+/// Why an expiry did not finish; the claim lapses and the undo is tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpireError {
+    #[error(transparent)]
+    Undo(#[from] UndoError),
+    #[error(
+        "the undone grant could not be recorded ({0}); the next attempt finds the membership restored and records it"
+    )]
+    Record(StoreError),
+}
+
+/// Undoes a claimed JIT grant (renewing the claim meanwhile) and records its end with its
+/// `jit_expiry` event in one transaction. Whoever does it (the scheduler, or the grant's own
+/// redelivery after its expiry) sends the same event id, so it is announced once.
+pub async fn expire_grant(
+    store: &Store,
+    subjects: &Subjects,
+    publish: bool,
+    c: &Connector,
+    g: &GrantRecord,
+    why: &str,
+) -> Result<Expired, ExpireError> {
+    let renewal = {
+        let (store, job_id) = (store.clone(), g.job_id.clone());
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CLAIM_LEASE / 3).await;
+                if let Err(e) = store.renew_grant_claim(&job_id, CLAIM_LEASE).await {
+                    tracing::warn!("cannot renew the claim on the grant: {e}");
+                }
+            }
+        }))
+    };
+    let undone = undo_grant(store, c, g, why).await;
+    renewal.abort();
+    let Undone { changes, conflict } = undone?;
+    let state = if conflict.is_some() {
+        GrantState::Conflict
+    } else {
+        GrantState::Ended
+    };
+    let event = json!({
+        "schema": EVENT_SCHEMA,
+        "type": "access",
+        "cause": "jit_expiry",
+        "connector": g.connector,
+        "grant_job_id": g.job_id,
+        "user_id": g.user_id,
+        "target": {"type": g.target_kind.as_str(), "id": g.target_id, "path": g.target_path},
+        "expires_at": g.expires_at,
+        "undone_at": Utc::now(),
+        "changes": changes,
+        "conflict": conflict,
+    });
+    let outbox = if publish {
+        vec![OutboxMessage::Publish {
+            msg_id: msg_id::jit_expiry(&g.job_id),
+            subject: subjects.event(&g.connector, "access"),
+            payload: event.to_string(),
+        }]
+    } else {
+        Vec::new()
+    };
+    store
+        .end_grant_with(&g.job_id, state, conflict.clone(), outbox)
+        .await
+        .map_err(ExpireError::Record)?;
+    Ok(Expired {
+        grant_job_id: g.job_id.clone(),
+        changes,
+        conflict,
+        event,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The audit log: every write the worker made in GitLab, whatever its outcome.
 
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::entity::audit_log;
@@ -31,13 +32,15 @@ pub struct AuditRow {
     pub user_id: Option<i64>,
     pub before: Option<String>,
     pub after: Option<String>,
-    /// `ok`, or the error code GitLab's answer mapped to.
+    /// `pending` (written ahead; the worker stopped before the answer), `ok`, or the error
+    /// code GitLab's answer mapped to.
     pub outcome: String,
 }
 
 impl Store {
-    pub async fn audit(&self, e: AuditEntry) -> Result<(), StoreError> {
-        audit_log::Entity::insert(audit_log::ActiveModel {
+    /// Stores an entry (written ahead of its write, with outcome `pending`); returns its id.
+    pub async fn audit_begin(&self, e: AuditEntry) -> Result<i64, StoreError> {
+        let r = audit_log::Entity::insert(audit_log::ActiveModel {
             at: Set(e.at),
             connector: Set(e.connector),
             job_id: Set(e.job_id),
@@ -49,8 +52,18 @@ impl Store {
             outcome: Set(e.outcome),
             ..Default::default()
         })
-        .exec_without_returning(&self.db)
+        .exec(&self.db)
         .await?;
+        Ok(r.last_insert_id)
+    }
+
+    /// Completes an entry written ahead with the write's outcome.
+    pub async fn audit_finish(&self, id: i64, outcome: &str) -> Result<(), StoreError> {
+        audit_log::Entity::update_many()
+            .col_expr(audit_log::Column::Outcome, Expr::value(outcome))
+            .filter(audit_log::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 

@@ -2,14 +2,14 @@
 
 use chrono::{DateTime, Utc};
 use gitlab_connector::provision::{MemberState, TargetKind};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
     QueryOrder, TransactionTrait,
 };
 
-use super::entity::grant;
-use super::records::{GrantRecord, GrantState};
+use super::entity::{grant, job};
+use super::records::{GrantRecord, GrantState, JobState};
 use super::{Store, StoreError};
 
 fn state_json(s: &MemberState) -> String {
@@ -96,7 +96,19 @@ impl Store {
             .transpose()
     }
 
-    /// Active grants of a user on a target (a revoke ends them).
+    /// A grant written ahead ([`GrantState::Pending`]) whose GitLab write was answered.
+    pub async fn activate_grant(&self, job_id: &str) -> Result<(), StoreError> {
+        grant::Entity::update_many()
+            .col_expr(grant::Column::State, Expr::value(GrantState::Active))
+            .col_expr(grant::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(grant::Column::JobId.eq(job_id))
+            .filter(grant::Column::State.eq(GrantState::Pending))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Live grants (pending or active) of a user on a target (a revoke ends them).
     pub async fn active_grants_on(
         &self,
         connector: &str,
@@ -110,14 +122,16 @@ impl Store {
                 .filter(grant::Column::TargetType.eq(target_kind.as_str()))
                 .filter(grant::Column::TargetId.eq(i64::try_from(target_id).unwrap_or(i64::MAX)))
                 .filter(grant::Column::UserId.eq(i64::try_from(user_id).unwrap_or(i64::MAX)))
-                .filter(grant::Column::State.eq(GrantState::Active))
+                .filter(grant::Column::State.is_in([GrantState::Pending, GrantState::Active]))
                 .all(&self.db)
                 .await?,
         )
     }
 
     /// JIT grants whose expiry has passed and that no worker holds: active ones (not waiting
-    /// for a retry), and claimed ones whose claim has lapsed (the worker died). Soonest first.
+    /// for a retry), pending ones whose job no delivery runs (it died between the write-ahead
+    /// record and the answer), and claimed ones whose claim has lapsed (the worker died).
+    /// Soonest first.
     pub async fn due_grants(&self, now: DateTime<Utc>) -> Result<Vec<GrantRecord>, StoreError> {
         records(
             grant::Entity::find()
@@ -133,6 +147,7 @@ impl Store {
                                         .add(grant::Column::NextAttemptAt.lte(now)),
                                 ),
                         )
+                        .add(orphaned_pending(now))
                         .add(
                             Condition::all()
                                 .add(grant::Column::State.eq(GrantState::Ending))
@@ -156,13 +171,16 @@ impl Store {
             .and_then(|g| g.expires_at))
     }
 
-    /// Claims a grant for ending until `now + lease`: only one claimant (a scheduler or a
-    /// revoke) wins, and a lapsed claim (its worker died) may be taken over.
+    /// Claims a grant for ending until `now + lease`: only one claimant (a scheduler, a
+    /// revoke, the grant's own redelivery) wins, and a lapsed claim (its worker died) may be
+    /// taken over. A pending grant is claimed only by its own job (`own_job`) or once no
+    /// delivery of its job runs.
     pub async fn claim_grant(
         &self,
         job_id: &str,
         now: DateTime<Utc>,
         lease: std::time::Duration,
+        own_job: bool,
     ) -> Result<bool, StoreError> {
         let until =
             now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(15));
@@ -174,6 +192,11 @@ impl Store {
             .filter(
                 Condition::any()
                     .add(grant::Column::State.eq(GrantState::Active))
+                    .add(if own_job {
+                        Condition::all().add(grant::Column::State.eq(GrantState::Pending))
+                    } else {
+                        orphaned_pending(now)
+                    })
                     .add(
                         Condition::all()
                             .add(grant::Column::State.eq(GrantState::Ending))
@@ -253,6 +276,25 @@ impl Store {
     ) -> Result<(), StoreError> {
         end_in(&self.db, job_id, state, note).await
     }
+}
+
+/// Pending grants whose job no delivery runs: its lease ran out, or it finished.
+fn orphaned_pending(now: DateTime<Utc>) -> Condition {
+    Condition::all()
+        .add(grant::Column::State.eq(GrantState::Pending))
+        .add(
+            grant::Column::JobId.in_subquery(
+                Query::select()
+                    .column(job::Column::JobId)
+                    .from(job::Entity)
+                    .cond_where(
+                        Condition::any()
+                            .add(job::Column::LeaseUntil.lt(now))
+                            .add(job::Column::State.eq(JobState::Finished)),
+                    )
+                    .to_owned(),
+            ),
+        )
 }
 
 async fn end_in<C: ConnectionTrait>(

@@ -43,6 +43,8 @@ pub struct NewJob<'a> {
     pub payload_sha256: &'a str,
     /// The JetStream stream sequence of this delivery (0 without NATS).
     pub stream_seq: u64,
+    /// NATS will not deliver this message again.
+    pub last_delivery: bool,
 }
 
 /// A message committed with the state it describes.
@@ -60,6 +62,12 @@ pub enum OutboxMessage {
         object_name: String,
         snapshot_id: String,
     },
+    /// Upload `payload` to the object store as `object_name` (a result's full change list).
+    Object {
+        msg_id: String,
+        object_name: String,
+        payload: String,
+    },
 }
 
 impl OutboxMessage {
@@ -67,7 +75,8 @@ impl OutboxMessage {
     pub fn msg_id(&self) -> &str {
         match self {
             OutboxMessage::Publish { msg_id, .. }
-            | OutboxMessage::SnapshotObject { msg_id, .. } => msg_id,
+            | OutboxMessage::SnapshotObject { msg_id, .. }
+            | OutboxMessage::Object { msg_id, .. } => msg_id,
         }
     }
 
@@ -83,6 +92,11 @@ impl OutboxMessage {
                 object_name,
                 snapshot_id,
             } => (msg_id, "snapshot_object", object_name, snapshot_id),
+            OutboxMessage::Object {
+                msg_id,
+                object_name,
+                payload,
+            } => (msg_id, "object", object_name, payload),
         };
         outbox::ActiveModel {
             msg_id: Set(msg_id),
@@ -101,6 +115,12 @@ impl OutboxMessage {
                 msg_id: row.msg_id.clone(),
                 object_name: row.subject.clone(),
                 snapshot_id: row.payload.clone(),
+            }
+        } else if row.kind == "object" {
+            OutboxMessage::Object {
+                msg_id: row.msg_id.clone(),
+                object_name: row.subject.clone(),
+                payload: row.payload.clone(),
             }
         } else {
             OutboxMessage::Publish {
@@ -144,6 +164,7 @@ impl Store {
             request,
             payload_sha256,
             stream_seq,
+            last_delivery,
         } = *job;
         let now = Utc::now();
         let lease_until =
@@ -161,6 +182,7 @@ impl Store {
             stream_seq: Set(i64::try_from(stream_seq).unwrap_or(0)),
             lease_until: Set(lease_until),
             payload_sha256: Set(Some(payload_sha256.to_string())),
+            final_delivery: Set(last_delivery),
             created_at: Set(now),
             updated_at: Set(now),
         })
@@ -201,6 +223,7 @@ impl Store {
                 Expr::col(job::Column::Attempts).add(1),
             )
             .col_expr(job::Column::LeaseUntil, Expr::value(lease_until))
+            .col_expr(job::Column::FinalDelivery, Expr::value(last_delivery))
             .col_expr(job::Column::UpdatedAt, Expr::value(now))
             .filter(job::Column::JobId.eq(job_id))
             .filter(job::Column::State.eq(JobState::Running))
@@ -277,6 +300,7 @@ impl Store {
     pub async fn unsent_outbox(&self, limit: u64) -> Result<Vec<(i64, OutboxMessage)>, StoreError> {
         Ok(outbox::Entity::find()
             .filter(outbox::Column::SentAt.is_null())
+            .filter(outbox::Column::ParkedAt.is_null())
             .order_by_asc(outbox::Column::Id)
             .limit(limit)
             .all(&self.db)
@@ -295,6 +319,53 @@ impl Store {
         Ok(())
     }
 
+    /// Jobs whose last delivery died: running, on their final delivery, and their lease ran
+    /// out at least `grace` ago. No delivery will come back for them.
+    pub async fn abandoned_jobs(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let before = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
+        Ok(job::Entity::find()
+            .filter(job::Column::State.eq(JobState::Running))
+            .filter(job::Column::FinalDelivery.eq(true))
+            .filter(job::Column::LeaseUntil.lt(before))
+            .limit(100)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(record)
+            .collect())
+    }
+
+    /// Finishes a job only if it is still running with a lapsed lease (no delivery took it
+    /// meanwhile); returns whether it did.
+    pub async fn finish_abandoned_job(
+        &self,
+        job_id: &str,
+        status: &str,
+        result: &str,
+        outbox: Vec<OutboxMessage>,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await?;
+        let r = job::Entity::update_many()
+            .col_expr(job::Column::State, Expr::value(JobState::Finished))
+            .col_expr(job::Column::Status, Expr::value(status.to_string()))
+            .col_expr(job::Column::Result, Expr::value(result.to_string()))
+            .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(job::Column::JobId.eq(job_id))
+            .filter(job::Column::State.eq(JobState::Running))
+            .filter(job::Column::LeaseUntil.lt(Utc::now()))
+            .exec(&txn)
+            .await?;
+        if r.rows_affected != 1 {
+            return Ok(false);
+        }
+        insert_outbox(&txn, outbox).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
     /// Messages for the outbox alone (e.g. a result published again).
     pub async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
         insert_outbox(&self.db, messages).await
@@ -304,18 +375,22 @@ impl Store {
         Ok(job::Entity::find_by_id(job_id.to_string())
             .one(&self.db)
             .await?
-            .map(|m| JobRecord {
-                job_id: m.job_id,
-                connector: m.connector,
-                kind: m.kind,
-                state: m.state,
-                attempts: u32::try_from(m.attempts).unwrap_or(0),
-                request: m.request,
-                result: m.result,
-                status: m.status,
-                progress: m.progress,
-                stream_seq: u64::try_from(m.stream_seq).unwrap_or(0),
-            }))
+            .map(record))
+    }
+}
+
+fn record(m: job::Model) -> JobRecord {
+    JobRecord {
+        job_id: m.job_id,
+        connector: m.connector,
+        kind: m.kind,
+        state: m.state,
+        attempts: u32::try_from(m.attempts).unwrap_or(0),
+        request: m.request,
+        result: m.result,
+        status: m.status,
+        progress: m.progress,
+        stream_seq: u64::try_from(m.stream_seq).unwrap_or(0),
     }
 }
 

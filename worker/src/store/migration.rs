@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0003JobPayload),
             Box::new(M0004GrantClaims),
             Box::new(M0005Leases),
+            Box::new(M0006Retention),
         ]
     }
 }
@@ -424,5 +425,83 @@ impl MigrationTrait for M0005Leases {
                 .to_owned(),
         )
         .await
+    }
+}
+
+/// Bounded and kept within limits: outbox messages that cannot be published are parked with
+/// their reason; a job remembers that its last delivery is running (so a death there is still
+/// answered); snapshots can be pinned (kept by retention) and pruned (records deleted, the
+/// row and its hashes kept for the chain).
+struct M0006Retention;
+
+impl MigrationName for M0006Retention {
+    fn name(&self) -> &str {
+        "m0006_retention"
+    }
+}
+
+#[derive(DeriveIden)]
+enum OutboxParking {
+    #[sea_orm(iden = "outbox")]
+    Table,
+    ParkedAt,
+    ParkedReason,
+}
+
+#[derive(DeriveIden)]
+enum JobFinalDelivery {
+    #[sea_orm(iden = "jobs")]
+    Table,
+    FinalDelivery,
+}
+
+#[derive(DeriveIden)]
+enum SnapshotRetention {
+    #[sea_orm(iden = "snapshots")]
+    Table,
+    Pinned,
+    PrunedAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0006Retention {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one column at a time.
+        for col in [
+            timestamp_with_time_zone_null(OutboxParking::ParkedAt),
+            text_null(OutboxParking::ParkedReason),
+        ] {
+            m.alter_table(
+                Table::alter()
+                    .table(OutboxParking::Table)
+                    .add_column(col)
+                    .to_owned(),
+            )
+            .await?;
+        }
+        m.alter_table(
+            Table::alter()
+                .table(JobFinalDelivery::Table)
+                .add_column(
+                    boolean(JobFinalDelivery::FinalDelivery)
+                        .default(false)
+                        .to_owned(),
+                )
+                .to_owned(),
+        )
+        .await?;
+        for col in [
+            boolean(SnapshotRetention::Pinned).default(false).to_owned(),
+            timestamp_with_time_zone_null(SnapshotRetention::PrunedAt),
+        ] {
+            m.alter_table(
+                Table::alter()
+                    .table(SnapshotRetention::Table)
+                    .add_column(col)
+                    .to_owned(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ mod audit;
 mod grants;
 mod jobs;
 mod leases;
+mod outbox;
 mod records;
 mod snapshots;
 
@@ -19,6 +20,7 @@ use sea_orm_migration::MigratorTrait;
 
 pub use audit::{AuditEntry, AuditRow};
 pub use jobs::{Begin, NewJob, OutboxMessage};
+pub use outbox::ParkedMessage;
 pub use records::{GrantRecord, GrantState, JobRecord, JobState};
 pub use snapshots::{JobCompletion, SnapshotInfo, StoredSnapshot};
 

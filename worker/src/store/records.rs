@@ -15,11 +15,15 @@ pub enum JobState {
     Finished,
 }
 
-/// A grant's life: `active` until the scheduler or a revoke claims it (`ending`), then `ended`,
-/// or `conflict` when the membership had been changed behind the worker's back.
+/// A grant's life: `pending` from before its GitLab write (written ahead: the write may or may
+/// not have happened) until the write is answered, `active` until the scheduler or a revoke
+/// claims it (`ending`), then `ended`, or `conflict` when the membership had been changed
+/// behind the worker's back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
 pub enum GrantState {
+    #[sea_orm(string_value = "pending")]
+    Pending,
     #[sea_orm(string_value = "active")]
     Active,
     #[sea_orm(string_value = "ending")]
@@ -33,6 +37,7 @@ pub enum GrantState {
 impl GrantState {
     pub fn as_str(self) -> &'static str {
         match self {
+            GrantState::Pending => "pending",
             GrantState::Active => "active",
             GrantState::Ending => "ending",
             GrantState::Ended => "ended",
@@ -42,7 +47,10 @@ impl GrantState {
 
     /// Still in effect in GitLab (not yet undone).
     pub fn is_live(self) -> bool {
-        matches!(self, GrantState::Active | GrantState::Ending)
+        matches!(
+            self,
+            GrantState::Pending | GrantState::Active | GrantState::Ending
+        )
     }
 }
 

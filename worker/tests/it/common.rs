@@ -142,3 +142,39 @@ pub fn job(id: &str, kind: &str, params: Value) -> Vec<u8> {
     }))
     .unwrap()
 }
+
+/// A grant as a first delivery writes it ahead of its GitLab write (`pending`).
+pub fn pending_grant(
+    job_id: &str,
+    group: u64,
+    user: u64,
+    prior_level: Option<u16>,
+    level: u16,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> gitlab_worker::store::GrantRecord {
+    use gitlab_connector::provision::{MemberState, TargetKind};
+    let state = |l: u16, e| MemberState {
+        access_level: l,
+        expires_at: e,
+        member_role_id: None,
+    };
+    gitlab_worker::store::GrantRecord {
+        job_id: job_id.into(),
+        connector: "default".into(),
+        target_kind: TargetKind::Group,
+        target_id: group,
+        target_path: String::new(),
+        user_id: user,
+        created: prior_level.is_none(),
+        prior: prior_level.map(|l| state(l, None)),
+        applied: state(
+            level,
+            expires_at.map(gitlab_worker::jobs::grant::gitlab_date),
+        ),
+        expires_at,
+        state: gitlab_worker::store::GrantState::Pending,
+        ended_at: None,
+        note: None,
+        undo_attempts: 0,
+    }
+}

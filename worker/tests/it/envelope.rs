@@ -1,7 +1,7 @@
 //! The job envelope: every kind parses; malformed and unknown input is rejected with a message
 //! that names the problem, never a panic, and what addresses the answer is salvaged.
 
-use chrono::{Duration, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use gitlab_connector::api::AccessLevel;
 use gitlab_connector::client::IdOrPath;
 use gitlab_connector::provision::{TargetRef, UserRef};
@@ -125,7 +125,6 @@ fn thirty_malformed_jobs_are_rejected_with_a_precise_message() {
         f(&mut v);
         serde_json::to_vec(&v).unwrap()
     };
-    let past = (now() - Duration::hours(1)).to_rfc3339();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"not json".to_vec(), "not valid JSON"),
         (b"".to_vec(), "not valid JSON"),
@@ -160,7 +159,6 @@ fn thirty_malformed_jobs_are_rejected_with_a_precise_message() {
         (with(&|v| { v["params"]["duration_seconds"] = json!(60); v["params"]["expires_at"] = json!("2027-01-01T00:00:00Z"); }), "not both"),
         (with(&|v| v["params"]["duration_seconds"] = json!(0)), "positive whole number"),
         (with(&|v| v["params"]["expires_at"] = json!("tomorrow")), "not an RFC 3339 timestamp"),
-        (with(&|v| v["params"]["expires_at"] = json!(past.clone())), "is in the past"),
         (serde_json::to_vec(&job("revoke", json!({"grant_job_id": "g", "user": {"id": 1}}))).unwrap(), "not both"),
         (serde_json::to_vec(&job("invite", json!({"target": {"group": "g"}, "access_level": 30}))).unwrap(), "`email` is missing"),
         (serde_json::to_vec(&job("invite", json!({"email": "a@b.co", "target": {"group": "g"}, "access_level": 30, "expires_at": "2020-01-01"}))).unwrap(), "is in the past"),

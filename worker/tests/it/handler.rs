@@ -96,6 +96,7 @@ async fn a_job_running_in_another_delivery_is_handed_back_until_its_last_deliver
                 request: "{}",
                 payload_sha256: &sha(&grant),
                 stream_seq: 5,
+                last_delivery: false,
             },
             Duration::from_secs(60),
         )
@@ -117,7 +118,17 @@ async fn a_job_running_in_another_delivery_is_handed_back_until_its_last_deliver
         .handle(&grant, delivery(8, true, 6))
         .await
         .unwrap();
-    assert_eq!(last.disposition, Disposition::Done { dead_letter: false });
+    // Its deliveries ran out while the job runs elsewhere: answered failed (this message was
+    // not executed) and dead-lettered, under a message id of its own.
+    assert_eq!(last.disposition, Disposition::Done { dead_letter: true });
+    let r = parsed(&last.result);
+    assert_eq!(r.status, JobStatus::Failed, "{}", last.result);
+    assert_eq!(r.error.as_ref().unwrap().code, "conflict");
+    assert!(
+        e.outbox_ids()
+            .await
+            .contains(&"busy-1 rejected 6".to_string())
+    );
     assert!(
         e.writes().is_empty(),
         "a busy job is not executed: {:?}",
@@ -127,23 +138,16 @@ async fn a_job_running_in_another_delivery_is_handed_back_until_its_last_deliver
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_grant_resumed_after_a_crash_keeps_the_checkpointed_prior_state() {
+async fn a_grant_resumed_after_a_crash_keeps_the_prior_state_written_ahead() {
     let e = env().await;
     let (group, user) = e.group_and_outsider();
-    // Before: a Reporter membership.
-    e.sim
-        .sim
-        .world
-        .write()
-        .unwrap()
-        .set_member(Resource::Group(group), user, 20, None);
     let grant = job(
         "crash-1",
         "grant",
         json!({"user": {"id": user}, "target": {"group": group}, "access_level": 40, "duration_seconds": 3600}),
     );
-    // The first delivery checkpointed the prior state, wrote to GitLab and died before it
-    // recorded the grant; its lease has run out.
+    // The first delivery wrote the grant ahead (the Reporter membership before, Maintainer
+    // intended), wrote to GitLab and died before the answer; its lease has run out.
     e.handler
         .store
         .begin_job(
@@ -154,18 +158,24 @@ async fn a_grant_resumed_after_a_crash_keeps_the_checkpointed_prior_state() {
                 request: "{}",
                 payload_sha256: &sha(&grant),
                 stream_seq: 1,
+                last_delivery: false,
             },
             Duration::ZERO,
         )
         .await
         .unwrap();
+    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+    let date = gitlab_worker::jobs::grant::gitlab_date(expires);
     e.handler
         .store
-        .save_progress(
+        .record_grant(crate::common::pending_grant(
             "crash-1",
-            &json!({"prior": {"access_level": 20, "expires_at": null, "member_role_id": null}, "created": false})
-                .to_string(),
-        )
+            group,
+            user,
+            Some(20),
+            40,
+            Some(expires),
+        ))
         .await
         .unwrap();
     e.sim
@@ -173,7 +183,7 @@ async fn a_grant_resumed_after_a_crash_keeps_the_checkpointed_prior_state() {
         .world
         .write()
         .unwrap()
-        .set_member(Resource::Group(group), user, 40, None);
+        .set_member(Resource::Group(group), user, 40, Some(date));
     tokio::time::sleep(Duration::from_millis(5)).await; // past the zero-length lease
     e.sim.sim.reset_log();
 
@@ -190,12 +200,18 @@ async fn a_grant_resumed_after_a_crash_keeps_the_checkpointed_prior_state() {
         r.changes[0].before,
         Some(json!({"access_level": 20, "expires_at": null, "member_role_id": null}))
     );
+    assert_eq!(
+        r.grant.as_ref().unwrap()["expires_at"],
+        json!(expires),
+        "the expiry written ahead, not one counted from the redelivery"
+    );
     assert!(
         e.writes().is_empty(),
         "the write was already in effect: {:?}",
         e.writes()
     );
     let g = e.handler.store.grant("crash-1").await.unwrap().unwrap();
+    assert_eq!(g.state, gitlab_worker::store::GrantState::Active);
     assert_eq!(g.prior.map(|p| p.access_level), Some(20));
 
     // Ending the grant restores what was there before the first delivery.

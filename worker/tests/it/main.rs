@@ -9,3 +9,4 @@ mod handler;
 mod policy;
 mod rotation;
 mod scheduler;
+mod writeahead;

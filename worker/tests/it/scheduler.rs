@@ -58,7 +58,7 @@ async fn a_claim_left_by_a_dead_worker_is_taken_over_as_soon_as_it_lapses() {
     assert!(
         e.handler
             .store
-            .claim_grant("lease-1", claimed_at, CLAIM_LEASE)
+            .claim_grant("lease-1", claimed_at, CLAIM_LEASE, false)
             .await
             .unwrap()
     );
@@ -94,7 +94,7 @@ async fn a_current_claim_is_left_to_its_worker() {
     assert!(
         e.handler
             .store
-            .claim_grant("lease-2", later, CLAIM_LEASE)
+            .claim_grant("lease-2", later, CLAIM_LEASE, false)
             .await
             .unwrap()
     );

@@ -30,6 +30,9 @@ pub struct Model {
     pub lease_until: DateTimeUtc,
     /// sha256 of the canonical envelope (null for jobs stored before it was kept).
     pub payload_sha256: Option<String>,
+    /// The delivery running the job is its last (NATS will not deliver it again): if it dies,
+    /// the scheduler answers the job `failed` once its lease has run out.
+    pub final_delivery: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

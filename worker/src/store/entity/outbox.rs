@@ -18,6 +18,11 @@ pub struct Model {
     pub payload: String,
     pub created_at: DateTimeUtc,
     pub sent_at: Option<DateTimeUtc>,
+    /// Set when the message could not be published (too large, refused): it is skipped, and
+    /// a notice went to the DLQ.
+    pub parked_at: Option<DateTimeUtc>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub parked_reason: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

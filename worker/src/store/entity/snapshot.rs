@@ -24,6 +24,10 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub summary: String,
     pub stored_at: DateTimeUtc,
+    /// Kept by retention whatever its age (an auditor pinned it).
+    pub pinned: bool,
+    /// Retention deleted its records; the row and its hashes stay for the chain.
+    pub pruned_at: Option<DateTimeUtc>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
