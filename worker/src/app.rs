@@ -116,6 +116,7 @@ pub fn handler(
         lease: settings.nats.ack_wait,
         clock: Clock::system(),
         max_job_bytes: settings.nats.max_job_bytes,
+        timeouts: settings.job_timeouts.clone(),
     }
 }
 

@@ -779,3 +779,103 @@ async fn the_worker_authenticates_to_nats_with_a_token_or_a_user_and_password() 
         assert_eq!(exit.and_then(|s| s.code()), Some(0));
     }
 }
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes; returns whether it held.
+async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_nats_refuses_is_parked_and_every_later_one_is_published() {
+    let e = env().await;
+    let dir = tempdir("parked");
+    let db = sqlite_url(&dir);
+    let w = spawn_worker(worker_env(&e, &db, &[])).await;
+    // A result of 2 MB (over the server's 1 MiB max payload) committed before a normal one,
+    // as a job of an older version could have left it.
+    let store = gitlab_worker::store::Store::open(&db).await.unwrap();
+    let big = format!(
+        "{{\"job_id\":\"big-1\",\"blob\":\"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    store
+        .enqueue(vec![
+            gitlab_worker::store::OutboxMessage::Publish {
+                msg_id: "big-1".into(),
+                subject: "gitlab.results.default.deprovision".into(),
+                payload: big,
+            },
+            gitlab_worker::store::OutboxMessage::Publish {
+                msg_id: "small-1".into(),
+                subject: "gitlab.results.default.grant".into(),
+                payload: "{\"job_id\":\"small-1\"}".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    let got = read_stream(
+        &e.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.default.grant",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the message after the refused one is published\n{}",
+        w.stderr()
+    );
+    let notice = read_stream(
+        &e.js,
+        "GITLAB_DLQ",
+        "gitlab.dlq.default.deprovision",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(notice.len(), 1, "a DLQ notice of the parked message");
+    let n = json(&notice[0]);
+    assert_eq!(n["msg_id"], "big-1");
+    assert!(n["reason"].as_str().unwrap().contains("max payload"), "{n}");
+    assert!(
+        notice[0].payload.len() < 4096,
+        "the notice does not carry the message"
+    );
+    // /readyz says so until an operator dismisses it.
+    assert!(
+        eventually(Duration::from_secs(10), async || w.get("/readyz").0 == 503).await,
+        "{:?}",
+        w.get("/readyz")
+    );
+    assert!(
+        w.get("/readyz").1.contains("parked"),
+        "{:?}",
+        w.get("/readyz")
+    );
+    assert_eq!(store.parked_outbox().await.unwrap().len(), 1);
+    let dismissed = std::process::Command::new(assert_cmd::cargo::cargo_bin("gitlab-worker"))
+        .args(["outbox", "dismiss", "--all"])
+        .env_clear()
+        .env("DATABASE_URL", &db)
+        .env("GITLAB_URL", e.sim.url.clone())
+        .env("GITLAB_TOKEN", e.token.clone())
+        .output()
+        .unwrap();
+    assert!(
+        dismissed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dismissed.stderr)
+    );
+    assert_eq!(w.get("/readyz").0, 200, "{:?}", w.get("/readyz"));
+}

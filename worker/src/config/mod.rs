@@ -38,7 +38,7 @@ mod values;
 
 use connector::FileConnector;
 pub use connector::{ClientLimits, ConnectorSettings, TokenSource};
-pub use values::{ConfigError, defaults};
+pub use values::{ConfigError, JobTimeouts, defaults};
 use values::{invalid, positive, read_token_file, var};
 
 /// How the worker reaches NATS.
@@ -80,6 +80,11 @@ pub struct Settings {
     pub spool_root: PathBuf,
     /// `SYNC_CONCURRENCY`: GitLab requests in flight during `gitlab-worker sync`.
     pub sync_concurrency: usize,
+    /// `JOB_TIMEOUT_SECONDS[_<KIND>]`: how long a job may run.
+    pub job_timeouts: JobTimeouts,
+    /// `RETENTION_DAYS` (default 400; 0 keeps everything): finished jobs, sent outbox
+    /// messages and unpinned snapshots older than this are deleted.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,7 +180,16 @@ impl Settings {
             Some(v) => positive::<usize>("SYNC_CONCURRENCY", &v, "requests")?,
             None => defaults::SYNC_CONCURRENCY,
         };
+        let job_timeouts = JobTimeouts::from_env(var)?;
+        let retention_days = match var("RETENTION_DAYS") {
+            Some(v) if v.trim() == "0" => 0,
+            Some(v) => positive::<u64>("RETENTION_DAYS", &v, "days")?,
+            None => defaults::RETENTION_DAYS,
+        };
         Ok(Self {
+            job_timeouts,
+            retention: (retention_days > 0)
+                .then(|| Duration::from_secs(retention_days.saturating_mul(86_400))),
             spool_root,
             sync_concurrency,
             token_check_interval,

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::time::Duration;
 
 use gitlab_connector::{InstanceKind, Secret};
 
@@ -26,6 +27,7 @@ pub mod defaults {
     pub const MAX_WAIT_SECONDS: u64 = 600;
     pub const MAX_JOB_BYTES: usize = 256 * 1024;
     pub const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
+    pub const RETENTION_DAYS: u64 = 400;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,4 +109,88 @@ pub(super) fn positive<T: std::str::FromStr + PartialOrd + Default>(
                 format!("{v:?} is not a positive whole number of {what}"),
             )
         })
+}
+
+/// How long a job of each kind may run before it is stopped (`JOB_TIMEOUT_SECONDS` for every
+/// kind, `JOB_TIMEOUT_SECONDS_<KIND>` for one). Generous for a sync (a large scope on
+/// GitLab.com takes an hour of its rate limit), tight for provisioning (a handful of requests).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobTimeouts {
+    pub sync: Duration,
+    pub grant: Duration,
+    pub revoke: Duration,
+    pub invite: Duration,
+    pub deprovision: Duration,
+    pub rotate_token: Duration,
+}
+
+impl Default for JobTimeouts {
+    fn default() -> Self {
+        let provision = Duration::from_secs(300);
+        Self {
+            sync: Duration::from_secs(6 * 3600),
+            grant: provision,
+            revoke: provision,
+            invite: provision,
+            deprovision: Duration::from_secs(1800),
+            rotate_token: provision,
+        }
+    }
+}
+
+impl JobTimeouts {
+    /// Each kind with the variable that sets its timeout alone.
+    pub const KINDS: [(&'static str, &'static str); 6] = [
+        ("sync", "JOB_TIMEOUT_SECONDS_SYNC"),
+        ("grant", "JOB_TIMEOUT_SECONDS_GRANT"),
+        ("revoke", "JOB_TIMEOUT_SECONDS_REVOKE"),
+        ("invite", "JOB_TIMEOUT_SECONDS_INVITE"),
+        ("deprovision", "JOB_TIMEOUT_SECONDS_DEPROVISION"),
+        ("rotate_token", "JOB_TIMEOUT_SECONDS_ROTATE_TOKEN"),
+    ];
+
+    pub fn for_kind(&self, kind: &str) -> Duration {
+        match kind {
+            "sync" => self.sync,
+            "grant" => self.grant,
+            "revoke" => self.revoke,
+            "invite" => self.invite,
+            "deprovision" => self.deprovision,
+            _ => self.rotate_token,
+        }
+    }
+
+    fn slot(&mut self, kind: &str) -> Option<&mut Duration> {
+        Some(match kind {
+            "sync" => &mut self.sync,
+            "grant" => &mut self.grant,
+            "revoke" => &mut self.revoke,
+            "invite" => &mut self.invite,
+            "deprovision" => &mut self.deprovision,
+            "rotate_token" => &mut self.rotate_token,
+            _ => return None,
+        })
+    }
+
+    /// The defaults, then `JOB_TIMEOUT_SECONDS`, then each `JOB_TIMEOUT_SECONDS_<KIND>`.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut t = Self::default();
+        if let Some(v) = var("JOB_TIMEOUT_SECONDS") {
+            let all = Duration::from_secs(positive::<u64>("JOB_TIMEOUT_SECONDS", &v, "seconds")?);
+            for (k, _) in Self::KINDS {
+                if let Some(s) = t.slot(k) {
+                    *s = all;
+                }
+            }
+        }
+        for (k, name) in Self::KINDS {
+            if let Some(v) = var(name) {
+                let secs = positive::<u64>(name, &v, "seconds")?;
+                if let Some(s) = t.slot(k) {
+                    *s = Duration::from_secs(secs);
+                }
+            }
+        }
+        Ok(t)
+    }
 }

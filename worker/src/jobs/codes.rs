@@ -22,11 +22,12 @@ pub enum Code {
     PolicyDenied,
     SubjectMismatch,
     JobIdConflict,
+    Timeout,
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 16] = [
+    pub const ALL: [Code; 17] = [
         Code::InvalidJob,
         Code::UnknownConnector,
         Code::UserNotFound,
@@ -42,6 +43,7 @@ impl Code {
         Code::PolicyDenied,
         Code::SubjectMismatch,
         Code::JobIdConflict,
+        Code::Timeout,
         Code::Internal,
     ];
 
@@ -62,6 +64,7 @@ impl Code {
             Code::PolicyDenied => "policy_denied",
             Code::SubjectMismatch => "subject_mismatch",
             Code::JobIdConflict => "job_id_conflict",
+            Code::Timeout => "timeout",
             Code::Internal => "internal",
         }
     }

@@ -39,6 +39,8 @@ pub struct Handler {
     pub clock: Clock,
     /// Envelopes larger than this are rejected without being parsed or echoed.
     pub max_job_bytes: usize,
+    /// How long each kind of job may run.
+    pub timeouts: crate::config::JobTimeouts,
 }
 
 /// A job's end before it is committed.
@@ -348,13 +350,34 @@ impl Handler {
             report: Report::default(),
             snapshot: None,
         };
-        let outcome = match &job.params {
-            JobParams::Sync(p) => sync::execute(&mut ctx, p).await,
-            JobParams::Grant(p) => grant::execute(&mut ctx, p).await,
-            JobParams::Revoke(p) => revoke::execute(&mut ctx, p).await,
-            JobParams::Invite(p) => invite::execute(&mut ctx, p).await,
-            JobParams::Deprovision(p) => deprovision::execute(&mut ctx, p).await,
-            JobParams::RotateToken(p) => rotate::execute(&mut ctx, p).await,
+        let limit = self.timeouts.for_kind(job.kind().as_str());
+        let run = async {
+            match &job.params {
+                JobParams::Sync(p) => sync::execute(&mut ctx, p).await,
+                JobParams::Grant(p) => grant::execute(&mut ctx, p).await,
+                JobParams::Revoke(p) => revoke::execute(&mut ctx, p).await,
+                JobParams::Invite(p) => invite::execute(&mut ctx, p).await,
+                JobParams::Deprovision(p) => deprovision::execute(&mut ctx, p).await,
+                JobParams::RotateToken(p) => rotate::execute(&mut ctx, p).await,
+            }
+        };
+        // Stopped at its deadline: every write so far has its write-ahead record, so a
+        // provisioning job is handed back and resumed; a sync would only run out again.
+        let outcome = match tokio::time::timeout(limit, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let message = format!(
+                    "the job ran longer than its {} s limit (JOB_TIMEOUT_SECONDS_{}) and was stopped",
+                    limit.as_secs(),
+                    job.kind().as_str().to_uppercase()
+                );
+                tracing::warn!("{message}");
+                Err(if matches!(job.params, JobParams::Sync(_)) {
+                    JobFailure::failed(Code::Timeout, message)
+                } else {
+                    JobFailure::transient(Code::Timeout, message)
+                })
+            }
         };
         Ending {
             outcome,

@@ -66,6 +66,7 @@ pub async fn env_with(policy: Policy) -> Env {
         lease: Duration::from_secs(30),
         clock: Clock::system(),
         max_job_bytes: 256 * 1024,
+        timeouts: Default::default(),
     };
     Env { sim, handler }
 }

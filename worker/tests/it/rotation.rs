@@ -63,6 +63,7 @@ fn worker(sim: &SeededSim, store: Store, token_file: &Path, spool: &Path) -> Han
         lease: Duration::from_secs(30),
         clock: Clock::system(),
         max_job_bytes: 256 * 1024,
+        timeouts: Default::default(),
     }
 }
 

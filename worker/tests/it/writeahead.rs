@@ -331,3 +331,42 @@ async fn a_job_whose_last_delivery_died_is_answered_failed_with_a_dlq_copy() {
     let h = e.handler.handle(&payload, delivery(9, 1)).await.unwrap();
     assert!(h.repeated);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_past_its_deadline_is_stopped_handed_back_then_failed_on_its_last_delivery() {
+    let mut e = env().await;
+    let (group, user) = e.group_and_outsider();
+    e.handler.timeouts.grant = Duration::from_millis(150);
+    e.sim.sim.config.lock().unwrap().faults.latency_ms = 400;
+    let payload = job(
+        "slow-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": 30}),
+    );
+    let h = e.handler.handle(&payload, delivery(1, 1)).await.unwrap();
+    assert!(
+        matches!(
+            h.disposition,
+            gitlab_worker::jobs::Disposition::Retry { .. }
+        ),
+        "{:?} {}",
+        h.disposition,
+        h.result
+    );
+    let last = Delivery {
+        attempt: 8,
+        last_attempt: true,
+        stream_seq: 1,
+        subject: None,
+    };
+    let h = e.handler.handle(&payload, last).await.unwrap();
+    let r = parsed(&h.result);
+    assert_eq!(r.status, JobStatus::Failed, "{}", h.result);
+    let err = r.error.unwrap();
+    assert_eq!(err.code, "timeout");
+    assert!(
+        err.message.contains("JOB_TIMEOUT_SECONDS_GRANT"),
+        "{}",
+        err.message
+    );
+}
