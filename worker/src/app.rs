@@ -120,6 +120,30 @@ pub fn handler(
     }
 }
 
+/// How often `serve` applies retention (and once at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// Applies retention every [`RETENTION_EVERY`] until `stop`: whatever is older than `keep`.
+async fn retain(store: Store, keep: Duration, stop: CancellationToken) {
+    loop {
+        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+        match store.apply_retention(cutoff).await {
+            Ok(p) => tracing::info!(
+                jobs = p.jobs,
+                outbox = p.outbox,
+                snapshots = p.snapshots,
+                snapshot_records = p.snapshot_records,
+                "retention applied (RETENTION_DAYS)"
+            ),
+            Err(e) => tracing::warn!("retention: {e}; tried again later"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RETENTION_EVERY) => {}
+        }
+    }
+}
+
 /// Cancels `token` on SIGTERM or SIGINT.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
@@ -232,6 +256,9 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
             ))
         })
         .collect();
+    let retention = settings
+        .retention
+        .map(|keep| tokio::spawn(retain(store.clone(), keep, background_stop.clone())));
     let token_watch = tokio::spawn(crate::jobs::rotate::watch_token_files(
         handler.connectors.values().cloned().collect(),
         background_stop.clone(),
@@ -262,6 +289,9 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         let _ = r.await;
     }
     let _ = token_watch.await;
+    if let Some(r) = retention {
+        let _ = r.await;
+    }
     let _ = outbox_task.await;
     let _ = watcher.await;
     if let Err(e) = client.drain().await {

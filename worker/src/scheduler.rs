@@ -151,7 +151,7 @@ pub async fn run(h: Arc<Handler>, wake: Option<Arc<Notify>>, stop: CancellationT
         let done = run_due(&h).await;
         let mut answered = 0;
         ticks = ticks.wrapping_add(1);
-        if ticks % ABANDONED_SWEEP_TICKS == 0 {
+        if ticks.is_multiple_of(ABANDONED_SWEEP_TICKS) {
             answered = h.answer_abandoned().await.unwrap_or_else(|e| {
                 tracing::warn!("scheduler: jobs whose last delivery died: {e}");
                 0

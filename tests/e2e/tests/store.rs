@@ -385,3 +385,157 @@ async fn snapshots_are_stored_temporally_and_exported_byte_identically(b: Backen
     );
     assert!(store.find_snapshot("0").await.is_err());
 }
+
+on_both!(
+    retention,
+    retention_keeps_pinned_and_base_snapshots_and_live_grants
+);
+
+/// Raises or lowers the first Developer/Reporter group membership of the scope by one step.
+async fn change_one_level(client: &Client, snapshot: &Path) {
+    let records: Vec<Record> = gitlab_connector::snapshot::records(std::io::BufReader::new(
+        std::fs::File::open(snapshot).unwrap(),
+    ))
+    .map(Result::unwrap)
+    .collect();
+    let (g, u, level) = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Membership(m) => match m.resource {
+                ResourceRef::Group(g) if (10..50).contains(&m.access_level) => {
+                    Some((g, m.user_id, m.access_level))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap();
+    client
+        .edit_member(
+            &Source::Group(IdOrPath::Id(g)),
+            u,
+            &EditMember {
+                access_level: AccessLevel(if level == 30 { 20 } else { 30 }),
+                expires_at: None,
+                member_role_id: None,
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
+    gitlab_connector::client::install_crypto_provider();
+    let sim = gitlab_sim::start_seeded(&SeedSpec::small(5, Mode::SelfManaged))
+        .await
+        .unwrap();
+    let client = Client::new(ClientConfig::new(
+        BaseUrl::parse(&sim.url).unwrap(),
+        Secret::new(sim.token.clone()),
+    ))
+    .unwrap();
+    let dir = tempdir("retention");
+    let store = Store::open(&b.url()).await.unwrap();
+    let mut stored = Vec::new();
+    let mut prev = None;
+    for name in ["a", "b", "c"] {
+        let file = sync_to(&client, &dir, &format!("{name}.ndjson"), prev.clone()).await;
+        let s = store.store_snapshot(&file, None).await.unwrap();
+        prev = Some(s.info.sha256.clone());
+        stored.push((file, s.info));
+        change_one_level(&client, &stored.last().unwrap().0).await;
+    }
+    store
+        .pin_snapshot(&stored[0].1.snapshot_id, true)
+        .await
+        .unwrap();
+    // Two finished jobs, one of whose grant is still live, and a sent outbox message.
+    for id in ["done-1", "live-grant-1"] {
+        store
+            .begin_job(
+                &NewJob {
+                    job_id: id,
+                    connector: "default",
+                    kind: "grant",
+                    request: "{}",
+                    payload_sha256: "x",
+                    stream_seq: 0,
+                    last_delivery: false,
+                },
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        store
+            .finish_job(id, "succeeded", "{}", vec![])
+            .await
+            .unwrap();
+    }
+    let live = gitlab_worker::store::GrantRecord {
+        job_id: "live-grant-1".into(),
+        connector: "default".into(),
+        target_kind: gitlab_connector::provision::TargetKind::Group,
+        target_id: 1,
+        target_path: "org".into(),
+        user_id: 2,
+        created: true,
+        prior: None,
+        applied: gitlab_connector::provision::MemberState {
+            access_level: 30,
+            expires_at: None,
+            member_role_id: None,
+        },
+        expires_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        state: gitlab_worker::store::GrantState::Active,
+        ended_at: None,
+        note: None,
+        undo_attempts: 0,
+    };
+    store.record_grant(live).await.unwrap();
+    store
+        .enqueue(vec![OutboxMessage::Publish {
+            msg_id: "sent-1".into(),
+            subject: "gitlab.results.default.grant".into(),
+            payload: "{}".into(),
+        }])
+        .await
+        .unwrap();
+    let (row, _) = store.unsent_outbox(10).await.unwrap().remove(0);
+    store.mark_sent(row).await.unwrap();
+
+    let pruned = store
+        .apply_retention(chrono::Utc::now() + chrono::Duration::seconds(5))
+        .await
+        .unwrap();
+    assert_eq!(pruned.snapshots, 1, "{pruned:?}");
+    assert!(pruned.snapshot_records > 0, "{pruned:?}");
+    assert_eq!(pruned.jobs, 1, "{pruned:?}");
+    assert_eq!(pruned.outbox, 1, "{pruned:?}");
+    assert!(store.job("done-1").await.unwrap().is_none());
+    assert!(
+        store.job("live-grant-1").await.unwrap().is_some(),
+        "its grant is live"
+    );
+    // The pinned snapshot and the base of the next diff export exactly as first written; the
+    // pruned one says so, and its hashes stay for the chain.
+    for i in [0, 2] {
+        let mut out = Vec::new();
+        let info = store.find_snapshot(&stored[i].1.snapshot_id).await.unwrap();
+        store.export_snapshot(&info, &mut out).await.unwrap();
+        assert_eq!(out, std::fs::read(&stored[i].0).unwrap(), "snapshot {i}");
+    }
+    let b_info = store.find_snapshot(&stored[1].1.snapshot_id).await.unwrap();
+    assert!(b_info.pruned_at.is_some());
+    assert_eq!(b_info.sha256, stored[1].1.sha256);
+    let err = store
+        .export_snapshot(&b_info, &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("retention"), "{err}");
+    // Applying it again deletes nothing more.
+    let again = store
+        .apply_retention(chrono::Utc::now() + chrono::Duration::seconds(5))
+        .await
+        .unwrap();
+    assert_eq!((again.snapshots, again.jobs, again.outbox), (0, 0, 0));
+}

@@ -176,6 +176,16 @@ pub enum SnapshotsCommand {
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
     },
+    /// Keep a snapshot whatever its age (retention, RETENTION_DAYS, skips it).
+    Pin {
+        /// A snapshot id, or an unambiguous prefix of one.
+        id: String,
+    },
+    /// Let retention delete a pinned snapshot again once it is old enough.
+    Unpin {
+        /// A snapshot id, or an unambiguous prefix of one.
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -152,6 +152,14 @@ async fn execute(store: &Store, command: SnapshotsCommand) -> Result<u8, StoreEr
             drop(out);
             return Ok(diff_files(&pa, &pb));
         }
+        SnapshotsCommand::Pin { id } => {
+            store.pin_snapshot(&id, true).await?;
+            eprintln!("snapshot {id} pinned: retention keeps it");
+        }
+        SnapshotsCommand::Unpin { id } => {
+            store.pin_snapshot(&id, false).await?;
+            eprintln!("snapshot {id} unpinned");
+        }
         SnapshotsCommand::Export { id, format } => {
             let snap = store.find_snapshot(&id).await?;
             match format {

@@ -11,6 +11,7 @@ mod jobs;
 mod leases;
 mod outbox;
 mod records;
+mod retention;
 mod snapshots;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub use audit::{AuditEntry, AuditRow};
 pub use jobs::{Begin, NewJob, OutboxMessage};
 pub use outbox::ParkedMessage;
 pub use records::{GrantRecord, GrantState, JobRecord, JobState};
+pub use retention::Pruned;
 pub use snapshots::{JobCompletion, SnapshotInfo, StoredSnapshot};
 
 use crate::redact::redact_url;
@@ -47,6 +49,13 @@ pub enum StoreError {
         "no stored snapshot matches {0:?}; `gitlab-worker snapshots list` shows the stored ones"
     )]
     SnapshotNotFound(String),
+    #[error(
+        "the snapshot {id}'s records were deleted by retention on {at} (RETENTION_DAYS); its hashes stay in the chain. Pin snapshots that must be kept: `gitlab-worker snapshots pin ID`"
+    )]
+    Pruned {
+        id: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
     #[error("{0:?} matches several stored snapshots; give more of the id")]
     Ambiguous(String),
     #[error("cannot read the snapshot file: {0}")]

@@ -39,6 +39,10 @@ pub struct SnapshotInfo {
     pub prev_sha256: Option<String>,
     pub record_count: i64,
     pub job_id: Option<String>,
+    /// Kept by retention whatever its age.
+    pub pinned: bool,
+    /// When retention deleted its records (its row and hashes stay for the chain).
+    pub pruned_at: Option<DateTime<Utc>>,
     /// The header and summary lines exactly as written (what an export puts around the rows).
     #[serde(skip)]
     pub header: String,
@@ -60,6 +64,8 @@ impl From<&snapshot::Model> for SnapshotInfo {
             prev_sha256: m.prev_sha256.clone(),
             record_count: m.record_count,
             job_id: m.job_id.clone(),
+            pinned: m.pinned,
+            pruned_at: m.pruned_at,
             header: m.header.clone(),
             summary: m.summary.clone(),
         }
@@ -254,6 +260,12 @@ impl Store {
         snap: &SnapshotInfo,
         out: &mut impl Write,
     ) -> Result<(), StoreError> {
+        if let Some(at) = snap.pruned_at {
+            return Err(StoreError::Pruned {
+                id: snap.snapshot_id.clone(),
+                at,
+            });
+        }
         let mut rows: Vec<(String, String)> = snapshot_record::Entity::find()
             .select_only()
             .columns([
