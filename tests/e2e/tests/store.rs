@@ -240,9 +240,10 @@ async fn export(store: &Store, id: &str) -> Vec<u8> {
     out
 }
 
-async fn snapshots_are_stored_temporally_and_exported_byte_identically(b: Backend) {
+/// A seeded self-managed simulator (kept alive by the caller) and a client for it.
+async fn seeded_client(seed: u64) -> (gitlab_sim::SeededSim, Client) {
     gitlab_connector::client::install_crypto_provider();
-    let sim = gitlab_sim::start_seeded(&SeedSpec::small(3, Mode::SelfManaged))
+    let sim = gitlab_sim::start_seeded(&SeedSpec::small(seed, Mode::SelfManaged))
         .await
         .unwrap();
     let client = Client::new(ClientConfig::new(
@@ -250,6 +251,11 @@ async fn snapshots_are_stored_temporally_and_exported_byte_identically(b: Backen
         Secret::new(sim.token.clone()),
     ))
     .unwrap();
+    (sim, client)
+}
+
+async fn snapshots_are_stored_temporally_and_exported_byte_identically(b: Backend) {
+    let (_sim, client) = seeded_client(3).await;
     let dir = tempdir("temporal");
     let store = Store::open(&b.url()).await.unwrap();
 
@@ -425,15 +431,7 @@ async fn change_one_level(client: &Client, snapshot: &Path) {
 }
 
 async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
-    gitlab_connector::client::install_crypto_provider();
-    let sim = gitlab_sim::start_seeded(&SeedSpec::small(5, Mode::SelfManaged))
-        .await
-        .unwrap();
-    let client = Client::new(ClientConfig::new(
-        BaseUrl::parse(&sim.url).unwrap(),
-        Secret::new(sim.token.clone()),
-    ))
-    .unwrap();
+    let (_sim, client) = seeded_client(5).await;
     let dir = tempdir("retention");
     let store = Store::open(&b.url()).await.unwrap();
     let mut stored = Vec::new();

@@ -253,6 +253,19 @@ pub async fn run(cli: Cli) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Loads the settings and opens the database, or prints why not and returns the exit code.
+pub(crate) async fn settings_and_store(
+    config: Option<&std::path::Path>,
+    need_connector: bool,
+) -> Result<(crate::config::Settings, crate::store::Store), u8> {
+    let settings =
+        crate::config::Settings::load(config, need_connector).map_err(|e| fail(&e.into()))?;
+    let store = crate::store::Store::open(&settings.database_url)
+        .await
+        .map_err(|e| fail(&e.into()))?;
+    Ok((settings, store))
+}
+
 /// Prints an application error and returns its exit code.
 pub(crate) fn fail(e: &crate::app::AppError) -> u8 {
     eprintln!("error: {e}");

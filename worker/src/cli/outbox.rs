@@ -3,18 +3,12 @@
 
 use std::path::Path;
 
-use super::{OutboxCommand, exit, fail};
-use crate::config::Settings;
-use crate::store::Store;
+use super::{OutboxCommand, exit, fail, settings_and_store};
 
 pub async fn run(config: Option<&Path>, command: OutboxCommand) -> u8 {
-    let settings = match Settings::load(config, false) {
-        Ok(s) => s,
-        Err(e) => return fail(&e.into()),
-    };
-    let store = match Store::open(&settings.database_url).await {
-        Ok(s) => s,
-        Err(e) => return fail(&e.into()),
+    let store = match settings_and_store(config, false).await {
+        Ok((_, store)) => store,
+        Err(code) => return code,
     };
     let code = match command {
         OutboxCommand::Parked { json } => match store.parked_outbox().await {

@@ -8,9 +8,7 @@ use std::path::Path;
 
 use super::{exit, fail};
 use crate::app;
-use crate::config::Settings;
 use crate::jobs::{Delivery, JobStatus};
-use crate::store::Store;
 
 pub async fn run(config: Option<&Path>, file: &Path) -> u8 {
     let bytes = if file == Path::new("-") {
@@ -29,13 +27,9 @@ pub async fn run(config: Option<&Path>, file: &Path) -> u8 {
             }
         }
     };
-    let settings = match Settings::load(config, true) {
-        Ok(s) => s,
-        Err(e) => return fail(&e.into()),
-    };
-    let store = match Store::open(&settings.database_url).await {
-        Ok(s) => s,
-        Err(e) => return fail(&e.into()),
+    let (settings, store) = match super::settings_and_store(config, true).await {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let connectors = match app::connectors(&settings, true).await {
         Ok(c) => c,

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use gitlab_connector::model::{Record, ResourceRef, Via};
 
-use super::{ExportFormat, SnapshotsCommand, exit, fail};
-use crate::config::Settings;
+use super::{ExportFormat, SnapshotsCommand, exit};
 use crate::store::{Store, StoreError};
 
 pub async fn run(config: Option<&Path>, command: SnapshotsCommand) -> u8 {
@@ -18,13 +17,9 @@ pub async fn run(config: Option<&Path>, command: SnapshotsCommand) -> u8 {
     {
         return diff_files(Path::new(a), Path::new(b));
     }
-    let settings = match Settings::load(config, false) {
-        Ok(s) => s,
-        Err(e) => return fail(&e.into()),
-    };
-    let store = match Store::open(&settings.database_url).await {
-        Ok(s) => s,
-        Err(e) => return fail(&e.into()),
+    let store = match super::settings_and_store(config, false).await {
+        Ok((_, store)) => store,
+        Err(code) => return code,
     };
     let code = match execute(&store, command).await {
         Ok(code) => code,
