@@ -7,7 +7,7 @@
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::result::{Change, JobResult};
+use super::result::JobResult;
 use crate::store::OutboxMessage;
 use crate::subjects::{Subjects, msg_id};
 
@@ -52,23 +52,19 @@ pub fn bound(result: &mut JobResult, subjects: &Subjects) -> Option<OutboxMessag
     if size <= RESULT_INLINE_BYTES {
         return None;
     }
+    // Each change serialized once: its line goes into the object and counts toward what
+    // stays inline.
     let mut ndjson = String::new();
+    let mut kept = 0usize;
     for c in &result.changes {
         ndjson.push_str(&serde_json::to_string(c).unwrap_or_else(|_| "null".into()));
         ndjson.push('\n');
+        if ndjson.len() <= INLINE_CHANGES_BYTES {
+            kept += 1;
+        }
     }
     let total = result.changes.len();
-    let mut kept = 0usize;
-    let mut bytes = 0usize;
-    for c in &result.changes {
-        bytes += serde_json::to_string(c).map_or(usize::MAX / 2, |s| s.len() + 1);
-        if bytes > INLINE_CHANGES_BYTES {
-            break;
-        }
-        kept += 1;
-    }
-    let inline: Vec<Change> = result.changes.drain(..kept).collect();
-    result.changes = inline;
+    result.changes.truncate(kept);
     let name = format!(
         "results/{}/{}.changes.ndjson",
         result.connector, result.job_id
@@ -94,7 +90,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::jobs::result::{JobError, JobStatus, RESULT_SCHEMA};
+    use crate::jobs::result::{Change, JobError, JobStatus, RESULT_SCHEMA};
 
     fn result(changes: usize, warnings: usize, message: usize) -> JobResult {
         JobResult {
