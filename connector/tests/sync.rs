@@ -377,8 +377,9 @@ async fn an_unreadable_project_makes_the_snapshot_partial_and_says_why() {
     let mut cfg = quiet(Mode::SelfManaged);
     cfg.faults.rules.push(gitlab_sim::FaultRule {
         path: format!("/projects/{vault}"),
-        status: 403,
+        status: Some(403),
         method: None,
+        ..Default::default()
     });
     let sim = gitlab_sim::start(o.world, cfg, "127.0.0.1:0")
         .await
@@ -637,8 +638,9 @@ async fn diffs_report_changes_and_suppress_removals_against_partial_snapshots() 
         .rules
         .push(gitlab_sim::FaultRule {
             path: format!("/projects/{}", ids["vault"]),
-            status: 500,
+            status: Some(500),
             method: None,
+            ..Default::default()
         });
     let (partial, _, text) = sync_once(&c, "org", None).await;
     assert!(!partial.complete);
@@ -694,8 +696,9 @@ async fn real_snapshots_conform_to_the_schema() {
     let mut cfg = quiet(Mode::SelfManaged);
     cfg.faults.rules.push(gitlab_sim::FaultRule {
         path: format!("/projects/{}", o.ids["vault"]),
-        status: 404,
+        status: Some(404),
         method: None,
+        ..Default::default()
     });
     let sim = gitlab_sim::start(w, cfg, "127.0.0.1:0").await.unwrap();
     let (summary, records, text) = sync_once(&client(&sim.url, "admin-token"), "org", None).await;

@@ -109,8 +109,9 @@ async fn a_partial_sync_exits_3_and_names_what_was_not_read() {
     let mut cfg = SimConfig::for_mode(Mode::SelfManaged);
     cfg.faults.rules.push(FaultRule {
         path: format!("/projects/{project}"),
-        status: 403,
+        status: Some(403),
         method: None,
+        ..Default::default()
     });
     let sim = gitlab_sim::start(seeded.world, cfg, "127.0.0.1:0")
         .await

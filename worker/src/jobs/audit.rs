@@ -11,6 +11,7 @@ use chrono::Utc;
 use gitlab_connector::Client;
 use gitlab_connector::Error as GitLabError;
 use gitlab_connector::api::{RemoveMember, Source};
+use serde_json::Value;
 
 use super::codes::Code;
 use super::outcome::JobFailure;
@@ -19,6 +20,10 @@ use crate::store::{AuditEntry, Store, StoreError};
 
 /// The outcome of an audited entry before its write is answered.
 pub const PENDING: &str = "pending";
+
+/// The outcome of a `pending` entry whose job's next delivery found the intended state: the
+/// write was sent and the worker stopped before GitLab answered.
+pub const CONFIRMED: &str = "confirmed";
 
 /// A write that was audited ahead, or not made.
 #[derive(Debug, thiserror::Error)]
@@ -137,4 +142,52 @@ impl<'a> Audit<'a> {
             answer => answer,
         }
     }
+}
+
+/// Puts the writes an earlier delivery of `job_id` made (or sent before it stopped) in front of
+/// `changes`, so that a job resumed after a crash reports everything it did, not only what was
+/// left for the last delivery. Called when the delivery ended well, having re-read the state:
+/// a `pending` entry's write is then known to have taken effect and its entry becomes
+/// `confirmed`. Returns whether there were any.
+pub async fn adopt_earlier_writes(
+    store: &Store,
+    job_id: &str,
+    changes: &mut Vec<Change>,
+) -> Result<bool, StoreError> {
+    let mut earlier = Vec::new();
+    for row in store.audit_entries(Some(job_id)).await? {
+        let pending = row.outcome == PENDING;
+        if !(pending || row.outcome == "ok") {
+            continue;
+        }
+        let json = |t: &str| serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.into()));
+        let change = Change {
+            action: row.action,
+            target: json(&row.target),
+            user_id: row.user_id.and_then(|u| u64::try_from(u).ok()),
+            email: None,
+            before: row.before.as_deref().map(json),
+            after: row.after.as_deref().map(json),
+            note: Some(if pending {
+                "sent by an earlier delivery of this job that stopped before GitLab answered; this delivery found it done".into()
+            } else {
+                "made by an earlier delivery of this job".into()
+            }),
+        };
+        // This delivery's own writes are already in the list.
+        let same = |c: &Change| {
+            c.action == change.action && c.target == change.target && c.user_id == change.user_id
+        };
+        if changes.iter().chain(&earlier).any(same) {
+            continue;
+        }
+        if pending {
+            store.audit_finish(row.id, CONFIRMED).await?;
+        }
+        earlier.push(change);
+    }
+    let adopted = !earlier.is_empty();
+    earlier.append(changes);
+    *changes = earlier;
+    Ok(adopted)
 }

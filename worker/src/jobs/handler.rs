@@ -18,7 +18,7 @@ use super::delivery::{Delivery, Disposition, Handled, HandlerError, retry_delay}
 use super::envelope::{Job, JobParams, Rejection, parse_job};
 use super::outcome::{Done, JobFailure};
 use super::result::{JobError, JobResult, JobStatus};
-use super::{bounded, deprovision, grant, invite, revoke, rotate, sync};
+use super::{audit, bounded, deprovision, grant, invite, revoke, rotate, sync};
 use crate::connector::Connector;
 use crate::ids::ConnectorId;
 use crate::store::{Begin, JobCompletion, NewJob, OutboxMessage, Store, StoreError};
@@ -378,6 +378,31 @@ impl Handler {
                     JobFailure::transient(Code::Timeout, message)
                 })
             }
+        };
+        // A resumed job answers for what its earlier deliveries wrote too (a grant resumes
+        // from its own record and reports it).
+        let resumable = matches!(
+            job.params,
+            JobParams::Revoke(_) | JobParams::Invite(_) | JobParams::Deprovision(_)
+        );
+        let outcome = match outcome {
+            Ok(done) if attempt > 1 && resumable && !job.dry_run => {
+                match audit::adopt_earlier_writes(
+                    &self.store,
+                    job.job_id.as_str(),
+                    &mut ctx.report.changes,
+                )
+                .await
+                {
+                    Ok(true) => Ok(Done::Succeeded),
+                    Ok(false) => Ok(done),
+                    Err(e) => Err(JobFailure::transient(
+                        Code::Internal,
+                        format!("cannot read the audit log of the earlier deliveries: {e}"),
+                    )),
+                }
+            }
+            other => other,
         };
         Ending {
             outcome,

@@ -72,6 +72,23 @@ pub async fn env_with(policy: Policy) -> Env {
 }
 
 impl Env {
+    /// The connector's client.
+    pub fn client(&self) -> &Client {
+        &self.handler.connectors.values().next().unwrap().client
+    }
+
+    /// The connector again with a client that retries by `policy`.
+    pub fn with_retries(&mut self, policy: RetryPolicy) {
+        let (id, connector) = self.handler.connectors.pop_first().unwrap();
+        let mut config = connector.settings.client_config();
+        config.retry = policy;
+        let client = Client::new(config).unwrap();
+        self.handler.connectors.insert(
+            id,
+            Arc::new(Connector::new(connector.settings.clone(), client, None)),
+        );
+    }
+
     /// The scope's top-level group and a user who has no membership in it.
     pub fn group_and_outsider(&self) -> (u64, u64) {
         let world = self.sim.sim.world.read().unwrap();

@@ -243,8 +243,9 @@ async fn a_transient_failure_is_retried_and_answered_failed_on_the_last_delivery
         .rules
         .push(FaultRule {
             path: format!("/groups/{group}"),
-            status: 503,
+            status: Some(503),
             method: Some("GET".into()),
+            ..Default::default()
         });
     let grant = job(
         "flaky-1",

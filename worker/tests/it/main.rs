@@ -6,6 +6,7 @@ mod adversarial;
 mod common;
 mod envelope;
 mod handler;
+mod hostile_gitlab;
 mod policy;
 mod rotation;
 mod scheduler;

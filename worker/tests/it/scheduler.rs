@@ -122,8 +122,9 @@ async fn a_failing_undo_backs_off_for_its_grant_alone_and_alerts_once() {
         .rules
         .push(FaultRule {
             path: format!("/groups/{group}/members/{failing}"),
-            status: 503,
+            status: Some(503),
             method: Some("GET".into()),
+            ..Default::default()
         });
     let mut now = Utc::now() + chrono::Duration::seconds(120);
     e.handler.clock = Clock::fixed(now);

@@ -47,13 +47,80 @@ pub struct Faults {
     pub rules: Vec<FaultRule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One resource that misbehaves. A rule with a `status` answers with it instead of the handler;
+/// a rule without one lets the handler answer and then changes its response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultRule {
     pub path: String,
-    pub status: u16,
+    #[serde(default)]
+    pub status: Option<u16>,
     /// Only this method (`GET`, …); all when absent.
     #[serde(default)]
     pub method: Option<String>,
+    /// Headers set on the response, replacing the handler's: `{"retry-after": "99999999999"}`,
+    /// `{"ratelimit-reset": "-1"}`. `{self}` in a value becomes the request's own URL, so
+    /// `{"link": "<{self}>; rel=\"next\""}` is a page whose next page is itself.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body replaced by this many bytes of a JSON array that never ends in time, streamed
+    /// (the simulator does not hold it).
+    #[serde(default)]
+    pub body_bytes: Option<u64>,
+}
+
+impl FaultRule {
+    /// `path` (and everything below it) always answers `status`.
+    pub fn status(path: impl Into<String>, status: u16) -> Self {
+        Self {
+            path: path.into(),
+            status: Some(status),
+            ..Self::default()
+        }
+    }
+
+    fn matches(&self, method: &Method, bare_path: &str) -> bool {
+        let method_ok = self
+            .method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()));
+        method_ok
+            && bare_path
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// The rule's changes to a response (its headers, its body).
+    fn apply(&self, sim: &Sim, path: &str, mut resp: Response) -> Response {
+        for (name, value) in &self.headers {
+            let value = value.replace("{self}", &format!("{}/api/v4{path}", sim.base_url()));
+            if let (Ok(n), Ok(v)) = (
+                axum::http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                resp.headers_mut().insert(n, v);
+            }
+        }
+        if let Some(n) = self.body_bytes {
+            resp.headers_mut()
+                .remove(axum::http::header::CONTENT_LENGTH);
+            *resp.body_mut() = endless_array(n);
+        }
+        resp
+    }
+}
+
+/// `n` bytes of `[{"id":1},{"id":1},…`, produced as they are sent.
+fn endless_array(n: u64) -> Body {
+    const ITEM: &[u8] = b"{\"id\":1},";
+    let chunk: bytes::Bytes = ITEM.repeat(64 * 1024 / ITEM.len()).into();
+    let first = bytes::Bytes::from_static(b"[");
+    let full_chunks = n.saturating_sub(1) / chunk.len() as u64;
+    let stream = futures::stream::iter(
+        std::iter::once(first)
+            .chain(std::iter::repeat_n(chunk, full_chunks as usize))
+            .map(Ok::<_, std::io::Error>),
+    );
+    Body::from_stream(stream)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -303,11 +370,13 @@ async fn gitlab_middleware(State(sim): State<Arc<Sim>>, mut req: Request, next: 
 
     let response = match pre_handler(&sim, &method, &path, &route_label, caller).await {
         Err(resp) => resp,
-        Ok((caller, extra_headers)) => {
+        Ok((caller, extra_headers, rules)) => {
             req.extensions_mut().insert(caller);
             let mut resp = next.run(req).await;
             resp.headers_mut().extend(extra_headers);
-            resp
+            rules
+                .iter()
+                .fold(resp, |resp, rule| rule.apply(&sim, &path, resp))
         }
     };
     sim.log.lock().unwrap().record(LogEntry {
@@ -320,13 +389,17 @@ async fn gitlab_middleware(State(sim): State<Arc<Sim>>, mut req: Request, next: 
     response
 }
 
+/// Faults, authentication and throttles, in GitLab's order: the throttle (Rack::Attack) sees
+/// every authenticated request first, so its `RateLimit-*` headers are on every response after
+/// it, server errors included. Returns the response to send instead of the handler's, or the
+/// caller, the throttle's headers and the rules that change the handler's response.
 async fn pre_handler(
     sim: &Arc<Sim>,
     method: &Method,
     path: &str,
     route: &str,
     caller: Result<Caller, Response>,
-) -> Result<(Caller, HeaderMap), Response> {
+) -> Result<(Caller, HeaderMap, Vec<FaultRule>), Response> {
     let faults = {
         let config = sim.config.lock().unwrap();
         if config.faults == Faults::default() {
@@ -339,33 +412,42 @@ async fn pre_handler(
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
+    let caller = caller?;
+    let headers = limits::check(
+        sim,
+        &caller,
+        method,
+        route,
+        path.split('?').next().unwrap_or(path),
+    )?;
+    let with_headers = |mut resp: Response| {
+        resp.headers_mut().extend(headers.clone());
+        resp
+    };
     let bare = path.split('?').next().unwrap_or(path);
-    for rule in &faults.rules {
-        let method_ok = rule
-            .method
-            .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()));
-        let path_ok = bare == rule.path || bare.starts_with(&format!("{}/", rule.path));
-        if method_ok && path_ok {
-            return Err(status_response(rule.status));
+    let mut passthrough = Vec::new();
+    for rule in faults.rules.into_iter().filter(|r| r.matches(method, bare)) {
+        match rule.status {
+            Some(status) => {
+                return Err(rule.apply(sim, path, with_headers(status_response(status))));
+            }
+            None => passthrough.push(rule),
         }
     }
     if sim.chance(faults.drop_rate) {
-        return Err(dropped_connection());
+        return Err(with_headers(dropped_connection()));
     }
     if sim.chance(faults.error_rate) {
         let status = [500, 502, 503][sim.rng.lock().unwrap().usize(0..3)];
-        return Err(status_response(status));
+        return Err(with_headers(status_response(status)));
     }
     if sim.chance(faults.lock_rate) {
-        return Err(error(
+        return Err(with_headers(error(
             StatusCode::CONFLICT,
             json!({"message": "409 Conflict: Resource lock"}),
-        ));
+        )));
     }
-    let caller = caller?;
-    let headers = limits::check(sim, &caller, method, route, bare)?;
-    Ok((caller, headers))
+    Ok((caller, headers, passthrough))
 }
 
 fn status_response(status: u16) -> Response {
