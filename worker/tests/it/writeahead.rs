@@ -370,3 +370,70 @@ async fn a_job_past_its_deadline_is_stopped_handed_back_then_failed_on_its_last_
         err.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoke_resumed_after_its_write_reports_the_earlier_removal_and_confirms_its_entry() {
+    let e = env().await;
+    let (group, user) = e.group_and_outsider();
+    e.sim
+        .sim
+        .world
+        .write()
+        .unwrap()
+        .set_member(Resource::Group(group), user, 30, None);
+    let payload = job(
+        "rv-1",
+        "revoke",
+        json!({"user": {"id": user}, "target": {"group": group}}),
+    );
+    // The first delivery wrote its entry ahead, GitLab removed the member, and the worker died
+    // before the answer was recorded.
+    begun(&e, "rv-1", "revoke", &payload, Duration::ZERO, false).await;
+    e.handler
+        .store
+        .audit_begin(AuditEntry {
+            at: Utc::now(),
+            connector: "default".into(),
+            job_id: Some("rv-1".into()),
+            action: "remove_member".into(),
+            target: json!({"type": "group", "id": group}),
+            user_id: Some(user),
+            before: Some(json!({"access_level": 30})),
+            after: None,
+            outcome: "pending".into(),
+        })
+        .await
+        .unwrap();
+    e.sim
+        .sim
+        .world
+        .write()
+        .unwrap()
+        .members
+        .get_mut(&Resource::Group(group))
+        .unwrap()
+        .remove(&user);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let h = e.handler.handle(&payload, delivery(2, 2)).await.unwrap();
+    let r = parsed(&h.result);
+    assert_eq!(
+        r.status,
+        JobStatus::Succeeded,
+        "not a noop: the job did remove it"
+    );
+    assert_eq!(r.changes.len(), 1, "{}", h.result);
+    assert_eq!(r.changes[0].action, "remove_member");
+    assert!(
+        r.changes[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("earlier delivery"),
+        "{}",
+        h.result
+    );
+    assert!(e.writes().is_empty(), "not sent again: {:?}", e.writes());
+    let entries = e.handler.store.audit_entries(Some("rv-1")).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].outcome, "confirmed");
+}
