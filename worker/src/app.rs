@@ -228,6 +228,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         js: js.clone(),
         subjects: subjects.clone(),
         wake: wake.clone(),
+        spool_dir: settings.spool_dir(),
     };
     let outbox_task = supervise("outbox publisher", background_stop.clone(), move |stop| {
         publisher.clone().run(stop)

@@ -154,6 +154,11 @@ pub mod msg_id {
         format!("access {snapshot_id} {chunk}")
     }
 
+    /// The outbox row that publishes a snapshot's access events (not a message id itself).
+    pub fn access_events(snapshot_id: &str) -> String {
+        format!("access-events {snapshot_id}")
+    }
+
     pub fn snapshot_object(snapshot_id: &str) -> String {
         format!("object {snapshot_id}")
     }

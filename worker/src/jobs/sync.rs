@@ -171,7 +171,8 @@ fn io(e: impl std::fmt::Display) -> ReadError {
     ReadError::Io(std::io::Error::other(e.to_string()))
 }
 
-/// The snapshot's object upload, its summary event and its access-diff events.
+/// The snapshot's object upload, its summary event and its access-diff events (described
+/// here, built when they are published: see `events::AccessEvents`).
 async fn announce(
     ctx: &JobContext<'_>,
     path: &Path,
@@ -184,36 +185,23 @@ async fn announce(
         .latest_snapshot(connector, scope, true)
         .await
         .map_err(io)?;
-    // The previous complete snapshot is exported from the store to diff against.
-    let base_file = match &base {
-        None => None,
-        Some(info) => {
-            let snap = ctx
-                .store
-                .find_snapshot(&info.snapshot_id)
-                .await
-                .map_err(io)?;
-            let file = SpoolFile::new(ctx.spool_dir.join(format!("{snapshot_id}.base.ndjson")));
-            let mut out = BufWriter::new(crate::files::create_private(file.path())?);
-            ctx.store
-                .export_snapshot(&snap, &mut out)
-                .await
-                .map_err(io)?;
-            Some(file)
-        }
-    };
     let object_name = format!("{connector}/{snapshot_id}.ndjson");
-    let mut msgs = vec![OutboxMessage::SnapshotObject {
-        msg_id: msg_id::snapshot_object(snapshot_id),
-        object_name: object_name.clone(),
+    let access = events::AccessEvents {
+        job_id: ctx.job.job_id.to_string(),
+        connector: connector.to_string(),
+        scope: scope.to_string(),
         snapshot_id: snapshot_id.to_string(),
-    }];
-    msgs.extend(events::build(
-        ctx.subjects,
-        ctx.job.job_id.as_str(),
-        path,
-        base_file.as_ref().map(SpoolFile::path),
-        &object_name,
-    )?);
-    Ok(msgs)
+        base_snapshot_id: base.map(|b| b.snapshot_id),
+        object: serde_json::json!({"bucket": ctx.subjects.snapshot_bucket(), "name": object_name}),
+        sent: 0,
+    };
+    Ok(vec![
+        OutboxMessage::SnapshotObject {
+            msg_id: msg_id::snapshot_object(snapshot_id),
+            object_name: object_name.clone(),
+            snapshot_id: snapshot_id.to_string(),
+        },
+        events::snapshot_event(ctx.subjects, ctx.job.job_id.as_str(), path, &object_name)?,
+        access.message(ctx.subjects),
+    ])
 }

@@ -8,6 +8,8 @@
 //! until an operator dismisses it (`gitlab-worker outbox parked` / `outbox dismiss`). A row
 //! that fails for a passing reason (NATS down, a timeout) is retried with a backoff, in order.
 
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +19,11 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{OutboxMessage, Store, StoreError};
+use crate::jobs::context::SpoolFile;
+use crate::jobs::events::{AccessEvents, Chunks, write_diff};
+use crate::store::{OutboxMessage, SnapshotInfo, Store, StoreError};
 use crate::subjects::{Subjects, msg_id};
+use gitlab_connector::snapshot::ReadError;
 
 #[derive(Clone)]
 pub struct OutboxPublisher {
@@ -27,6 +32,8 @@ pub struct OutboxPublisher {
     pub subjects: Subjects,
     /// Woken when rows were committed.
     pub wake: Arc<Notify>,
+    /// Where snapshots are exported to while their object and events are published.
+    pub spool_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +47,10 @@ pub enum PublishError {
         /// NATS refused the message itself: sending it again cannot succeed.
         permanent: bool,
     },
+    #[error("spool file: {0}")]
+    Spool(#[from] std::io::Error),
+    #[error("the snapshot's access events: {0}")]
+    Events(ReadError),
 }
 
 impl PublishError {
@@ -49,7 +60,8 @@ impl PublishError {
             PublishError::Publish {
                 permanent: true,
                 ..
-            } | PublishError::Store(StoreError::SnapshotNotFound(_))
+            } | PublishError::Store(StoreError::SnapshotNotFound(_) | StoreError::Pruned { .. })
+                | PublishError::Events(ReadError::Invalid { .. })
         )
     }
 }
@@ -73,7 +85,7 @@ impl OutboxPublisher {
                 return Ok(sent);
             }
             for (id, message) in rows {
-                match self.send(&message).await {
+                match self.send(id, &message).await {
                     Ok(()) => {
                         self.store.mark_sent(id).await?;
                         metrics::counter!("gitlab_worker_outbox_published_total").increment(1);
@@ -102,6 +114,7 @@ impl OutboxPublisher {
                 payload,
                 ..
             } => (object_name.as_str(), payload.len()),
+            OutboxMessage::AccessEvents { subject, .. } => (subject.as_str(), 0),
         };
         let reason = error.to_string();
         tracing::error!(
@@ -133,52 +146,137 @@ impl OutboxPublisher {
         Ok(())
     }
 
-    async fn send(&self, m: &OutboxMessage) -> Result<(), PublishError> {
+    async fn send(&self, id: i64, m: &OutboxMessage) -> Result<(), PublishError> {
         match m {
             OutboxMessage::Publish {
                 msg_id,
                 subject,
                 payload,
-            } => {
-                let err =
-                    |kind: PublishErrorKind, e: &dyn std::fmt::Display| PublishError::Publish {
-                        subject: subject.clone(),
-                        message: e.to_string(),
-                        permanent: refused(kind),
-                    };
-                let ack = self
-                    .js
-                    .send_publish(
-                        subject.clone(),
-                        jetstream::message::PublishMessage::build()
-                            .payload(payload.clone().into())
-                            .message_id(msg_id),
-                    )
-                    .await
-                    .map_err(|e| err(e.kind(), &e))?;
-                ack.await.map_err(|e| err(e.kind(), &e))?;
-            }
+            } => self.publish(subject, msg_id, payload.clone()).await,
             OutboxMessage::SnapshotObject {
                 object_name,
                 snapshot_id,
                 ..
             } => {
                 let snap = self.store.find_snapshot(snapshot_id).await?;
-                let mut bytes = Vec::new();
-                self.store.export_snapshot(&snap, &mut bytes).await?;
-                self.put_object(object_name, &bytes).await?;
+                let file = self.export(&snap, "object").await?;
+                let mut reader = tokio::fs::File::open(file.path()).await?;
+                self.put_object(object_name, &mut reader).await
             }
             OutboxMessage::Object {
                 object_name,
                 payload,
                 ..
-            } => self.put_object(object_name, payload.as_bytes()).await?,
+            } => self.put_object(object_name, &mut payload.as_bytes()).await,
+            OutboxMessage::AccessEvents { subject, spec, .. } => {
+                self.send_access_events(id, subject, spec).await
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        payload: String,
+    ) -> Result<(), PublishError> {
+        let err = |kind: PublishErrorKind, e: &dyn std::fmt::Display| PublishError::Publish {
+            subject: subject.to_string(),
+            message: e.to_string(),
+            permanent: refused(kind),
+        };
+        let ack = self
+            .js
+            .send_publish(
+                subject.to_string(),
+                jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(msg_id),
+            )
+            .await
+            .map_err(|e| err(e.kind(), &e))?;
+        ack.await.map_err(|e| err(e.kind(), &e))?;
+        Ok(())
+    }
+
+    /// A private file in the spool folder, removed when dropped; the name is new each time so
+    /// that what a killed worker left behind is never in the way.
+    fn spool(&self, what: &str) -> Result<(SpoolFile, BufWriter<std::fs::File>), PublishError> {
+        crate::files::private_dir(&self.spool_dir)?;
+        let file = SpoolFile::new(
+            self.spool_dir
+                .join(format!("outbox-{what}-{:016x}.ndjson", fastrand::u64(..))),
+        );
+        let out = BufWriter::new(crate::files::create_private(file.path())?);
+        Ok((file, out))
+    }
+
+    /// A stored snapshot exported to a spool file (records streamed from the database).
+    async fn export(&self, snap: &SnapshotInfo, what: &str) -> Result<SpoolFile, PublishError> {
+        let (file, mut out) = self.spool(what)?;
+        self.store.export_snapshot(snap, &mut out).await?;
+        out.flush()?;
+        Ok(file)
+    }
+
+    /// Publishes a snapshot's access diff in chunks, built now from the stored snapshots: the
+    /// diff is written to a spool file and read back one chunk at a time, and the row records
+    /// each chunk JetStream acknowledged, so a publisher that stops halfway goes on where it
+    /// stopped (and the deterministic message ids drop what it sent twice).
+    async fn send_access_events(
+        &self,
+        id: i64,
+        subject: &str,
+        spec: &str,
+    ) -> Result<(), PublishError> {
+        let mut spec: AccessEvents =
+            serde_json::from_str(spec).map_err(|e| PublishError::Publish {
+                subject: subject.to_string(),
+                message: format!("the outbox row does not describe access events: {e}"),
+                permanent: true,
+            })?;
+        let snap = self.store.find_snapshot(&spec.snapshot_id).await?;
+        let new = self.export(&snap, "new").await?;
+        let base = match &spec.base_snapshot_id {
+            Some(b) => {
+                let info = self.store.find_snapshot(b).await?;
+                Some(self.export(&info, "base").await?)
+            }
+            None => None,
+        };
+        let (diff, mut out) = self.spool("diff")?;
+        write_diff(new.path(), base.as_ref().map(SpoolFile::path), &mut out)
+            .map_err(PublishError::Events)?;
+        out.flush()?;
+        drop((new, base, out));
+        let chunks = Chunks::count(diff.path()).map_err(PublishError::Events)?;
+        let mut reader = Chunks::open(diff.path()).map_err(PublishError::Events)?;
+        let mut chunk = 0;
+        while let Some(lines) = reader.next_chunk().map_err(PublishError::Events)? {
+            chunk += 1;
+            if chunk <= spec.sent {
+                continue;
+            }
+            let payload = spec.payload(chunk, chunks, &lines);
+            self.publish(
+                subject,
+                &msg_id::access_event(&spec.snapshot_id, chunk),
+                payload,
+            )
+            .await?;
+            spec.sent = chunk;
+            let progress = serde_json::to_string(&spec).map_err(std::io::Error::other)?;
+            self.store.outbox_progress(id, &progress).await?;
         }
         Ok(())
     }
 
     /// Uploads to the snapshot bucket (the object store chunks it: no size limit applies).
-    async fn put_object(&self, name: &str, mut bytes: &[u8]) -> Result<(), PublishError> {
+    async fn put_object(
+        &self,
+        name: &str,
+        data: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) -> Result<(), PublishError> {
         let bucket = self.subjects.snapshot_bucket();
         let err = |e: &dyn std::fmt::Display| PublishError::Publish {
             subject: format!("object store {bucket}/{name}"),
@@ -190,7 +288,7 @@ impl OutboxPublisher {
             .get_object_store(&bucket)
             .await
             .map_err(|e| err(&e))?;
-        store.put(name, &mut bytes).await.map_err(|e| err(&e))?;
+        store.put(name, data).await.map_err(|e| err(&e))?;
         Ok(())
     }
 

@@ -68,6 +68,13 @@ pub enum OutboxMessage {
         object_name: String,
         payload: String,
     },
+    /// Publish a stored snapshot's access events on `subject`, built from the stored snapshots
+    /// when they are sent (`spec` is `jobs::events::AccessEvents` as JSON).
+    AccessEvents {
+        msg_id: String,
+        subject: String,
+        spec: String,
+    },
 }
 
 impl OutboxMessage {
@@ -76,7 +83,8 @@ impl OutboxMessage {
         match self {
             OutboxMessage::Publish { msg_id, .. }
             | OutboxMessage::SnapshotObject { msg_id, .. }
-            | OutboxMessage::Object { msg_id, .. } => msg_id,
+            | OutboxMessage::Object { msg_id, .. }
+            | OutboxMessage::AccessEvents { msg_id, .. } => msg_id,
         }
     }
 
@@ -97,6 +105,11 @@ impl OutboxMessage {
                 object_name,
                 payload,
             } => (msg_id, "object", object_name, payload),
+            OutboxMessage::AccessEvents {
+                msg_id,
+                subject,
+                spec,
+            } => (msg_id, "access_events", subject, spec),
         };
         outbox::ActiveModel {
             msg_id: Set(msg_id),
@@ -115,6 +128,12 @@ impl OutboxMessage {
                 msg_id: row.msg_id.clone(),
                 object_name: row.subject.clone(),
                 snapshot_id: row.payload.clone(),
+            }
+        } else if row.kind == "access_events" {
+            OutboxMessage::AccessEvents {
+                msg_id: row.msg_id.clone(),
+                subject: row.subject.clone(),
+                spec: row.payload.clone(),
             }
         } else if row.kind == "object" {
             OutboxMessage::Object {

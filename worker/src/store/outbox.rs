@@ -23,6 +23,16 @@ pub struct ParkedMessage {
 }
 
 impl Store {
+    /// Records how far an unsent row that is published in parts has got (its new payload).
+    pub async fn outbox_progress(&self, id: i64, payload: &str) -> Result<(), StoreError> {
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::Payload, Expr::value(payload.to_string()))
+            .filter(outbox::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Parks row `id` with `reason` and queues `notice` (its DLQ notice), in one transaction.
     pub async fn park_outbox(
         &self,

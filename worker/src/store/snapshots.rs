@@ -13,7 +13,7 @@ use gitlab_connector::model::Record;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    ExprTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    ExprTrait, Order, QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -266,7 +266,13 @@ impl Store {
                 at,
             });
         }
-        let mut rows: Vec<(String, String)> = snapshot_record::Entity::find()
+        // Byte order, as the writer's, not the database's collation; streamed, so a snapshot
+        // of a million records is never held in memory (PostgreSQL sorts with its own memory).
+        let by_key = match self.db.get_database_backend() {
+            DbBackend::Postgres => Expr::cust("record_key COLLATE \"C\""),
+            _ => Expr::col(snapshot_record::Column::RecordKey).into(),
+        };
+        let mut rows = snapshot_record::Entity::find()
             .select_only()
             .columns([
                 snapshot_record::Column::RecordKey,
@@ -280,11 +286,10 @@ impl Store {
                     .is_null()
                     .or(snapshot_record::Column::ValidTo.gt(snap.seq)),
             )
-            .into_tuple()
-            .all(&self.db)
+            .order_by(by_key, Order::Asc)
+            .into_tuple::<(String, String)>()
+            .stream(&self.db)
             .await?;
-        // Byte order, as the writer's; not the database's collation.
-        rows.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let mut hasher = Sha256::new();
         let mut put = |line: &str, out: &mut dyn Write, hash: bool| -> std::io::Result<()> {
             if hash {
@@ -295,9 +300,10 @@ impl Store {
             out.write_all(b"\n")
         };
         put(&snap.header, out, true)?;
-        for (_, content) in &rows {
-            put(content, out, true)?;
+        while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
+            put(&row.1, out, true)?;
         }
+        drop(rows);
         let sha = gitlab_connector::snapshot::hex(&hasher.finalize());
         if sha != snap.sha256 {
             return Err(StoreError::Damaged {
