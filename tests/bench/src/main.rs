@@ -3,8 +3,9 @@
 //! For each size: start the simulator with a seeded organisation, run the release
 //! `gitlab-worker sync` against it as a child process (wall time, CPU time and peak RSS from
 //! `wait4`), compare its API requests with the minimal number for that organisation, run it again
-//! under the simulator's rate limit, run python-gitlab's straightforward membership read, and
-//! write `bench/results/<size>.json`.
+//! under the simulator's rate limit and under 20% transient 5xx, run the same sync as a job
+//! through `gitlab-worker serve` and NATS (peak RSS of the whole job), run python-gitlab's
+//! straightforward membership read, and write `bench/results/<size>.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +15,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use gitlab_sim::{Mode, Resource, SeedSpec, SimConfig, UserRateLimit, World};
 use serde_json::{Value, json};
+
+mod worker_job;
 
 #[derive(Parser)]
 #[command(about = "Benchmark full syncs against seeded simulated organisations")]
@@ -33,6 +36,12 @@ struct Args {
     /// Skip the throttled run.
     #[arg(long)]
     no_throttled: bool,
+    /// Skip the run with one request in five answered 5xx.
+    #[arg(long)]
+    no_faults: bool,
+    /// Skip the sync job through `gitlab-worker serve` and NATS.
+    #[arg(long)]
+    no_worker_job: bool,
     /// Runtime threads of the simulator. GitLab's own CPU is not on the client's machine; one
     /// simulator thread leaves the other core to the client under test (and python-gitlab is
     /// single-threaded anyway). With 2, the simulator competes with the sync for both cores.
@@ -287,6 +296,48 @@ async fn bench_size(
         v
     };
 
+    let faults = if args.no_faults {
+        Value::Null
+    } else {
+        // GitLab sends RateLimit-* on every response once a throttle is on, 5xx included; a
+        // limit nobody reaches, so only the faults cost time.
+        eprintln!("== {size}: sync with one request in five answered 500/502/503");
+        let mut cfg = cfg.clone();
+        cfg.rate_limit = Some(UserRateLimit {
+            limit: 100_000_000,
+            period_secs: 60,
+        });
+        cfg.faults.error_rate = 0.2;
+        let sim = gitlab_sim::start(world.clone(), cfg, "127.0.0.1:0").await?;
+        let out = tmp.join("faults.ndjson");
+        let mut cmd = sync_command(worker, &sim.url, &seeded.token, &out, args.concurrency);
+        let faulty = tokio::task::spawn_blocking(move || run_measured(&mut cmd)).await??;
+        let summary = summary_of(&out)?;
+        let v = json!({
+            "error_rate": 0.2,
+            "wall_s": faulty.wall.as_secs_f64(),
+            "fault_free_wall_s": run.wall.as_secs_f64(),
+            "wall_over_fault_free": faulty.wall.as_secs_f64() / run.wall.as_secs_f64(),
+            "api_requests": summary["api_requests"],
+            "complete": summary["complete"],
+        });
+        eprintln!("   {v}");
+        v
+    };
+
+    let worker_job = if args.no_worker_job {
+        Value::Null
+    } else {
+        eprintln!("== {size}: the sync as a job through gitlab-worker serve (SQLite, NATS)");
+        let sim = gitlab_sim::start(world.clone(), cfg.clone(), "127.0.0.1:0").await?;
+        let dir = tmp.join("worker-job");
+        std::fs::create_dir_all(&dir)?;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let v = worker_job::measure(&root, worker, &dir, &sim.url, &seeded.token).await?;
+        eprintln!("   {v}");
+        v
+    };
+
     // The same reads as the python script plus what access needs (group shares, users), without
     // invitations: the like-for-like comparison.
     let like_for_like = if python.is_some() && !args.no_python {
@@ -358,6 +409,8 @@ async fn bench_size(
         "speedup_vs_python_gitlab": speedup,
         "sync_without_invitations": like_for_like,
         "speedup_like_for_like": speedup_like_for_like,
+        "faults": faults,
+        "worker_job": worker_job,
     }))
 }
 

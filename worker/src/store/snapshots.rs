@@ -270,7 +270,7 @@ impl Store {
         // of a million records is never held in memory (PostgreSQL sorts with its own memory).
         let by_key = match self.db.get_database_backend() {
             DbBackend::Postgres => Expr::cust("record_key COLLATE \"C\""),
-            _ => Expr::col(snapshot_record::Column::RecordKey).into(),
+            _ => Expr::col(snapshot_record::Column::RecordKey),
         };
         let mut rows = snapshot_record::Entity::find()
             .select_only()
