@@ -125,7 +125,7 @@ struct ChildRun {
 /// Not `ru_maxrss`: Rust spawns with vfork semantics and Linux carries the *parent's* high-water
 /// mark into the child at exec, so `ru_maxrss` would report this harness (which holds the whole
 /// simulated organisation), not the sync.
-fn vm_hwm_kb(pid: u32) -> Option<u64> {
+pub(crate) fn vm_hwm_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -15,6 +15,8 @@ use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::vm_hwm_kb;
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -57,14 +59,6 @@ fn nats_server(root: &Path, dir: &Path) -> anyhow::Result<(Killed, String)> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok((Killed(child), format!("nats://127.0.0.1:{port}")))
-}
-
-fn vm_hwm_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Publishes one sync job to a fresh worker and measures it until its last event is out.
