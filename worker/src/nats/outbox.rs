@@ -25,6 +25,9 @@ use crate::store::{OutboxMessage, SnapshotInfo, Store, StoreError};
 use crate::subjects::{Subjects, msg_id};
 use gitlab_connector::snapshot::ReadError;
 
+/// A snapshot exported to a spool file during one flush: its id and the file.
+type Exported = (String, SpoolFile);
+
 #[derive(Clone)]
 pub struct OutboxPublisher {
     pub store: Store,
@@ -79,13 +82,16 @@ impl OutboxPublisher {
     /// Publishes every unsent row; returns how many were sent.
     pub async fn flush(&self) -> Result<usize, PublishError> {
         let mut sent = 0;
+        // A sync's object upload and its access events follow each other and both need the
+        // snapshot exported: it is exported once.
+        let mut exported = None;
         loop {
             let rows = self.store.unsent_outbox(100).await?;
             if rows.is_empty() {
                 return Ok(sent);
             }
             for (id, message) in rows {
-                match self.send(id, &message).await {
+                match self.send(id, &message, &mut exported).await {
                     Ok(()) => {
                         self.store.mark_sent(id).await?;
                         metrics::counter!("gitlab_worker_outbox_published_total").increment(1);
@@ -146,7 +152,12 @@ impl OutboxPublisher {
         Ok(())
     }
 
-    async fn send(&self, id: i64, m: &OutboxMessage) -> Result<(), PublishError> {
+    async fn send(
+        &self,
+        id: i64,
+        m: &OutboxMessage,
+        exported: &mut Option<Exported>,
+    ) -> Result<(), PublishError> {
         match m {
             OutboxMessage::Publish {
                 msg_id,
@@ -159,8 +170,8 @@ impl OutboxPublisher {
                 ..
             } => {
                 let snap = self.store.find_snapshot(snapshot_id).await?;
-                let file = self.export(&snap, "object").await?;
-                let mut reader = tokio::fs::File::open(file.path()).await?;
+                let file = self.export_once(&snap, exported).await?;
+                let mut reader = tokio::fs::File::open(file).await?;
                 self.put_object(object_name, &mut reader).await
             }
             OutboxMessage::Object {
@@ -169,7 +180,7 @@ impl OutboxPublisher {
                 ..
             } => self.put_object(object_name, &mut payload.as_bytes()).await,
             OutboxMessage::AccessEvents { subject, spec, .. } => {
-                self.send_access_events(id, subject, spec).await
+                self.send_access_events(id, subject, spec, exported).await
             }
         }
     }
@@ -219,6 +230,23 @@ impl OutboxPublisher {
         Ok(file)
     }
 
+    /// The export of `snap`, made now unless `exported` already holds it.
+    async fn export_once<'e>(
+        &self,
+        snap: &SnapshotInfo,
+        exported: &'e mut Option<Exported>,
+    ) -> Result<&'e std::path::Path, PublishError> {
+        if exported
+            .as_ref()
+            .is_none_or(|(id, _)| *id != snap.snapshot_id)
+        {
+            *exported = None;
+            let file = self.export(snap, "snapshot").await?;
+            *exported = Some((snap.snapshot_id.clone(), file));
+        }
+        Ok(exported.as_ref().map(|(_, f)| f.path()).expect("set above"))
+    }
+
     /// Publishes a snapshot's access diff in chunks, built now from the stored snapshots: the
     /// diff is written to a spool file and read back one chunk at a time, and the row records
     /// each chunk JetStream acknowledged, so a publisher that stops halfway goes on where it
@@ -228,6 +256,7 @@ impl OutboxPublisher {
         id: i64,
         subject: &str,
         spec: &str,
+        exported: &mut Option<Exported>,
     ) -> Result<(), PublishError> {
         let mut spec: AccessEvents =
             serde_json::from_str(spec).map_err(|e| PublishError::Publish {
@@ -236,7 +265,6 @@ impl OutboxPublisher {
                 permanent: true,
             })?;
         let snap = self.store.find_snapshot(&spec.snapshot_id).await?;
-        let new = self.export(&snap, "new").await?;
         let base = match &spec.base_snapshot_id {
             Some(b) => {
                 let info = self.store.find_snapshot(b).await?;
@@ -245,10 +273,11 @@ impl OutboxPublisher {
             None => None,
         };
         let (diff, mut out) = self.spool("diff")?;
-        write_diff(new.path(), base.as_ref().map(SpoolFile::path), &mut out)
+        let new = self.export_once(&snap, exported).await?;
+        write_diff(new, base.as_ref().map(SpoolFile::path), &mut out)
             .map_err(PublishError::Events)?;
         out.flush()?;
-        drop((new, base, out));
+        drop((base, out));
         let chunks = Chunks::count(diff.path()).map_err(PublishError::Events)?;
         let mut reader = Chunks::open(diff.path()).map_err(PublishError::Events)?;
         let mut chunk = 0;

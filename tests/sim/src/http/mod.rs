@@ -413,18 +413,12 @@ async fn pre_handler(
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
     let caller = caller?;
-    let headers = limits::check(
-        sim,
-        &caller,
-        method,
-        route,
-        path.split('?').next().unwrap_or(path),
-    )?;
+    let bare = path.split('?').next().unwrap_or(path);
+    let headers = limits::check(sim, &caller, method, route, bare)?;
     let with_headers = |mut resp: Response| {
         resp.headers_mut().extend(headers.clone());
         resp
     };
-    let bare = path.split('?').next().unwrap_or(path);
     let mut passthrough = Vec::new();
     for rule in faults.rules.into_iter().filter(|r| r.matches(method, bare)) {
         match rule.status {
