@@ -499,7 +499,7 @@ fn retry_delay(
 ) -> Result<Duration, Stop> {
     let wait = match err.retry_after() {
         Some(w) => w + Duration::from_millis(100),
-        None => backoff.ok_or(Stop::Retries)?,
+        None => policy.scaled(err, backoff.ok_or(Stop::Retries)?),
     };
     if wait > policy.max_wait {
         return Err(Stop::WaitTooLong);

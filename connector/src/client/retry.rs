@@ -9,7 +9,8 @@ use super::ratelimit::unix_to_duration_from_now;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// First exponential backoff delay (jitter is added).
+    /// First exponential backoff delay after a server or connection error (jitter is added). A
+    /// 429 without any wait in its headers backs off `RATE_LIMIT_BACKOFF_FACTOR` times slower.
     pub min_delay: Duration,
     /// Cap of the exponential backoff.
     pub max_delay: Duration,
@@ -25,16 +26,30 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            min_delay: Duration::from_millis(500),
+            min_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(60),
-            max_retries: 10,
+            max_retries: 12,
             max_wait: Duration::from_secs(600),
             budget: Duration::from_secs(900),
         }
     }
 }
 
+/// A 429 that names no wait (GitLab.com's application limits: windows of a minute or ten)
+/// backs off this many times slower than a server error, up to `max_delay`: a transient 5xx is
+/// usually gone in a moment, a limit's window is not.
+pub const RATE_LIMIT_BACKOFF_FACTOR: u32 = 5;
+
 impl RetryPolicy {
+    /// The exponential backoff's next delay for `err`, when GitLab named no wait.
+    pub(crate) fn scaled(&self, err: &crate::Error, backoff: Duration) -> Duration {
+        if matches!(err, crate::Error::RateLimited { .. }) {
+            (backoff * RATE_LIMIT_BACKOFF_FACTOR).min(self.max_delay)
+        } else {
+            backoff
+        }
+    }
+
     /// A policy that never retries.
     pub fn none() -> Self {
         Self {
@@ -82,4 +97,34 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .unwrap_or_default()
     };
     Some(wait.min(MAX_HEADER_WAIT))
+}
+
+#[cfg(test)]
+mod scaled_tests {
+    use super::*;
+    use crate::error::Route;
+
+    #[test]
+    fn a_headerless_429_backs_off_slower_than_a_server_error_within_the_cap() {
+        let policy = RetryPolicy::default();
+        let route = Route::new("GET", "/users/:id");
+        let limited = crate::Error::RateLimited {
+            route,
+            retry_after: None,
+            message: "This endpoint has been requested too many times.".into(),
+        };
+        let server = crate::Error::Server {
+            route,
+            status: 502,
+            message: "Bad Gateway".into(),
+            retry_after: None,
+        };
+        let first = policy.min_delay;
+        assert_eq!(policy.scaled(&server, first), Duration::from_millis(100));
+        assert_eq!(policy.scaled(&limited, first), Duration::from_millis(500));
+        assert_eq!(
+            policy.scaled(&limited, Duration::from_secs(30)),
+            policy.max_delay
+        );
+    }
 }
