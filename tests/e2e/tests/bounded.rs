@@ -164,3 +164,109 @@ async fn a_sync_with_two_thousand_unreadable_projects_is_answered_in_bounded_mes
     assert_eq!(summary.errors.len(), named);
     assert!(!summary.complete);
 }
+
+/// A publisher that stopped after the first chunk of a snapshot's access events (its row
+/// records `sent: 1`) publishes the rest, from chunk 2, and nothing before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_events_go_on_from_the_chunk_after_the_last_one_sent() {
+    use gitlab_worker::jobs::events::AccessEvents;
+    use gitlab_worker::store::Store;
+    use gitlab_worker::subjects::Subjects;
+
+    gitlab_connector::client::install_crypto_provider();
+    // Enough access for several chunks of 256 KiB.
+    let spec = SeedSpec {
+        users: 400,
+        memberships: 4_000,
+        ..SeedSpec::small(3, Mode::SelfManaged)
+    };
+    let seeded = gitlab_sim::start_seeded(&spec).await.unwrap();
+    let dir = tempdir("resume-events");
+    let db = sqlite_url(&dir);
+    let synced = assert_cmd::Command::cargo_bin("gitlab-worker")
+        .unwrap()
+        .args(["sync", "--scope", &seeded.scope])
+        .env_clear()
+        .env("GITLAB_URL", &seeded.running.url)
+        .env("GITLAB_TOKEN", &seeded.token)
+        .env("DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(
+        synced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
+    let store = Store::open(&db).await.unwrap();
+    let snap = store
+        .latest_snapshot("default", &seeded.scope, true)
+        .await
+        .unwrap()
+        .expect("the sync stored a snapshot");
+
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .unwrap();
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let subjects = Subjects::new("gitlab");
+    let settings = gitlab_worker::config::NatsSettings {
+        url: nats.url.clone(),
+        creds_file: None,
+        user: None,
+        password: None,
+        token: None,
+        tls_ca_file: None,
+        tls_cert_file: None,
+        tls_key_file: None,
+        subject_prefix: "gitlab".into(),
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 8,
+        max_job_bytes: 256 * 1024,
+    };
+    gitlab_worker::nats::setup(&js, &subjects, &settings, 8)
+        .await
+        .unwrap();
+    let spec = AccessEvents {
+        job_id: "sync-1".into(),
+        connector: "default".into(),
+        scope: seeded.scope.clone(),
+        snapshot_id: snap.snapshot_id.clone(),
+        base_snapshot_id: None,
+        object: json!({"bucket": "GITLAB_SNAPSHOTS", "name": "x"}),
+        sent: 1,
+    };
+    store.enqueue(vec![spec.message(&subjects)]).await.unwrap();
+    let publisher = gitlab_worker::nats::outbox::OutboxPublisher {
+        store: store.clone(),
+        js: js.clone(),
+        subjects,
+        wake: Default::default(),
+        spool_dir: dir.join("spool"),
+    };
+    assert_eq!(publisher.flush().await.unwrap(), 1);
+
+    let got = read_stream(
+        &js,
+        "GITLAB_EVENTS",
+        "gitlab.events.default.access",
+        10_000,
+        Duration::from_secs(3),
+    )
+    .await;
+    let chunks: Vec<u64> = got
+        .iter()
+        .map(|m| json(m)["chunk"].as_u64().unwrap())
+        .collect();
+    assert!(!got.is_empty(), "the chunks after the first are published");
+    let total = json(&got[0])["chunks"].as_u64().unwrap();
+    assert!(total >= 2, "the diff makes several chunks: {total}");
+    assert_eq!(chunks, (2..=total).collect::<Vec<_>>());
+    assert!(store.unsent_outbox(10).await.unwrap().is_empty());
+    // Nothing of the export or the diff is left in the spool folder.
+    let left: Vec<_> = std::fs::read_dir(dir.join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
