@@ -39,6 +39,12 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on HOOKS_LISTEN {addr}: {source}")]
+    Hooks {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -191,6 +197,38 @@ where
     })
 }
 
+/// Starts the webhook receiver on `addr` for the connectors that have a webhook secret (the
+/// settings make sure one has).
+async fn start_hooks(
+    addr: SocketAddr,
+    settings: &Settings,
+    js: async_nats::jetstream::Context,
+    subjects: &Subjects,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, AppError> {
+    let secrets: BTreeMap<_, _> = settings
+        .connectors
+        .iter()
+        .filter_map(|(id, c)| c.webhook_secret.clone().map(|s| (id.clone(), s)))
+        .collect();
+    let receiver = crate::hooks::receiver::Receiver {
+        js,
+        subjects: subjects.clone(),
+        secrets: Arc::new(secrets),
+    };
+    let (bound, task) = http::serve_with(
+        addr,
+        crate::hooks::receiver::router(receiver),
+        stop,
+        http::HEADER_READ_TIMEOUT,
+        http::CONNECTION_TIMEOUT,
+    )
+    .await
+    .map_err(|source| AppError::Hooks { addr, source })?;
+    eprintln!("gitlab-worker: hooks on {bound}");
+    Ok(task)
+}
+
 /// `gitlab-worker serve`: runs until `shutdown` is cancelled, then drains.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     let metrics = http::install_metrics();
@@ -266,6 +304,12 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     ));
     tracing::info!(http = %bound, consumer = %nats::consumer_name(&subjects), jobs = %subjects.jobs_all(), concurrency = settings.concurrency, "serving jobs");
     // A stable line for scripts and tests, whatever the log format.
+    let hooks = match settings.hooks_listen {
+        None => None,
+        Some(addr) => {
+            Some(start_hooks(addr, &settings, js.clone(), &subjects, http_stop.clone()).await?)
+        }
+    };
     eprintln!("gitlab-worker: ready; http on {bound}");
 
     nats::serve::run(
@@ -300,6 +344,9 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     }
     http_stop.cancel();
     let _ = http_task.await;
+    if let Some(task) = hooks {
+        let _ = task.await;
+    }
     let _ = std::fs::remove_dir_all(settings.spool_dir());
     store.close().await?;
     tracing::info!("stopped");

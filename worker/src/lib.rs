@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod files;
+pub mod hooks;
 pub mod http;
 pub mod ids;
 pub mod jobs;

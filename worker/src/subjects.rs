@@ -52,6 +52,11 @@ impl Subjects {
         )
     }
 
+    /// `<p>.hooks.<connector>`: GitLab's webhook deliveries as received.
+    pub fn hooks(&self, connector: &str) -> String {
+        format!("{}.hooks.{}", self.prefix, connector_token(connector))
+    }
+
     /// `<p>.events.<connector>.<kind>` (`snapshot`, `access`).
     pub fn event(&self, connector: &str, kind: &str) -> String {
         format!(
@@ -157,6 +162,12 @@ pub mod msg_id {
     /// The outbox row that publishes a snapshot's access events (not a message id itself).
     pub fn access_events(snapshot_id: &str) -> String {
         format!("access-events {snapshot_id}")
+    }
+
+    /// A webhook delivery: GitLab's `Idempotency-Key` (stable across its retries), else the
+    /// event's UUID and the body's hash, else the hash alone.
+    pub fn hook(connector: &str, key: &str) -> String {
+        format!("hook {connector} {key}")
     }
 
     pub fn snapshot_object(snapshot_id: &str) -> String {

@@ -301,24 +301,51 @@ impl Worker {
 
     /// GET on the worker's HTTP port: (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
-        use std::io::Write;
-        let mut s = TcpStream::connect(&self.http).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.http
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
-        (status, body)
+        http(&self.http, "GET", path, &[], b"")
     }
+
+    /// The webhook receiver's address (`HOOKS_LISTEN`), from the worker's start-up line.
+    pub fn hooks_addr(&self) -> String {
+        let log = self.stderr();
+        log.lines()
+            .find_map(|l| l.strip_prefix("gitlab-worker: hooks on "))
+            .unwrap_or_else(|| panic!("the worker did not start its hook receiver:\n{log}"))
+            .trim()
+            .to_string()
+    }
+}
+
+/// One HTTP/1.1 request to `addr`: (status, body).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    if method != "GET" {
+        head += &format!("Content-Length: {}\r\n", body.len());
+    }
+    head += "\r\n";
+    s.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) and close before it read the whole body.
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    (status, body)
 }
 
 impl Drop for Worker {

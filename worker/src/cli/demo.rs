@@ -285,6 +285,7 @@ async fn start(dir: std::path::PathBuf) -> anyhow::Result<Demo> {
         rotate_when_days_left: 0,
         policy: crate::policy::Policy::default(),
         limits: crate::config::ClientLimits::default(),
+        webhook_secret: None,
     };
     settings.connectors = BTreeMap::from([(connector.id.clone(), connector)]);
     let store = Store::open(&settings.database_url).await?;

@@ -9,7 +9,8 @@ use gitlab_connector::{InstanceKind, Secret};
 use serde::Deserialize;
 
 use super::values::{
-    ConfigError, connector_id, defaults, invalid, parse_instance, positive, read_token_file, var,
+    ConfigError, connector_id, defaults, invalid, parse_instance, positive, read_secret_file,
+    read_token_file, var,
 };
 use crate::ids::ConnectorId;
 use crate::policy::{AccountAction, Policy};
@@ -55,6 +56,21 @@ pub struct ConnectorSettings {
     pub policy: Policy,
     /// What the client accepts from GitLab.
     pub limits: ClientLimits,
+    /// The secret GitLab sends in `X-Gitlab-Token` with this connector's webhooks
+    /// (`GITLAB_WEBHOOK_SECRET_FILE` / `webhook_secret_file`); without one the receiver
+    /// refuses its hooks.
+    pub webhook_secret: Option<Secret>,
+}
+
+const WEBHOOK_SECRET_HINT: &str =
+    "put the webhook's secret token in it (`gitlab-worker hooks install` writes one)";
+
+fn webhook_secret(
+    name: Cow<'static, str>,
+    path: Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    path.map(|p| read_secret_file(name, &p, WEBHOOK_SECRET_HINT))
+        .transpose()
 }
 
 /// Bounds on what a GitLab answer can make the client do.
@@ -179,6 +195,10 @@ impl ConnectorSettings {
             },
         )?;
         Ok(Self {
+            webhook_secret: webhook_secret(
+                "GITLAB_WEBHOOK_SECRET_FILE".into(),
+                var("GITLAB_WEBHOOK_SECRET_FILE").map(PathBuf::from),
+            )?,
             limits,
             policy,
             rotate_when_days_left,
@@ -234,6 +254,7 @@ pub(super) struct FileConnector {
     protected_users: Option<Vec<String>>,
     max_wait_seconds: Option<u64>,
     max_response_bytes: Option<u64>,
+    webhook_secret_file: Option<PathBuf>,
 }
 
 impl FileConnector {
@@ -292,6 +313,7 @@ impl FileConnector {
             |k| at(k),
         )?;
         Ok(ConnectorSettings {
+            webhook_secret: webhook_secret(at("webhook_secret_file"), self.webhook_secret_file)?,
             limits,
             policy,
             id,

@@ -70,6 +70,8 @@ pub struct Settings {
     pub database_url: String,
     pub nats: NatsSettings,
     pub http_listen: SocketAddr,
+    /// `HOOKS_LISTEN`: the webhook receiver's address (off when unset).
+    pub hooks_listen: Option<SocketAddr>,
     pub concurrency: usize,
     /// How long SIGTERM waits for jobs in flight before handing them back to NATS.
     pub shutdown_grace: Duration,
@@ -101,6 +103,7 @@ struct FileConfig {
     nats_tls_key_file: Option<PathBuf>,
     nats_subject_prefix: Option<String>,
     http_listen: Option<String>,
+    hooks_listen: Option<String>,
     concurrency: Option<usize>,
     ack_wait_seconds: Option<u64>,
     max_deliver: Option<i64>,
@@ -153,6 +156,23 @@ impl Settings {
                 format!("{http_text:?} is not an address:port such as 127.0.0.1:9464"),
             )
         })?;
+        let hooks_listen = var("HOOKS_LISTEN")
+            .or(fc.hooks_listen)
+            .map(|text| {
+                text.parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        "HOOKS_LISTEN",
+                        format!("{text:?} is not an address:port such as 127.0.0.1:9465"),
+                    )
+                })
+            })
+            .transpose()?;
+        if hooks_listen.is_some() && connectors.values().all(|c| c.webhook_secret.is_none()) {
+            return Err(ConfigError::Missing {
+                name: "GITLAB_WEBHOOK_SECRET_FILE".into(),
+                hint: "HOOKS_LISTEN is set but no connector has a webhook secret: set GITLAB_WEBHOOK_SECRET_FILE (or a connector's webhook_secret_file), or unset HOOKS_LISTEN",
+            });
+        }
         let concurrency = match var("WORKER_CONCURRENCY") {
             Some(v) => positive::<usize>("WORKER_CONCURRENCY", &v, "jobs")?,
             None => fc.concurrency.unwrap_or(defaults::CONCURRENCY),
@@ -197,6 +217,7 @@ impl Settings {
             database_url,
             nats,
             http_listen,
+            hooks_listen,
             concurrency,
             shutdown_grace,
         })

@@ -61,16 +61,23 @@ pub(super) fn var(name: &str) -> Option<String> {
 }
 
 pub(super) fn read_token_file(name: Cow<'static, str>, path: &Path) -> Result<Secret, ConfigError> {
+    read_secret_file(name, path, "put the service account's token in it")
+}
+
+/// A secret kept in a file (a token, a webhook secret), trimmed; an empty file is an error
+/// with `hint` saying what belongs in it.
+pub(super) fn read_secret_file(
+    name: Cow<'static, str>,
+    path: &Path,
+    hint: &str,
+) -> Result<Secret, ConfigError> {
     let t = std::fs::read_to_string(path)
         .map_err(|e| invalid(name.clone(), format!("cannot read {}: {e}", path.display())))?;
     let t = t.trim();
     if t.is_empty() {
         return Err(invalid(
             name,
-            format!(
-                "{} is empty; put the service account's token in it",
-                path.display()
-            ),
+            format!("{} is empty; {hint}", path.display()),
         ));
     }
     Ok(Secret::new(t))

@@ -115,7 +115,11 @@ pub const JOBS_MAX_MESSAGES: i64 = 1_000_000;
 /// The most bytes the jobs stream holds waiting (1 GiB).
 pub const JOBS_MAX_BYTES: i64 = 1 << 30;
 
-/// Creates or reconciles the four streams, the object store bucket and the shared consumer.
+/// The most bytes of webhook deliveries kept (1 GiB): past it the receiver answers 503 and
+/// GitLab retries.
+pub const HOOKS_MAX_BYTES: i64 = 1 << 30;
+
+/// Creates or reconciles the streams, the object store bucket and the shared consumer.
 pub async fn setup(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -152,6 +156,18 @@ pub async fn setup(
             subjects: vec![format!("{p}.dlq.>")],
             duplicate_window: Duration::from_secs(120),
             max_age: 90 * day,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+        // GitLab's webhook deliveries, kept until the event processor has read them. The
+        // duplicate window covers GitLab's retries of one delivery (same Idempotency-Key).
+        stream::Config {
+            name: subjects.stream("HOOKS"),
+            subjects: vec![format!("{p}.hooks.>")],
+            duplicate_window: Duration::from_secs(3_600),
+            max_age: 7 * day,
+            max_bytes: HOOKS_MAX_BYTES,
+            discard: stream::DiscardPolicy::New,
             storage: stream::StorageType::File,
             ..Default::default()
         },

@@ -47,6 +47,7 @@ pub async fn env_with(policy: Policy) -> Env {
         rotate_when_days_left: 0,
         policy,
         limits: gitlab_worker::config::ClientLimits::default(),
+        webhook_secret: None,
     };
     let mut config: ClientConfig = settings.client_config();
     config.retry = RetryPolicy::none();

@@ -48,6 +48,7 @@ fn worker(sim: &SeededSim, store: Store, token_file: &Path, spool: &Path) -> Han
         rotate_when_days_left: 0,
         policy: Policy::default(),
         limits: ClientLimits::default(),
+        webhook_secret: None,
     };
     let mut config = settings.client_config();
     config.retry = RetryPolicy::none();
