@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gitlab_e2e::{NatsServer, Worker, http, read_stream, sqlite_url, tempdir};
-use gitlab_sim::{Mode, SeedSpec};
+use gitlab_sim::{Mode, Resource, SeedSpec};
 use serde_json::{Value, json};
 
 const SECRET: &str = "hook-secret-for-tests-only";
@@ -14,7 +14,7 @@ struct Env {
     hooks: String,
     js: async_nats::jetstream::Context,
     _nats: NatsServer,
-    _sim: gitlab_sim::SeededSim,
+    sim: gitlab_sim::SeededSim,
 }
 
 async fn env() -> Env {
@@ -46,7 +46,7 @@ async fn env() -> Env {
         worker,
         js,
         _nats: nats,
-        _sim: sim,
+        sim,
     }
 }
 
@@ -209,4 +209,155 @@ fn hooks_listen_without_a_webhook_secret_refuses_to_start() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("GITLAB_WEBHOOK_SECRET_FILE"), "{stderr}");
+}
+
+/// The simulator fires GitLab's group webhook for the membership a grant job creates in a
+/// subgroup (a hook on the top-level group sees its subgroups), and the worker keeps it under
+/// the delivery's Idempotency-Key; a project membership fires no group webhook.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_simulators_member_hook_for_a_grant_reaches_the_hooks_stream() {
+    let e = env().await;
+    let (top, sub, project, user) = {
+        let w = e.sim.sim.world.read().unwrap();
+        let top = w
+            .groups
+            .values()
+            .find(|g| g.full_path == e.sim.scope)
+            .unwrap()
+            .id;
+        let sub = w
+            .groups
+            .values()
+            .find(|g| g.parent_id == Some(top))
+            .unwrap()
+            .id;
+        let project = w
+            .projects
+            .values()
+            .find(|p| p.group_id == Some(sub))
+            .map(|p| p.id);
+        let user = w
+            .users
+            .values()
+            .find(|u| {
+                !u.is_admin
+                    && !u.is_bot()
+                    && u.state == "active"
+                    && w.effective_level(u.id, Resource::Group(sub)) == 0
+            })
+            .unwrap()
+            .id;
+        (top, sub, project, user)
+    };
+    // Registered through GitLab's API, as `hooks install` will.
+    let sim_addr = e.sim.running.url.trim_start_matches("http://").to_string();
+    let hook_url = format!("http://{}/hooks/gitlab/default", e.hooks);
+    let body =
+        json!({"url": hook_url, "token": SECRET, "member_events": true, "push_events": false})
+            .to_string();
+    let token = e.sim.token.clone();
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        http(
+            &sim_addr,
+            "POST",
+            &format!("/api/v4/groups/{top}/hooks"),
+            &[
+                ("PRIVATE-TOKEN", &token),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{answer}");
+    assert!(
+        !answer.contains(SECRET),
+        "GitLab never shows a hook's token"
+    );
+
+    let grant = json!({
+        "schema": "gitlab-connector.job.v1",
+        "job_id": "grant-hooked",
+        "connector": "default",
+        "kind": "grant",
+        "params": {"user": {"id": user}, "target": {"group": sub}, "access_level": 30},
+    });
+    gitlab_e2e::publish_job(
+        &e.js,
+        "gitlab.jobs.default.grant",
+        grant.to_string(),
+        Some("grant-hooked"),
+    )
+    .await;
+    let msgs = read_stream(
+        &e.js,
+        "GITLAB_HOOKS",
+        "gitlab.hooks.default",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(msgs.len(), 1, "{}", e.worker.stderr());
+    let payload: Value = serde_json::from_slice(&msgs[0].payload).unwrap();
+    assert_eq!(payload["event_name"], "user_add_to_group");
+    assert_eq!(payload["group_id"], sub);
+    assert_eq!(payload["user_id"], user);
+    assert_eq!(payload["group_access"], "Developer");
+    let attempts = e
+        .sim
+        .sim
+        .wait_for_hook_attempts(1, Duration::from_secs(10))
+        .await;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, Some(200));
+    let h = msgs[0].headers.as_ref().unwrap();
+    assert_eq!(
+        h.get("Nats-Msg-Id").unwrap().as_str(),
+        format!("hook default key:{}", attempts[0].idempotency_key)
+    );
+    assert_eq!(h.get("Gitlab-Event").unwrap().as_str(), "Member Hook");
+
+    // A project membership fires no group webhook; a removal behind the worker's back does.
+    if let Some(p) = project {
+        e.sim.sim.world.write().unwrap().member_changed(
+            Resource::Project(p),
+            user,
+            gitlab_sim::hooks::MemberChange::Added,
+            &gitlab_sim::model::Membership {
+                access_level: 30,
+                expires_at: None,
+                member_role_id: None,
+                state: gitlab_sim::model::MemberState::Active,
+                created_by: None,
+                created_at: chrono::Utc::now(),
+            },
+        );
+        assert!(e.sim.sim.world.read().unwrap().hook_queue.is_empty());
+    }
+    let sim_addr = e.sim.running.url.trim_start_matches("http://").to_string();
+    let body = json!({"resource": {"type": "group", "id": sub}, "user_id": user}).to_string();
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        http(
+            &sim_addr,
+            "DELETE",
+            "/_sim/members",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 204, "{answer}");
+    let msgs = read_stream(
+        &e.js,
+        "GITLAB_HOOKS",
+        "gitlab.hooks.default",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(msgs.len(), 2);
+    let removed: Value = serde_json::from_slice(&msgs[1].payload).unwrap();
+    assert_eq!(removed["event_name"], "user_remove_from_group");
 }

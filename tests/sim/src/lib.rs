@@ -10,6 +10,7 @@
 //! ```
 
 mod access;
+pub mod hooks;
 // Handler helpers return a ready `Response` as their error, the axum idiom; its size is
 // irrelevant for a test server.
 #[allow(clippy::result_large_err)]

@@ -190,6 +190,12 @@ pub struct World {
     pub tokens: BTreeMap<u64, Token>,
     #[serde(skip)]
     pub index: Index,
+    /// Group webhooks (`/groups/:id/hooks`).
+    #[serde(skip)]
+    pub group_hooks: BTreeMap<u64, crate::hooks::GroupHook>,
+    /// Hook deliveries waiting to be sent (the server sends them after each request).
+    #[serde(skip)]
+    pub hook_queue: Vec<crate::hooks::Delivery>,
     next_id: u64,
 }
 
@@ -248,6 +254,8 @@ impl World {
             saml_links: HashMap::new(),
             tokens: BTreeMap::new(),
             index: Index::default(),
+            group_hooks: BTreeMap::new(),
+            hook_queue: Vec::new(),
             next_id: 1,
         }
     }

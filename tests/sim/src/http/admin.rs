@@ -246,17 +246,30 @@ async fn set_member(State(sim): State<Arc<Sim>>, Json(s): Json<SetMember>) -> Re
         return error(StatusCode::NOT_FOUND, json!({"message": "no such user"}));
     }
     let now = w.now();
-    w.members.entry(s.resource).or_default().insert(
-        s.user_id,
-        Membership {
-            access_level: s.access_level,
-            expires_at: s.expires_at,
-            member_role_id: s.member_role_id,
-            state: s.state.unwrap_or(crate::model::MemberState::Active),
-            created_by: None,
-            created_at: now,
-        },
-    );
+    let m = Membership {
+        access_level: s.access_level,
+        expires_at: s.expires_at,
+        member_role_id: s.member_role_id,
+        state: s.state.unwrap_or(crate::model::MemberState::Active),
+        created_by: None,
+        created_at: now,
+    };
+    let existed = w
+        .members
+        .get(&s.resource)
+        .is_some_and(|ms| ms.contains_key(&s.user_id));
+    let change = if existed {
+        crate::hooks::MemberChange::Updated
+    } else {
+        crate::hooks::MemberChange::Added
+    };
+    w.member_changed(s.resource, s.user_id, change, &m);
+    w.members
+        .entry(s.resource)
+        .or_default()
+        .insert(s.user_id, m);
+    drop(w);
+    super::hooks::send_queued(&sim);
     no_content()
 }
 
@@ -273,7 +286,17 @@ async fn delete_member(State(sim): State<Arc<Sim>>, Json(d): Json<DeleteMember>)
         .get_mut(&d.resource)
         .and_then(|m| m.remove(&d.user_id))
     {
-        Some(_) => no_content(),
+        Some(gone) => {
+            w.member_changed(
+                d.resource,
+                d.user_id,
+                crate::hooks::MemberChange::Removed,
+                &gone,
+            );
+            drop(w);
+            super::hooks::send_queued(&sim);
+            no_content()
+        }
         None => error(
             StatusCode::NOT_FOUND,
             json!({"message": "no such membership"}),

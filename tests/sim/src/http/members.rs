@@ -18,6 +18,7 @@ use super::{
     Caller, Params, Sim, error, field_error, forbidden, json_response, no_content, not_found,
     render,
 };
+use crate::hooks::MemberChange;
 use crate::model::{Membership, Resource, World};
 
 pub(crate) fn resolve<const PROJECT: bool>(
@@ -289,6 +290,7 @@ pub(crate) async fn add<const PROJECT: bool>(
         level,
         show_email(&w, &c, r, uid),
     );
+    w.member_changed(r, uid, MemberChange::Added, &m);
     w.members.entry(r).or_default().insert(uid, m);
     json_response(StatusCode::CREATED, body)
 }
@@ -360,6 +362,7 @@ pub(crate) async fn edit<const PROJECT: bool>(
         level,
         show_email(&w, &c, r, uid),
     );
+    w.member_changed(r, uid, MemberChange::Updated, &m);
     w.members.entry(r).or_default().insert(uid, m);
     json_response(StatusCode::OK, body)
 }
@@ -390,6 +393,7 @@ pub(crate) async fn remove<const PROJECT: bool>(
         return resp;
     }
     w.members.get_mut(&r).expect("exists").remove(&uid);
+    w.member_changed(r, uid, MemberChange::Removed, &existing);
     // skip_subresources=false (the default) also removes direct memberships below a group.
     if let Resource::Group(g) = r
         && !p.bool("skip_subresources")
@@ -401,8 +405,8 @@ pub(crate) async fn remove<const PROJECT: bool>(
             .chain(w.projects_of(g, true).into_iter().map(Resource::Project))
             .collect();
         for node in below {
-            if let Some(m) = w.members.get_mut(&node) {
-                m.remove(&uid);
+            if let Some(gone) = w.members.get_mut(&node).and_then(|m| m.remove(&uid)) {
+                w.member_changed(node, uid, MemberChange::Removed, &gone);
             }
         }
     }

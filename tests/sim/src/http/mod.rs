@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod groups;
+pub mod hooks;
 mod invitations;
 mod limits;
 mod members;
@@ -29,6 +30,7 @@ use serde_json::{Map, Value, json};
 use crate::model::World;
 pub use auth::Caller;
 pub use limits::UserRateLimit;
+pub(crate) use members::role_name;
 
 /// Faults injected into `/api/v4` responses.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -193,6 +195,10 @@ pub struct Sim {
     pub(crate) limits: Mutex<limits::LimitState>,
     rng: Mutex<fastrand::Rng>,
     base_url: OnceLock<String>,
+    /// Every webhook delivery attempt, in the order they were answered.
+    pub(crate) hook_log: Mutex<Vec<hooks::HookAttempt>>,
+    /// Woken after each webhook delivery attempt.
+    pub(crate) hook_attempted: tokio::sync::Notify,
 }
 
 impl Sim {
@@ -204,6 +210,8 @@ impl Sim {
             limits: Mutex::new(limits::LimitState::default()),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             base_url: OnceLock::new(),
+            hook_log: Mutex::new(Vec::new()),
+            hook_attempted: tokio::sync::Notify::new(),
         })
     }
 
@@ -221,6 +229,27 @@ impl Sim {
     /// Requests per route (`GET /groups/:id/members`) so far.
     pub fn counts(&self) -> BTreeMap<String, RouteCount> {
         self.log.lock().unwrap().counts.clone()
+    }
+
+    /// The webhook deliveries attempted so far.
+    pub fn hook_attempts(&self) -> Vec<hooks::HookAttempt> {
+        self.hook_log.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` webhook deliveries were attempted (or `timeout` passed); returns them.
+    pub async fn wait_for_hook_attempts(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<hooks::HookAttempt> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let attempted = self.hook_attempted.notified();
+            let attempts = self.hook_attempts();
+            if attempts.len() >= n || tokio::time::timeout_at(deadline, attempted).await.is_err() {
+                return attempts;
+            }
+        }
     }
 
     pub fn requests(&self) -> Vec<LogEntry> {
@@ -273,6 +302,8 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/member_roles", get(groups::instance_member_roles))
         .route("/projects", get(projects::list))
         .route("/projects/{id}", get(projects::show))
+        .route("/groups/{id}/hooks", get(hooks::list).post(hooks::create))
+        .route("/groups/{id}/hooks/{hook_id}", delete(hooks::remove))
         .route(
             "/groups/{id}/members",
             get(members::list::<false>).post(members::add::<false>),
@@ -379,6 +410,7 @@ async fn gitlab_middleware(State(sim): State<Arc<Sim>>, mut req: Request, next: 
                 .fold(resp, |resp, rule| rule.apply(&sim, &path, resp))
         }
     };
+    hooks::send_queued(&sim);
     sim.log.lock().unwrap().record(LogEntry {
         method: method.to_string(),
         route: format!("{method} {route_label}"),
