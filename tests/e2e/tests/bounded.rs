@@ -210,20 +210,7 @@ async fn access_events_go_on_from_the_chunk_after_the_last_one_sent() {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let subjects = Subjects::new("gitlab");
-    let settings = gitlab_worker::config::NatsSettings {
-        url: nats.url.clone(),
-        creds_file: None,
-        user: None,
-        password: None,
-        token: None,
-        tls_ca_file: None,
-        tls_cert_file: None,
-        tls_key_file: None,
-        subject_prefix: "gitlab".into(),
-        ack_wait: Duration::from_secs(30),
-        max_deliver: 8,
-        max_job_bytes: 256 * 1024,
-    };
+    let settings = gitlab_worker::config::NatsSettings::for_url(&nats.url);
     gitlab_worker::nats::setup(&js, &subjects, &settings, 8)
         .await
         .unwrap();

@@ -63,6 +63,26 @@ pub struct NatsSettings {
     pub max_job_bytes: usize,
 }
 
+impl NatsSettings {
+    /// The default settings for a server at `url`, without authentication or TLS.
+    pub fn for_url(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            creds_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            subject_prefix: defaults::SUBJECT_PREFIX.into(),
+            ack_wait: Duration::from_secs(defaults::ACK_WAIT_SECONDS),
+            max_deliver: defaults::MAX_DELIVER,
+            max_job_bytes: defaults::MAX_JOB_BYTES,
+        }
+    }
+}
+
 /// Everything `serve`, `run-job`, `sync` and `demo` need.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -241,20 +241,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_connection_does_not_print_the_urls_credentials() {
-        let settings = NatsSettings {
-            url: "nats://worker:natssecret0001@127.0.0.1:1".into(),
-            creds_file: None,
-            user: None,
-            password: None,
-            token: None,
-            tls_ca_file: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            subject_prefix: "gitlab".into(),
-            ack_wait: Duration::from_secs(30),
-            max_deliver: 8,
-            max_job_bytes: 256 * 1024,
-        };
+        let settings = NatsSettings::for_url("nats://worker:natssecret0001@127.0.0.1:1");
         let e = connect(&settings, Duration::from_millis(300))
             .await
             .expect_err("nothing listens on port 1");
