@@ -6,3 +6,4 @@ mod limits_faults;
 mod pagination;
 mod python_gitlab;
 mod seeding;
+mod webhooks;
