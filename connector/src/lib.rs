@@ -5,6 +5,7 @@
 pub mod api;
 pub mod client;
 pub mod error;
+pub mod live;
 pub mod model;
 pub mod provision;
 pub mod secret;

@@ -267,6 +267,27 @@ impl Client {
         .await
     }
 
+    /// `GET …/members/:user_id` with only the fields a sync needs; `None` when the user is no
+    /// direct member (GitLab's 404).
+    pub async fn member_row(
+        &self,
+        source: &Source,
+        user_id: u64,
+    ) -> Result<Option<MemberRow>, Error> {
+        let req = Request::get(
+            source.t(
+                "/groups/:id/members/:user_id",
+                "/projects/:id/members/:user_id",
+            ),
+            format!("{}/members/{user_id}", source.base()),
+        );
+        match self.get_json(req).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The direct membership, or `None` when there is none.
     pub async fn direct_member(
         &self,

@@ -7,7 +7,7 @@ use crate::model::{
     UserRecord, user_kind,
 };
 
-pub(super) fn group_record(g: &Group, in_scope: bool) -> GroupRecord {
+pub(crate) fn group_record(g: &Group, in_scope: bool) -> GroupRecord {
     GroupRecord {
         id: g.id,
         full_path: g.full_path.clone(),
@@ -17,7 +17,7 @@ pub(super) fn group_record(g: &Group, in_scope: bool) -> GroupRecord {
     }
 }
 
-pub(super) fn project_record(p: &Project) -> ProjectRecord {
+pub(crate) fn project_record(p: &Project) -> ProjectRecord {
     ProjectRecord {
         id: p.id,
         path_with_namespace: p.path_with_namespace.clone(),
@@ -26,7 +26,7 @@ pub(super) fn project_record(p: &Project) -> ProjectRecord {
     }
 }
 
-pub(super) fn shares_of(r: ResourceRef, links: &[crate::api::SharedWithGroup]) -> Vec<ShareRecord> {
+pub(crate) fn shares_of(r: ResourceRef, links: &[crate::api::SharedWithGroup]) -> Vec<ShareRecord> {
     let mut v: Vec<ShareRecord> = links
         .iter()
         .map(|l| ShareRecord {
@@ -41,7 +41,7 @@ pub(super) fn shares_of(r: ResourceRef, links: &[crate::api::SharedWithGroup]) -
     v
 }
 
-pub(super) fn membership(m: &MemberRow) -> DirectMember {
+pub(crate) fn membership(m: &MemberRow) -> DirectMember {
     DirectMember {
         user_id: m.id,
         member_role_id: m.member_role.and_then(|r| std::num::NonZeroU64::new(r.id)),
@@ -60,7 +60,7 @@ pub(super) fn membership(m: &MemberRow) -> DirectMember {
     }
 }
 
-pub(super) fn user_from_member(m: &MemberRow) -> UserRecord {
+pub(crate) fn user_from_member(m: &MemberRow) -> UserRecord {
     UserRecord {
         id: m.id,
         username: m.username.clone(),
@@ -76,7 +76,7 @@ pub(super) fn user_from_member(m: &MemberRow) -> UserRecord {
     }
 }
 
-pub(super) fn user_from_admin(u: &User) -> UserRecord {
+pub(crate) fn user_from_admin(u: &User) -> UserRecord {
     UserRecord {
         id: u.id,
         username: u.username.clone(),
@@ -96,7 +96,7 @@ pub(super) fn user_from_admin(u: &User) -> UserRecord {
     }
 }
 
-pub(super) fn is_auth_failure(e: &Error) -> bool {
+pub(crate) fn is_auth_failure(e: &Error) -> bool {
     matches!(
         e,
         Error::TokenExpired { .. } | Error::TokenRevoked { .. } | Error::Unauthorized { .. }

@@ -17,7 +17,7 @@
 //! A list that cannot be read after the client's retries is recorded and makes the snapshot
 //! partial; an authentication failure stops the sync.
 
-mod convert;
+pub(crate) mod convert;
 mod crawl;
 mod users;
 mod write;
