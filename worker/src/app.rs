@@ -298,6 +298,44 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     let retention = settings
         .retention
         .map(|keep| tokio::spawn(retain(store.clone(), keep, background_stop.clone())));
+    // Every worker with a connector's webhook secret can process its events; a lease lets one
+    // at a time do it.
+    let live: Vec<_> = handler
+        .connectors
+        .values()
+        .filter(|c| c.settings.webhook_secret.is_some())
+        .map(|c| {
+            let processor = crate::live::Processor {
+                store: store.clone(),
+                js: js.clone(),
+                subjects: subjects.clone(),
+                connector: c.clone(),
+                spool_dir: settings.spool_dir(),
+                outbox_wake: wake.clone(),
+            };
+            supervise("live access", background_stop.clone(), move |stop| {
+                processor.clone().run(stop)
+            })
+        })
+        .collect();
+    let hooked: Vec<String> = handler
+        .connectors
+        .values()
+        .filter(|c| c.settings.webhook_secret.is_some())
+        .map(|c| c.settings.id.to_string())
+        .collect();
+    let reconcile = settings
+        .reconcile_interval
+        .filter(|_| !hooked.is_empty())
+        .map(|every| {
+            tokio::spawn(crate::live::reconcile::schedule(
+                js.clone(),
+                subjects.clone(),
+                hooked,
+                every,
+                background_stop.clone(),
+            ))
+        });
     let token_watch = tokio::spawn(crate::jobs::rotate::watch_token_files(
         handler.connectors.values().cloned().collect(),
         background_stop.clone(),
@@ -334,6 +372,12 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         let _ = r.await;
     }
     let _ = token_watch.await;
+    for l in live {
+        let _ = l.await;
+    }
+    if let Some(r) = reconcile {
+        let _ = r.await;
+    }
     if let Some(r) = retention {
         let _ = r.await;
     }

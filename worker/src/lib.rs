@@ -25,6 +25,7 @@ pub mod hooks;
 pub mod http;
 pub mod ids;
 pub mod jobs;
+pub mod live;
 pub mod logging;
 pub mod nats;
 pub mod policy;

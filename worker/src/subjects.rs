@@ -170,6 +170,11 @@ pub mod msg_id {
         format!("hook {connector} {key}")
     }
 
+    /// Chunk `chunk` of the access event of a live change batch (named by its chained hash).
+    pub fn live_access(batch_sha256: &str, chunk: usize) -> String {
+        format!("live {batch_sha256} {chunk}")
+    }
+
     pub fn snapshot_object(snapshot_id: &str) -> String {
         format!("object {snapshot_id}")
     }
@@ -218,6 +223,7 @@ mod msg_id_tests {
             msg_id::access_event("s", 1),
             msg_id::snapshot_object("s"),
             msg_id::jit_expiry("g"),
+            msg_id::live_access("s", 1),
             msg_id::jit_expiry_failed("g"),
             msg_id::dlq(5),
         ] {

@@ -8,8 +8,8 @@ use chrono::NaiveDate;
 
 use super::Fact;
 use crate::model::{
-    AccessComputer, AccessInput, AccessRecord, DirectMember, GroupRecord, MembershipRecord,
-    Record, ResourceRef,
+    AccessComputer, AccessInput, AccessRecord, DirectMember, GroupRecord, MembershipRecord, Record,
+    ResourceRef,
 };
 use crate::snapshot::diff::{self, DiffRecord};
 use crate::sync::Inventory;
@@ -236,7 +236,10 @@ fn roots(inv: &Inventory, facts: &[Fact]) -> BTreeSet<ResourceRef> {
             Fact::Member { resource, .. } => {
                 roots.insert(*resource);
             }
-            Fact::User { user_id, user: None } => roots.extend(memberships_of(inv, *user_id)),
+            Fact::User {
+                user_id,
+                user: None,
+            } => roots.extend(memberships_of(inv, *user_id)),
             Fact::User { .. } | Fact::Invitations { .. } => {}
         }
     }
@@ -389,7 +392,9 @@ fn in_scope(inv: &Inventory, scope: LiveScope, g: &GroupRecord) -> bool {
             return false; // a cycle in bad data
         }
         cur = parent;
-        parent = cur.and_then(|c| inv.groups.get(&c)).and_then(|g| g.parent_id);
+        parent = cur
+            .and_then(|c| inv.groups.get(&c))
+            .and_then(|g| g.parent_id);
     }
     false
 }
@@ -495,10 +500,7 @@ fn apply_fact(inv: &mut Inventory, scope: LiveScope, fact: &Fact) {
             users,
         } => {
             let known = inv.projects.contains_key(project_id);
-            let in_tree = inv
-                .groups
-                .get(&p.namespace_id)
-                .is_some_and(|g| g.in_scope);
+            let in_tree = inv.groups.get(&p.namespace_id).is_some_and(|g| g.in_scope);
             if !known && !in_tree && scope.root.is_some() {
                 return;
             }
@@ -546,7 +548,10 @@ fn apply_fact(inv: &mut Inventory, scope: LiveScope, fact: &Fact) {
                 set(&mut inv.invitations, *resource, invitations.clone());
             }
         }
-        Fact::User { user_id, user: None } => {
+        Fact::User {
+            user_id,
+            user: None,
+        } => {
             inv.users.remove(user_id);
             for ms in inv.members.values_mut() {
                 ms.retain(|m| m.user_id != *user_id);

@@ -59,7 +59,9 @@ mod tests {
 
     #[test]
     fn member_events_name_the_membership_and_never_the_payload_role() {
-        let t = touches(&json!({"event_name": "user_add_to_group", "group_id": 7, "user_id": 3, "group_access": "Owner"}));
+        let t = touches(
+            &json!({"event_name": "user_add_to_group", "group_id": 7, "user_id": 3, "group_access": "Owner"}),
+        );
         assert_eq!(
             t,
             vec![
@@ -72,7 +74,9 @@ mod tests {
                 }
             ]
         );
-        let t = touches(&json!({"event_name": "user_remove_from_team", "project_id": 9, "user_id": 3, "access_level": "Developer"}));
+        let t = touches(
+            &json!({"event_name": "user_remove_from_team", "project_id": 9, "user_id": 3, "access_level": "Developer"}),
+        );
         assert_eq!(
             t,
             vec![Touch::Member {
@@ -85,7 +89,9 @@ mod tests {
     #[test]
     fn structure_and_user_events() {
         assert_eq!(
-            touches(&json!({"event_name": "subgroup_create", "group_id": 10, "parent_group_id": 7})),
+            touches(
+                &json!({"event_name": "subgroup_create", "group_id": 10, "parent_group_id": 7})
+            ),
             vec![Touch::Group { group_id: 10 }]
         );
         assert_eq!(

@@ -29,8 +29,12 @@ use crate::sync::Inventory;
 pub enum Touch {
     /// A group or project, with its shares, members and invitations (created, moved, renamed or
     /// gone). Ordered first: a membership in a group created in the same batch needs the group.
-    Group { group_id: u64 },
-    Project { project_id: u64 },
+    Group {
+        group_id: u64,
+    },
+    Project {
+        project_id: u64,
+    },
     /// One user's direct membership of one group or project.
     Member {
         #[serde(with = "crate::model::resource_wire")]
@@ -43,7 +47,9 @@ pub enum Touch {
         resource: ResourceRef,
     },
     /// A user's account (created, renamed, destroyed).
-    User { user_id: u64 },
+    User {
+        user_id: u64,
+    },
 }
 
 /// What GitLab said when read again. `None` records mean GitLab answered 404: it is gone.

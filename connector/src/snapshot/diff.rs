@@ -285,13 +285,63 @@ fn access_records(path: &std::path::Path) -> Result<impl Iterator<Item = AccessR
     }))
 }
 
+/// The header and summary of a file whose hash is not checked (a live-state export: a stored
+/// snapshot with change batches laid over its records).
+fn header_and_summary_unchecked(
+    path: &std::path::Path,
+) -> Result<(crate::model::SnapshotHeader, crate::model::Summary), DiffError> {
+    let read = |e| DiffError::Read {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let mut header = None;
+    let mut summary = None;
+    for r in super::records(open(path)?) {
+        match r.map_err(read)? {
+            crate::model::Record::Snapshot(h) if header.is_none() => header = Some(h),
+            crate::model::Record::Summary(s) => summary = Some(s),
+            _ => {}
+        }
+    }
+    match (header, summary) {
+        (Some(h), Some(s)) => Ok((h, s)),
+        _ => Err(DiffError::NotASnapshot {
+            path: path.display().to_string(),
+            message: "no snapshot header or summary".into(),
+        }),
+    }
+}
+
 /// Diffs two snapshot files (both verified against their hashes first) into NDJSON lines.
 pub fn diff_files(
     a: &std::path::Path,
     b: &std::path::Path,
     out: &mut impl std::io::Write,
 ) -> Result<DiffCounts, DiffError> {
-    let (ha, sa) = header_and_summary(a)?;
+    diff_checked(a, b, out, true)
+}
+
+/// Diffs a live-state export `a` (not checked against a hash: it is a snapshot with changes
+/// laid over it) and a snapshot file `b` (checked).
+pub fn diff_live_files(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    out: &mut impl std::io::Write,
+) -> Result<DiffCounts, DiffError> {
+    diff_checked(a, b, out, false)
+}
+
+fn diff_checked(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    out: &mut impl std::io::Write,
+    check_a: bool,
+) -> Result<DiffCounts, DiffError> {
+    let (ha, sa) = if check_a {
+        header_and_summary(a)?
+    } else {
+        header_and_summary_unchecked(a)?
+    };
     let (hb, sb) = header_and_summary(b)?;
     if ha.connector != hb.connector || ha.scope != hb.scope {
         return Err(DiffError::Mismatch {

@@ -193,6 +193,12 @@ pub struct World {
     /// Group webhooks (`/groups/:id/hooks`).
     #[serde(skip)]
     pub group_hooks: BTreeMap<u64, crate::hooks::GroupHook>,
+    /// System hooks (`/hooks`, administrators).
+    #[serde(skip)]
+    pub system_hooks: BTreeMap<u64, crate::hooks::SystemHook>,
+    /// Each hook's failures and pause, by hook id.
+    #[serde(skip)]
+    pub hook_health: BTreeMap<u64, crate::hooks::HookHealth>,
     /// Hook deliveries waiting to be sent (the server sends them after each request).
     #[serde(skip)]
     pub hook_queue: Vec<crate::hooks::Delivery>,
@@ -255,6 +261,8 @@ impl World {
             tokens: BTreeMap::new(),
             index: Index::default(),
             group_hooks: BTreeMap::new(),
+            system_hooks: BTreeMap::new(),
+            hook_health: BTreeMap::new(),
             hook_queue: Vec::new(),
             next_id: 1,
         }

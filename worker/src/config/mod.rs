@@ -107,6 +107,9 @@ pub struct Settings {
     /// `RETENTION_DAYS` (default 400; 0 keeps everything): finished jobs, sent outbox
     /// messages and unpinned snapshots older than this are deleted.
     pub retention: Option<Duration>,
+    /// `RECONCILE_INTERVAL_SECONDS` (default 3600; 0 = off): how often each connector with a
+    /// webhook secret gets a `reconcile` job.
+    pub reconcile_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +132,7 @@ struct FileConfig {
     max_deliver: Option<i64>,
     max_job_bytes: Option<usize>,
     shutdown_grace_seconds: Option<u64>,
+    reconcile_interval_seconds: Option<u64>,
     #[serde(default)]
     connectors: Vec<FileConnector>,
 }
@@ -226,7 +230,16 @@ impl Settings {
             Some(v) => positive::<u64>("RETENTION_DAYS", &v, "days")?,
             None => defaults::RETENTION_DAYS,
         };
+        let reconcile_seconds = match var("RECONCILE_INTERVAL_SECONDS") {
+            Some(v) if v.trim() == "0" => 0,
+            Some(v) => positive::<u64>("RECONCILE_INTERVAL_SECONDS", &v, "seconds")?,
+            None => fc
+                .reconcile_interval_seconds
+                .unwrap_or(defaults::RECONCILE_INTERVAL_SECONDS),
+        };
         Ok(Self {
+            reconcile_interval: (reconcile_seconds > 0)
+                .then(|| Duration::from_secs(reconcile_seconds)),
             job_timeouts,
             retention: (retention_days > 0)
                 .then(|| Duration::from_secs(retention_days.saturating_mul(86_400))),

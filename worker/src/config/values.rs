@@ -28,6 +28,8 @@ pub mod defaults {
     pub const MAX_JOB_BYTES: usize = 256 * 1024;
     pub const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
     pub const RETENTION_DAYS: u64 = 400;
+    /// A full sync of each connector with hooks, to find what hooks cannot tell.
+    pub const RECONCILE_INTERVAL_SECONDS: u64 = 3600;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +160,7 @@ impl JobTimeouts {
 
     pub fn for_kind(&self, kind: &str) -> Duration {
         match kind {
-            "sync" => self.sync,
+            "sync" | "reconcile" => self.sync,
             "grant" => self.grant,
             "revoke" => self.revoke,
             "invite" => self.invite,

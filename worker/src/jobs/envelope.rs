@@ -26,16 +26,18 @@ pub enum JobKind {
     Invite,
     Deprovision,
     RotateToken,
+    Reconcile,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::Sync,
         JobKind::Grant,
         JobKind::Revoke,
         JobKind::Invite,
         JobKind::Deprovision,
         JobKind::RotateToken,
+        JobKind::Reconcile,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +48,7 @@ impl JobKind {
             JobKind::Invite => "invite",
             JobKind::Deprovision => "deprovision",
             JobKind::RotateToken => "rotate_token",
+            JobKind::Reconcile => "reconcile",
         }
     }
 
@@ -63,6 +66,8 @@ pub enum JobParams {
     Invite(invite::Params),
     Deprovision(deprovision::Params),
     RotateToken(rotate::Params),
+    /// A full sync whose differences from the live state are drift (`cause: "reconcile"`).
+    Reconcile(sync::Params),
 }
 
 impl JobParams {
@@ -74,6 +79,7 @@ impl JobParams {
             JobParams::Invite(_) => JobKind::Invite,
             JobParams::Deprovision(_) => JobKind::Deprovision,
             JobParams::RotateToken(_) => JobKind::RotateToken,
+            JobParams::Reconcile(_) => JobKind::Reconcile,
         }
     }
 
@@ -86,6 +92,7 @@ impl JobParams {
             JobKind::Invite => JobParams::Invite(invite::Params::parse(p, now)?),
             JobKind::Deprovision => JobParams::Deprovision(deprovision::Params::parse(p)?),
             JobKind::RotateToken => JobParams::RotateToken(rotate::Params::parse(p)?),
+            JobKind::Reconcile => JobParams::Reconcile(sync::Params::parse(p)?),
         })
     }
 }

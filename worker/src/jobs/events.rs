@@ -97,10 +97,21 @@ pub struct AccessEvents {
     pub snapshot_id: String,
     /// The previous complete snapshot of the connector and scope, diffed against.
     pub base_snapshot_id: Option<String>,
+    /// The newest change batch on the base when the sync finished: the base is the live state
+    /// up to it.
+    #[serde(default)]
+    pub base_batch_id: Option<i64>,
+    /// `sync` or `reconcile`.
+    #[serde(default = "sync_cause")]
+    pub cause: String,
     pub object: Value,
     /// Chunks published so far (a publisher that stopped halfway goes on from here).
     #[serde(default)]
     pub sent: usize,
+}
+
+fn sync_cause() -> String {
+    "sync".into()
 }
 
 impl AccessEvents {
@@ -118,6 +129,7 @@ impl AccessEvents {
         let meta = json!({
             "schema": EVENT_SCHEMA,
             "type": "access",
+            "cause": self.cause,
             "connector": self.connector,
             "scope": self.scope,
             "job_id": self.job_id,
@@ -145,13 +157,15 @@ impl AccessEvents {
 
 /// Writes the access diff of the snapshot at `path` against `base` (every access is new when
 /// there is none) as NDJSON lines: header, changes, summary. Both are read as streams.
+/// The base is a live-state export (checked when it was exported, then laid over with change
+/// batches): its hash is not checked again.
 pub fn write_diff(path: &Path, base: Option<&Path>, out: &mut impl Write) -> Result<(), ReadError> {
     let invalid = |e: &dyn std::fmt::Display| ReadError::Invalid {
         line: 0,
         message: e.to_string(),
     };
     if let Some(b) = base {
-        diff::diff_files(b, path, out).map_err(|e| invalid(&e))?;
+        diff::diff_live_files(b, path, out).map_err(|e| invalid(&e))?;
         return Ok(());
     }
     let summary = snapshot::verify(open(path)?)?;
@@ -176,6 +190,62 @@ pub fn write_diff(path: &Path, base: Option<&Path>, out: &mut impl Write) -> Res
     line(&diff::DiffLine::DiffSummary(counts))?;
     out.flush()?;
     Ok(())
+}
+
+/// The records that differ between a live-state export and a full snapshot, by record type
+/// (access records left out: they follow from the others): what a reconcile counts as drift.
+pub fn record_drift(
+    live: &Path,
+    full: &Path,
+) -> Result<std::collections::BTreeMap<&'static str, u64>, ReadError> {
+    fn body(
+        p: &Path,
+    ) -> Result<impl Iterator<Item = Result<(String, Record, String), ReadError>>, ReadError> {
+        Ok(open(p)?.lines().filter_map(|l| {
+            let l = match l {
+                Ok(l) => l,
+                Err(e) => return Some(Err(e.into())),
+            };
+            if l.is_empty() || l.starts_with("{\"type\":\"access\"") {
+                return None;
+            }
+            match serde_json::from_str::<Record>(&l) {
+                Ok(r) => r.order_key().map(|k| Ok((k, r, l))),
+                Err(e) => Some(Err(ReadError::Invalid {
+                    line: 0,
+                    message: e.to_string(),
+                })),
+            }
+        }))
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    let mut a = body(live)?.peekable();
+    let mut b = body(full)?.peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(Err(_)), _) => return Err(a.next().expect("peeked").err().expect("an error")),
+            (_, Some(Err(_))) => return Err(b.next().expect("peeked").err().expect("an error")),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(Ok(x)), Some(Ok(y))) => x.0.cmp(&y.0),
+        };
+        let kind = match order {
+            std::cmp::Ordering::Less => a.next().and_then(Result::ok).map(|x| x.1.type_name()),
+            std::cmp::Ordering::Greater => b.next().and_then(Result::ok).map(|x| x.1.type_name()),
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (a.next(), b.next());
+                match (x, y) {
+                    (Some(Ok(x)), Some(Ok(y))) if x.2 != y.2 => Some(x.1.type_name()),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(k) = kind {
+            *counts.entry(k).or_default() += 1;
+        }
+    }
+    Ok(counts)
 }
 
 /// The lines of a diff file in chunks of at most `CHUNK_BYTES` (a longer line is a chunk of
@@ -226,4 +296,59 @@ impl Chunks {
         }
         Ok((!chunk.is_empty()).then_some(chunk))
     }
+}
+
+/// The access events of a live change batch (`cause`: `gitlab_event`, or `reconcile` for what
+/// the audit-event poll found): its access changes in chunks, each naming the batch, its chained
+/// hash and the hook deliveries that led to it.
+pub fn live_access_events(
+    subjects: &Subjects,
+    batch: &crate::store::ChangeBatch,
+    base_snapshot_id: &str,
+    changes: &[diff::DiffRecord],
+) -> Vec<OutboxMessage> {
+    let lines: Vec<String> = changes
+        .iter()
+        .filter_map(|d| serde_json::to_string(&diff::DiffLine::AccessChange(d.clone())).ok())
+        .collect();
+    let mut chunks: Vec<Vec<String>> = Vec::new();
+    let mut size = 0usize;
+    for l in lines {
+        if chunks.is_empty()
+            || (size + l.len() > CHUNK_BYTES && !chunks.last().is_none_or(Vec::is_empty))
+        {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += l.len() + 1;
+        chunks.last_mut().expect("pushed").push(l);
+    }
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, lines)| {
+            let payload = json!({
+                "schema": EVENT_SCHEMA,
+                "type": "access",
+                "cause": batch.cause,
+                "connector": batch.connector,
+                "scope": batch.scope,
+                "snapshot_id": base_snapshot_id,
+                "batch_id": batch.id,
+                "sha256": batch.sha256,
+                "prev_sha256": batch.prev_sha256,
+                "applied_at": batch.applied_at,
+                "source_events": batch.source_events,
+                "chunk": i + 1,
+                "chunks": n,
+                "lines": lines.iter().map(|l| serde_json::from_str::<Value>(l).unwrap_or(Value::Null)).collect::<Vec<_>>(),
+            });
+            OutboxMessage::Publish {
+                msg_id: msg_id::live_access(&batch.sha256, i + 1),
+                subject: subjects.event(&batch.connector, "access"),
+                payload: payload.to_string(),
+            }
+        })
+        .collect()
 }

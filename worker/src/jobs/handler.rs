@@ -353,7 +353,8 @@ impl Handler {
         let limit = self.timeouts.for_kind(job.kind().as_str());
         let run = async {
             match &job.params {
-                JobParams::Sync(p) => sync::execute(&mut ctx, p).await,
+                JobParams::Sync(p) => sync::execute(&mut ctx, p, sync::Cause::Sync).await,
+                JobParams::Reconcile(p) => sync::execute(&mut ctx, p, sync::Cause::Reconcile).await,
                 JobParams::Grant(p) => grant::execute(&mut ctx, p).await,
                 JobParams::Revoke(p) => revoke::execute(&mut ctx, p).await,
                 JobParams::Invite(p) => invite::execute(&mut ctx, p).await,
@@ -372,11 +373,13 @@ impl Handler {
                     job.kind().as_str().to_uppercase()
                 );
                 tracing::warn!("{message}");
-                Err(if matches!(job.params, JobParams::Sync(_)) {
-                    JobFailure::failed(Code::Timeout, message)
-                } else {
-                    JobFailure::transient(Code::Timeout, message)
-                })
+                Err(
+                    if matches!(job.params, JobParams::Sync(_) | JobParams::Reconcile(_)) {
+                        JobFailure::failed(Code::Timeout, message)
+                    } else {
+                        JobFailure::transient(Code::Timeout, message)
+                    },
+                )
             }
         };
         // A resumed job answers for what its earlier deliveries wrote too (a grant resumes

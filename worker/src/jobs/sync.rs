@@ -70,7 +70,28 @@ fn partial(errors: &[gitlab_connector::model::ReadFailure]) -> JobFailure {
     .retryable_later()
 }
 
-pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, JobFailure> {
+/// Why a full sync runs: asked for (`sync`), or to find what the live state missed
+/// (`reconcile`: its differences are drift).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Sync,
+    Reconcile,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Sync => "sync",
+            Cause::Reconcile => "reconcile",
+        }
+    }
+}
+
+pub async fn execute(
+    ctx: &mut JobContext<'_>,
+    params: &Params,
+    cause: Cause,
+) -> Result<Done, JobFailure> {
     let connector = ctx.connector.clone();
     let Some(scope_text) = params
         .scope
@@ -149,7 +170,7 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         return outcome;
     }
     let events = if ctx.publish {
-        announce(ctx, spool.path(), &summary.snapshot_id, &scope_text)
+        announce(ctx, spool.path(), &summary.snapshot_id, &scope_text, cause)
             .await
             .map_err(|e| {
                 JobFailure::transient(
@@ -178,6 +199,7 @@ async fn announce(
     path: &Path,
     snapshot_id: &str,
     scope: &str,
+    cause: Cause,
 ) -> Result<Vec<OutboxMessage>, ReadError> {
     let connector = ctx.job.connector.as_str();
     let base = ctx
@@ -185,6 +207,16 @@ async fn announce(
         .latest_snapshot(connector, scope, true)
         .await
         .map_err(io)?;
+    // Diffed against the live state: the base with the change batches stored on it so far,
+    // so what hooks already announced is not announced again.
+    let base_batch_id = match &base {
+        Some(b) => ctx
+            .store
+            .last_batch_on(connector, scope, b.seq)
+            .await
+            .map_err(io)?,
+        None => None,
+    };
     let object_name = format!("{connector}/{snapshot_id}.ndjson");
     let access = events::AccessEvents {
         job_id: ctx.job.job_id.to_string(),
@@ -192,6 +224,8 @@ async fn announce(
         scope: scope.to_string(),
         snapshot_id: snapshot_id.to_string(),
         base_snapshot_id: base.map(|b| b.snapshot_id),
+        base_batch_id,
+        cause: cause.as_str().to_string(),
         object: serde_json::json!({"bucket": ctx.subjects.snapshot_bucket(), "name": object_name}),
         sent: 0,
     };

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::context::SpoolFile;
-use crate::jobs::events::{AccessEvents, Chunks, write_diff};
+use crate::jobs::events::{AccessEvents, Chunks, record_drift, write_diff};
 use crate::store::{OutboxMessage, SnapshotInfo, Store, StoreError};
 use crate::subjects::{Subjects, msg_id};
 use gitlab_connector::snapshot::ReadError;
@@ -230,6 +230,30 @@ impl OutboxPublisher {
         Ok(file)
     }
 
+    /// The live state after batch `upto` on snapshot `base_id` (the snapshot alone for `None`),
+    /// exported to a spool file.
+    async fn export_live(
+        &self,
+        base_id: &str,
+        upto: Option<i64>,
+    ) -> Result<SpoolFile, PublishError> {
+        let info = self.store.find_snapshot(base_id).await?;
+        let mut batches = match upto {
+            Some(_) => {
+                self.store
+                    .batches_on(&info.connector, &info.scope, info.seq, None)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        batches.retain(|b| Some(b.id) <= upto);
+        let overrides = crate::store::Store::overrides(&batches)?;
+        let (file, mut out) = self.spool("base")?;
+        self.store.export_with(&info, &overrides, &mut out).await?;
+        out.flush()?;
+        Ok(file)
+    }
+
     /// The export of `snap`, made now unless `exported` already holds it.
     async fn export_once<'e>(
         &self,
@@ -266,16 +290,22 @@ impl OutboxPublisher {
             })?;
         let snap = self.store.find_snapshot(&spec.snapshot_id).await?;
         let base = match &spec.base_snapshot_id {
-            Some(b) => {
-                let info = self.store.find_snapshot(b).await?;
-                Some(self.export(&info, "base").await?)
-            }
+            Some(b) => Some(self.export_live(b, spec.base_batch_id).await?),
             None => None,
         };
         let (diff, mut out) = self.spool("diff")?;
         let new = self.export_once(&snap, exported).await?;
         write_diff(new, base.as_ref().map(SpoolFile::path), &mut out)
             .map_err(PublishError::Events)?;
+        if spec.cause == "reconcile" && spec.sent == 0 {
+            if let Some(b) = &base {
+                let drift = record_drift(b.path(), new).map_err(PublishError::Events)?;
+                for (kind, n) in drift {
+                    tracing::info!(connector = %spec.connector, kind, n, "reconcile found drift");
+                    metrics::counter!("gitlab_worker_drift_total", "connector" => spec.connector.clone(), "kind" => kind).increment(n);
+                }
+            }
+        }
         out.flush()?;
         drop((base, out));
         let chunks = Chunks::count(diff.path()).map_err(PublishError::Events)?;

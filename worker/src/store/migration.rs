@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0004GrantClaims),
             Box::new(M0005Leases),
             Box::new(M0006Retention),
+            Box::new(M0007ChangeBatches),
         ]
     }
 }
@@ -503,5 +504,73 @@ impl MigrationTrait for M0006Retention {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// Live access: the batches of changes applied between full snapshots, each chained by hash to
+/// the one before it (the first to its base snapshot).
+struct M0007ChangeBatches;
+
+impl MigrationName for M0007ChangeBatches {
+    fn name(&self) -> &str {
+        "m0007_change_batches"
+    }
+}
+
+#[derive(DeriveIden)]
+enum ChangeBatches {
+    Table,
+    Id,
+    Connector,
+    Scope,
+    BaseSeq,
+    ReadAt,
+    AppliedAt,
+    Cause,
+    SourceEvents,
+    Facts,
+    Changes,
+    ChangeCount,
+    AccessChanges,
+    Sha256,
+    PrevSha256,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0007ChangeBatches {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(ChangeBatches::Table)
+                .if_not_exists()
+                .col(big_pk_auto(ChangeBatches::Id))
+                .col(string(ChangeBatches::Connector))
+                .col(string(ChangeBatches::Scope))
+                .col(big_integer(ChangeBatches::BaseSeq))
+                .col(timestamp_with_time_zone(ChangeBatches::ReadAt))
+                .col(timestamp_with_time_zone(ChangeBatches::AppliedAt))
+                .col(string(ChangeBatches::Cause))
+                .col(text(ChangeBatches::SourceEvents))
+                .col(text(ChangeBatches::Facts))
+                .col(text(ChangeBatches::Changes))
+                .col(big_integer(ChangeBatches::ChangeCount))
+                .col(big_integer(ChangeBatches::AccessChanges))
+                .col(string(ChangeBatches::Sha256))
+                .col(string(ChangeBatches::PrevSha256))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("change_batches_by_base")
+                .table(ChangeBatches::Table)
+                .col(ChangeBatches::Connector)
+                .col(ChangeBatches::Scope)
+                .col(ChangeBatches::BaseSeq)
+                .col(ChangeBatches::Id)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await
     }
 }

@@ -6,6 +6,7 @@ mod entity;
 pub mod migration;
 
 mod audit;
+mod changes;
 mod grants;
 mod jobs;
 mod leases;
@@ -20,6 +21,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
 pub use audit::{AuditEntry, AuditRow};
+pub use changes::{Append, ChangeBatch, ChangeLine, NewBatch};
 pub use jobs::{Begin, NewJob, OutboxMessage};
 pub use outbox::ParkedMessage;
 pub use records::{GrantRecord, GrantState, JobRecord, JobState};

@@ -260,6 +260,19 @@ impl Store {
         snap: &SnapshotInfo,
         out: &mut impl Write,
     ) -> Result<(), StoreError> {
+        self.export_with(snap, &std::collections::BTreeMap::new(), out)
+            .await
+    }
+
+    /// Writes a stored snapshot with `overrides` (record key → line, or `None` for gone) laid
+    /// over its records, in key order: the live state after change batches. The snapshot's own
+    /// records are still checked against its sha256; the header and summary are its own.
+    pub async fn export_with(
+        &self,
+        snap: &SnapshotInfo,
+        overrides: &std::collections::BTreeMap<String, Option<String>>,
+        out: &mut impl Write,
+    ) -> Result<(), StoreError> {
         if let Some(at) = snap.pruned_at {
             return Err(StoreError::Pruned {
                 id: snap.snapshot_id.clone(),
@@ -291,17 +304,33 @@ impl Store {
             .stream(&self.db)
             .await?;
         let mut hasher = Sha256::new();
-        let mut put = |line: &str, out: &mut dyn Write, hash: bool| -> std::io::Result<()> {
-            if hash {
-                hasher.update(line.as_bytes());
-                hasher.update(b"\n");
-            }
+        let write = |line: &str, out: &mut dyn Write| -> std::io::Result<()> {
             out.write_all(line.as_bytes())?;
             out.write_all(b"\n")
         };
-        put(&snap.header, out, true)?;
-        while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
-            put(&row.1, out, true)?;
+        hasher.update(snap.header.as_bytes());
+        hasher.update(b"\n");
+        write(&snap.header, out)?;
+        let mut pending = overrides.iter().peekable();
+        while let Some((key, line)) = futures::TryStreamExt::try_next(&mut rows).await? {
+            hasher.update(line.as_bytes());
+            hasher.update(b"\n");
+            while let Some((k, v)) = pending.next_if(|(k, _)| k.as_str() < key.as_str()) {
+                if let Some(v) = v {
+                    write(v, out)?;
+                }
+                let _ = k;
+            }
+            match pending.next_if(|(k, _)| k.as_str() == key.as_str()) {
+                Some((_, Some(v))) => write(v, out)?,
+                Some((_, None)) => {}
+                None => write(&line, out)?,
+            }
+        }
+        for (_, v) in pending {
+            if let Some(v) = v {
+                write(v, out)?;
+            }
         }
         drop(rows);
         let sha = gitlab_connector::snapshot::hex(&hasher.finalize());

@@ -53,7 +53,11 @@ fn inventory() -> Inventory {
         as_of: day("2026-12-01"),
         ..Default::default()
     };
-    for g in [group(1, None, true), group(2, Some(1), true), group(9, None, false)] {
+    for g in [
+        group(1, None, true),
+        group(2, Some(1), true),
+        group(9, None, false),
+    ] {
         inv.groups.insert(g.id, g);
     }
     inv.projects.insert(
@@ -107,7 +111,10 @@ fn apply_checked(inv: &mut Inventory, facts: &[Fact]) -> Applied {
             None => patched.remove(&(d.resource, d.user_id)),
         };
     }
-    assert_eq!(patched, after, "the changes do not account for the new access");
+    assert_eq!(
+        patched, after,
+        "the changes do not account for the new access"
+    );
     for (k, v) in &applied.changes {
         if let Some(Record::Access(a)) = v {
             assert_eq!(after.get(&(a.resource, a.user_id)), Some(a), "{k}");
@@ -143,10 +150,12 @@ fn a_member_added_to_the_top_group_reaches_the_subtree_and_again_changes_nothing
             (AccessAdded, ResourceRef::Project(20), 7),
         ]
     );
-    assert!(a.changes.contains_key(&format!("1/{:020}", 7)), "the user record");
     assert!(
-        a.changes
-            .contains_key(&format!("4/g{:020}/{:020}", 1, 7)),
+        a.changes.contains_key(&format!("1/{:020}", 7)),
+        "the user record"
+    );
+    assert!(
+        a.changes.contains_key(&format!("4/g{:020}/{:020}", 1, 7)),
         "the membership"
     );
     let again = apply_checked(&mut inv, &facts);

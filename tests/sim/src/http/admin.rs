@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, patch, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use chrono::NaiveDate;
 use serde::Deserialize;
@@ -28,7 +28,10 @@ pub(crate) fn router() -> Router<Arc<Sim>> {
         .route("/users", post(add_user))
         .route("/users/{id}", patch(patch_user))
         .route("/groups", post(add_group))
+        .route("/groups/{id}", delete(delete_group))
         .route("/projects", post(add_project))
+        .route("/projects/{id}", delete(delete_project))
+        .route("/hook_faults", put(put_hook_faults))
         .route("/members", post(set_member).delete(delete_member))
         .route("/shares", post(add_share))
         .route("/tokens", post(add_token))
@@ -56,6 +59,34 @@ async fn get_config(State(sim): State<Arc<Sim>>) -> Response {
 async fn put_config(State(sim): State<Arc<Sim>>, Json(cfg): Json<SimConfig>) -> Response {
     *sim.config.lock().unwrap() = cfg;
     no_content()
+}
+
+async fn put_hook_faults(
+    State(sim): State<Arc<Sim>>,
+    Json(f): Json<crate::hooks::HookFaults>,
+) -> Response {
+    sim.config.lock().unwrap().hook_faults = f;
+    no_content()
+}
+
+async fn delete_group(State(sim): State<Arc<Sim>>, Path(id): Path<u64>) -> Response {
+    let removed = sim.world.write().unwrap().remove_group(id);
+    super::hooks::send_queued(&sim);
+    if removed {
+        no_content()
+    } else {
+        error(StatusCode::NOT_FOUND, json!({"message": "no such group"}))
+    }
+}
+
+async fn delete_project(State(sim): State<Arc<Sim>>, Path(id): Path<u64>) -> Response {
+    let removed = sim.world.write().unwrap().remove_project(id);
+    super::hooks::send_queued(&sim);
+    if removed {
+        no_content()
+    } else {
+        error(StatusCode::NOT_FOUND, json!({"message": "no such project"}))
+    }
 }
 
 async fn put_faults(State(sim): State<Arc<Sim>>, Json(f): Json<Faults>) -> Response {
@@ -152,6 +183,9 @@ async fn add_user(State(sim): State<Arc<Sim>>, Json(n): Json<NewUser>) -> Respon
         u.email = e;
     }
     w.reindex();
+    w.user_event(id, true);
+    drop(w);
+    super::hooks::send_queued(&sim);
     json_response(StatusCode::CREATED, json!({"id": id}))
 }
 
@@ -203,10 +237,11 @@ async fn add_group(State(sim): State<Arc<Sim>>, Json(n): Json<NewGroup>) -> Resp
         );
     }
     let id = w.add_group(&n.path, n.parent_id);
-    json_response(
-        StatusCode::CREATED,
-        json!({"id": id, "full_path": w.groups[&id].full_path}),
-    )
+    w.group_created(id);
+    let body = json!({"id": id, "full_path": w.groups[&id].full_path});
+    drop(w);
+    super::hooks::send_queued(&sim);
+    json_response(StatusCode::CREATED, body)
 }
 
 #[derive(Deserialize)]
@@ -221,10 +256,11 @@ async fn add_project(State(sim): State<Arc<Sim>>, Json(n): Json<NewProject>) -> 
         return error(StatusCode::NOT_FOUND, json!({"message": "no such group"}));
     }
     let id = w.add_project(&n.path, n.group_id);
-    json_response(
-        StatusCode::CREATED,
-        json!({"id": id, "path_with_namespace": w.projects[&id].path_with_namespace}),
-    )
+    w.project_created(id);
+    let body = json!({"id": id, "path_with_namespace": w.projects[&id].path_with_namespace});
+    drop(w);
+    super::hooks::send_queued(&sim);
+    json_response(StatusCode::CREATED, body)
 }
 
 #[derive(Deserialize)]

@@ -1,8 +1,10 @@
-//! `/groups/:id/hooks` and the delivery of queued webhook events, with GitLab's headers:
+//! `/groups/:id/hooks`, `/hooks` (system hooks) and the delivery of queued webhook events, with
+//! GitLab's headers:
 //! `X-Gitlab-Event`, `X-Gitlab-Token`, `X-Gitlab-Instance`, `X-Gitlab-Webhook-UUID` (new per
 //! attempt), `X-Gitlab-Event-UUID` and `Idempotency-Key` (both stable across the retries of one
 //! event). An attempt waits 10 s for an answer (GitLab.com's timeout); a failed one is retried
-//! up to three times.
+//! up to three times. Every failed attempt counts towards the hook's pause (`crate::hooks`);
+//! the fault controls (`PUT /_sim/hook_faults`) drop, duplicate, delay and reorder deliveries.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::members::{may_manage, resolve};
 use super::{Caller, Params, Sim, bad_request, json_response, no_content, not_found};
-use crate::hooks::{Delivery, GroupHook};
+use crate::hooks::{Delivery, GroupHook, HookHealth, SystemHook};
 
 /// One attempt to deliver one event.
 #[derive(Debug, Clone, Serialize)]
@@ -26,19 +28,26 @@ pub struct HookAttempt {
     pub event_uuid: String,
     pub idempotency_key: String,
     pub webhook_uuid: String,
-    /// The receiver's status, or `None` when it did not answer in time or at all.
+    /// The receiver's status, or `None` when it did not answer in time or at all (or the
+    /// delivery was not sent).
     pub status: Option<u16>,
+    /// Not sent: dropped by the fault controls, or the hook is paused or disabled.
+    pub dropped: bool,
     pub payload: serde_json::Value,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const ATTEMPTS: u32 = 4;
 
-fn hook_json(h: &GroupHook) -> serde_json::Value {
-    let mut v = serde_json::to_value(h).unwrap_or_default();
-    v["alert_status"] = json!("executable");
-    v["disabled_until"] = json!(null);
+fn with_health(mut v: serde_json::Value, id: u64, w: &crate::model::World) -> serde_json::Value {
+    let health = w.hook_health.get(&id).cloned().unwrap_or_default();
+    v["alert_status"] = json!(health.alert_status(w.now()));
+    v["disabled_until"] = json!(health.disabled_until.filter(|_| !health.disabled));
     v
+}
+
+fn hook_json(h: &GroupHook, w: &crate::model::World) -> serde_json::Value {
+    with_health(serde_json::to_value(h).unwrap_or_default(), h.id, w)
 }
 
 /// Only a group's owners (and administrators) manage its hooks.
@@ -66,7 +75,7 @@ pub(crate) async fn list(
         .group_hooks
         .values()
         .filter(|h| h.group_id == g)
-        .map(hook_json)
+        .map(|h| hook_json(h, &w))
         .collect();
     json_response(StatusCode::OK, json!(hooks))
 }
@@ -104,7 +113,7 @@ pub(crate) async fn create(
         enable_ssl_verification: flag("enable_ssl_verification", true),
         created_at: w.now(),
     };
-    let body = hook_json(&hook);
+    let body = hook_json(&hook, &w);
     w.group_hooks.insert(hook.id, hook);
     json_response(StatusCode::CREATED, body)
 }
@@ -127,16 +136,182 @@ pub(crate) async fn remove(
     no_content()
 }
 
+pub(crate) async fn show(
+    State(sim): State<Arc<Sim>>,
+    Extension(c): Extension<Caller>,
+    Path((id, hook_id)): Path<(String, String)>,
+) -> Response {
+    let g = match owned_group(&sim, &c, &id) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let w = sim.world.read().unwrap();
+    match w
+        .group_hooks
+        .get(&hook_id.parse::<u64>().unwrap_or(0))
+        .filter(|h| h.group_id == g)
+    {
+        Some(h) => json_response(StatusCode::OK, hook_json(h, &w)),
+        None => not_found("Hook"),
+    }
+}
+
+/// System hooks are an administrator's, and self-managed only.
+fn admin_only(sim: &Sim, c: &Caller) -> Result<(), Response> {
+    if !c.is_admin || sim.world.read().unwrap().mode == crate::model::Mode::GitlabCom {
+        return Err(super::forbidden());
+    }
+    Ok(())
+}
+
+fn system_json(h: &SystemHook, w: &crate::model::World) -> serde_json::Value {
+    with_health(serde_json::to_value(h).unwrap_or_default(), h.id, w)
+}
+
+pub(crate) async fn list_system(
+    State(sim): State<Arc<Sim>>,
+    Extension(c): Extension<Caller>,
+) -> Response {
+    if let Err(r) = admin_only(&sim, &c) {
+        return r;
+    }
+    let w = sim.world.read().unwrap();
+    let hooks: Vec<_> = w
+        .system_hooks
+        .values()
+        .map(|h| system_json(h, &w))
+        .collect();
+    json_response(StatusCode::OK, json!(hooks))
+}
+
+pub(crate) async fn create_system(
+    State(sim): State<Arc<Sim>>,
+    Extension(c): Extension<Caller>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = admin_only(&sim, &c) {
+        return r;
+    }
+    let p = match Params::parse(q.as_deref(), &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(url) = p.str("url").filter(|u| u.starts_with("http")) else {
+        return bad_request("url is missing or not an http(s) URL");
+    };
+    let flag = |k: &str, default: bool| p.str(k).map_or(default, |v| super::is_true(&v));
+    let mut w = sim.world.write().unwrap();
+    let hook = SystemHook {
+        id: w.next_id(),
+        url,
+        token: p.str("token"),
+        push_events: flag("push_events", true),
+        tag_push_events: flag("tag_push_events", false),
+        merge_requests_events: flag("merge_requests_events", false),
+        repository_update_events: flag("repository_update_events", false),
+        enable_ssl_verification: flag("enable_ssl_verification", true),
+        created_at: w.now(),
+    };
+    let body = system_json(&hook, &w);
+    w.system_hooks.insert(hook.id, hook);
+    json_response(StatusCode::CREATED, body)
+}
+
+pub(crate) async fn remove_system(
+    State(sim): State<Arc<Sim>>,
+    Extension(c): Extension<Caller>,
+    Path(hook_id): Path<String>,
+) -> Response {
+    if let Err(r) = admin_only(&sim, &c) {
+        return r;
+    }
+    let mut w = sim.world.write().unwrap();
+    match w.system_hooks.remove(&hook_id.parse::<u64>().unwrap_or(0)) {
+        Some(_) => no_content(),
+        None => not_found("Hook"),
+    }
+}
+
 /// Sends every queued delivery, each in a task of its own (GitLab's are Sidekiq jobs: their
-/// order is not guaranteed either).
+/// order is not guaranteed either), through the fault controls.
 pub(crate) fn send_queued(sim: &Arc<Sim>) {
     if sim.world.read().unwrap().hook_queue.is_empty() {
         return;
     }
     let queued = std::mem::take(&mut sim.world.write().unwrap().hook_queue);
+    let faults = sim.config.lock().unwrap().hook_faults.clone();
     for d in queued {
-        tokio::spawn(deliver(sim.clone(), d));
+        let (drop, duplicate, delay) = {
+            let mut rng = sim.rng.lock().unwrap();
+            let delay = match (faults.delay_ms, faults.reorder) {
+                (0, _) => 0,
+                (ms, true) => rng.u64(0..=ms),
+                (ms, false) => ms,
+            };
+            (rng.f64() < faults.drop, rng.f64() < faults.duplicate, delay)
+        };
+        let ids = DeliveryIds {
+            event_uuid: uuid(sim),
+            idempotency_key: uuid(sim),
+        };
+        if drop {
+            log(sim, &d, &ids, String::new(), None, true);
+            continue;
+        }
+        let copies = if duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            let (sim, d, ids) = (sim.clone(), d.clone(), ids.clone());
+            tokio::spawn(async move {
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                deliver(sim, d, ids).await;
+            });
+        }
     }
+}
+
+/// What stays the same across the retries of one delivery.
+#[derive(Clone)]
+struct DeliveryIds {
+    event_uuid: String,
+    idempotency_key: String,
+}
+
+fn log(
+    sim: &Sim,
+    d: &Delivery,
+    ids: &DeliveryIds,
+    webhook_uuid: String,
+    status: Option<u16>,
+    dropped: bool,
+) {
+    sim.hook_log.lock().unwrap().push(HookAttempt {
+        hook_id: d.hook_id,
+        event: d.event,
+        event_uuid: ids.event_uuid.clone(),
+        idempotency_key: ids.idempotency_key.clone(),
+        webhook_uuid,
+        status,
+        dropped,
+        payload: d.payload.clone(),
+    });
+    sim.hook_attempted.notify_waiters();
+}
+
+/// Notes an attempt's outcome in the hook's health; true when it may go on being retried.
+fn note(sim: &Sim, hook_id: u64, ok: bool) -> bool {
+    let mut w = sim.world.write().unwrap();
+    let now = w.now();
+    let h: &mut HookHealth = w.hook_health.entry(hook_id).or_default();
+    if ok {
+        h.succeeded();
+    } else {
+        h.failed(now);
+    }
+    h.sends(now)
 }
 
 fn uuid(sim: &Sim) -> String {
@@ -154,13 +329,21 @@ fn uuid(sim: &Sim) -> String {
     )
 }
 
-async fn deliver(sim: Arc<Sim>, d: Delivery) {
-    let event_uuid = uuid(&sim);
-    let idempotency_key = uuid(&sim);
+async fn deliver(sim: Arc<Sim>, d: Delivery, ids: DeliveryIds) {
     let body = d.payload.to_string();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+        }
+        let sends = {
+            let w = sim.world.read().unwrap();
+            w.hook_health
+                .get(&d.hook_id)
+                .is_none_or(|h| h.sends(w.now()))
+        };
+        if !sends {
+            log(&sim, &d, &ids, String::new(), None, true);
+            return;
         }
         let webhook_uuid = uuid(&sim);
         let mut headers = vec![
@@ -169,8 +352,8 @@ async fn deliver(sim: Arc<Sim>, d: Delivery) {
             ("X-Gitlab-Event", d.event.to_string()),
             ("X-Gitlab-Instance", sim.base_url().to_string()),
             ("X-Gitlab-Webhook-UUID", webhook_uuid.clone()),
-            ("X-Gitlab-Event-UUID", event_uuid.clone()),
-            ("Idempotency-Key", idempotency_key.clone()),
+            ("X-Gitlab-Event-UUID", ids.event_uuid.clone()),
+            ("Idempotency-Key", ids.idempotency_key.clone()),
         ];
         if let Some(t) = &d.token {
             headers.push(("X-Gitlab-Token", t.clone()));
@@ -179,17 +362,10 @@ async fn deliver(sim: Arc<Sim>, d: Delivery) {
             .await
             .ok()
             .flatten();
-        sim.hook_log.lock().unwrap().push(HookAttempt {
-            hook_id: d.hook_id,
-            event: d.event,
-            event_uuid: event_uuid.clone(),
-            idempotency_key: idempotency_key.clone(),
-            webhook_uuid,
-            status,
-            payload: d.payload.clone(),
-        });
-        sim.hook_attempted.notify_waiters();
-        if status.is_some_and(|s| (200..300).contains(&s)) {
+        let ok = status.is_some_and(|s| (200..300).contains(&s));
+        let may_retry = note(&sim, d.hook_id, ok);
+        log(&sim, &d, &ids, webhook_uuid, status, false);
+        if ok || !may_retry {
             return;
         }
     }

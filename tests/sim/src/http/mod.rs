@@ -136,6 +136,9 @@ pub struct SimConfig {
     /// `offset_pagination_limit`: the maximum offset on keyset-capable lists (0 = none).
     pub offset_cap: u64,
     pub faults: Faults,
+    /// Dropped, duplicated, delayed and reordered webhook deliveries.
+    #[serde(default)]
+    pub hook_faults: crate::hooks::HookFaults,
 }
 
 impl SimConfig {
@@ -145,6 +148,7 @@ impl SimConfig {
             endpoint_limits: true,
             offset_cap: 50_000,
             faults: Faults::default(),
+            hook_faults: crate::hooks::HookFaults::default(),
         }
     }
 }
@@ -303,7 +307,12 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/projects", get(projects::list))
         .route("/projects/{id}", get(projects::show))
         .route("/groups/{id}/hooks", get(hooks::list).post(hooks::create))
-        .route("/groups/{id}/hooks/{hook_id}", delete(hooks::remove))
+        .route(
+            "/groups/{id}/hooks/{hook_id}",
+            get(hooks::show).delete(hooks::remove),
+        )
+        .route("/hooks", get(hooks::list_system).post(hooks::create_system))
+        .route("/hooks/{hook_id}", delete(hooks::remove_system))
         .route(
             "/groups/{id}/members",
             get(members::list::<false>).post(members::add::<false>),

@@ -180,6 +180,7 @@ pub(crate) async fn create(
     user.last_activity_on = None;
     w.index.user_by_email.retain(|_, v| *v != id);
     w.index.user_by_email.insert(email.to_lowercase(), id);
+    w.user_event(id, true);
     json_response(
         StatusCode::CREATED,
         render::user(sim.base_url(), &w.users[&id], true),
@@ -272,6 +273,7 @@ pub(crate) async fn remove(
     if !c.is_admin || w.mode == Mode::GitlabCom {
         return forbidden();
     }
+    w.user_event(id, false);
     w.users.remove(&id);
     for members in w.members.values_mut() {
         members.remove(&id);
