@@ -220,6 +220,8 @@ async fn access_events_go_on_from_the_chunk_after_the_last_one_sent() {
         scope: seeded.scope.clone(),
         snapshot_id: snap.snapshot_id.clone(),
         base_snapshot_id: None,
+        base_batch_id: None,
+        cause: "sync".into(),
         object: json!({"bucket": "GITLAB_SNAPSHOTS", "name": "x"}),
         sent: 1,
     };

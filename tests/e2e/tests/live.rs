@@ -25,6 +25,9 @@ struct Env {
     top: u64,
     events: consumer::pull::Stream,
     results: consumer::pull::Stream,
+    db_url: String,
+    /// The first sync's snapshot, which the live changes apply on.
+    base_snapshot: String,
 }
 
 async fn follow(js: &jetstream::Context, stream: &str, filter: &str) -> consumer::pull::Stream {
@@ -73,13 +76,14 @@ impl Env {
             .await
             .unwrap();
         let dir = tempdir("live");
+        let db_url = sqlite_url(&dir);
         let secret = dir.join("webhook-secret");
         std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
         let vars = vec![
             ("GITLAB_URL", sim.running.url.clone()),
             ("GITLAB_TOKEN", sim.token.clone()),
             ("GITLAB_SCOPE", sim.scope.clone()),
-            ("DATABASE_URL", sqlite_url(&dir)),
+            ("DATABASE_URL", db_url.clone()),
             ("NATS_URL", nats.url.clone()),
             ("HOOKS_LISTEN", "127.0.0.1:0".into()),
             ("GITLAB_WEBHOOK_SECRET_FILE", secret.display().to_string()),
@@ -105,6 +109,8 @@ impl Env {
             top,
             events,
             results,
+            db_url,
+            base_snapshot: String::new(),
         };
         // GitLab's two ways of telling: the scope's group webhook and a system hook.
         let url = format!("http://{}/hooks/gitlab/default", e.worker.hooks_addr());
@@ -116,7 +122,8 @@ impl Env {
             json!({"url": url, "token": SECRET, "push_events": false}),
         );
         assert_eq!(s, 201, "{b}");
-        e.run_job("first-sync", "sync").await;
+        let r = e.run_job("first-sync", "sync").await;
+        e.base_snapshot = r["snapshot"]["snapshot_id"].as_str().unwrap().to_string();
         e
     }
 
@@ -435,6 +442,26 @@ async fn gitlab_events_become_access_events_that_match_gitlabs_access() {
         })
         .collect();
     assert_eq!(gone, holders, "{ev}");
+
+    // The stored batches, their hash chain checked from the snapshot on.
+    let out = assert_cmd::Command::cargo_bin("gitlab-worker")
+        .unwrap()
+        .args(["snapshots", "changes", &e.base_snapshot, "--json"])
+        .env("DATABASE_URL", &e.db_url)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("hash chain intact"), "{stderr}");
+    let batches: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        batches.last().unwrap()["sha256"],
+        ev["sha256"],
+        "the last event names the last batch"
+    );
 
     // A full sync after every event was delivered finds nothing the live state does not have.
     e.run_job("after-sync", "sync").await;

@@ -61,10 +61,14 @@ on_both!(
     snapshots_are_stored_temporally_and_exported_byte_identically
 );
 on_both!(audit, the_audit_log_keeps_every_write);
+on_both!(
+    changes,
+    change_batches_are_chained_and_laid_over_their_snapshot
+);
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
-    assert_eq!(store.pending_migrations().await.unwrap(), 6);
+    assert_eq!(store.pending_migrations().await.unwrap(), 7);
     store.migrate().await.unwrap();
     assert_eq!(store.pending_migrations().await.unwrap(), 0);
     // Opening again (every command migrates on start) changes nothing.
@@ -536,4 +540,126 @@ async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
         .await
         .unwrap();
     assert_eq!((again.snapshots, again.jobs, again.outbox), (0, 0, 0));
+}
+
+/// Live change batches: chained to their snapshot and to each other, appended only on the
+/// newest state, laid over the snapshot's records to give the live state, and a batch changed
+/// in the database breaks the chain.
+async fn change_batches_are_chained_and_laid_over_their_snapshot(b: Backend) {
+    use gitlab_connector::live::{Fact, apply};
+    use gitlab_worker::live::state::LiveState;
+    use gitlab_worker::store::{Append, ChangeLine, NewBatch};
+
+    let (_sim, client) = seeded_client(4).await;
+    let dir = tempdir("changes");
+    let store = Store::open(&b.url()).await.unwrap();
+    let a = sync_to(&client, &dir, "a.ndjson", None).await;
+    store.store_snapshot(&a, None).await.unwrap();
+    let spool = dir.join("spool");
+    let mut live = LiveState::load(&store, &spool, "default", "org")
+        .await
+        .unwrap()
+        .expect("a complete snapshot");
+    assert_eq!(live.last_batch, None);
+
+    // A member's level changes, as a re-read would report it.
+    let (r, members) = live
+        .inv
+        .members
+        .iter()
+        .find(|(r, _)| matches!(r, ResourceRef::Group(_)))
+        .map(|(r, m)| (*r, m.clone()))
+        .unwrap();
+    let mut m = members[0].record(r);
+    m.access_level = if m.access_level == 40 { 30 } else { 40 };
+    let facts = vec![Fact::Member {
+        resource: r,
+        user_id: m.user_id,
+        member: Some(m.clone()),
+        user: None,
+    }];
+    let today = chrono::Utc::now().date_naive();
+    let applied = apply(&mut live.inv, live.scope, &facts, today);
+    assert!(!applied.access.is_empty());
+    let lines: String = applied
+        .changes
+        .iter()
+        .map(|(k, v)| {
+            let line = serde_json::to_string(&ChangeLine {
+                key: k.clone(),
+                record: v
+                    .as_ref()
+                    .map(|r| serde_json::value::to_raw_value(r).unwrap()),
+            })
+            .unwrap();
+            format!("{line}\n")
+        })
+        .collect();
+    let new = |last: Option<i64>| {
+        let (lines, base) = (lines.clone(), live.base.clone());
+        let facts = serde_json::to_string(&facts).unwrap();
+        let store = store.clone();
+        async move {
+            store
+                .append_batch(
+                    NewBatch {
+                        base: &base,
+                        read_at: chrono::Utc::now(),
+                        cause: "gitlab_event",
+                        source_events: &["hook default key:k1".to_string()],
+                        facts,
+                        changes: lines,
+                        change_count: 1,
+                        access_changes: 1,
+                    },
+                    last,
+                    |_| vec![],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let Append::Stored(first) = new(None).await else {
+        panic!("appended on the newest state")
+    };
+    assert_eq!(
+        first.prev_sha256, live.base.sha256,
+        "the first batch chains to its snapshot"
+    );
+    assert_eq!(
+        new(None).await,
+        Append::Stale,
+        "appended after a batch it did not see"
+    );
+    let Append::Stored(second) = new(Some(first.id)).await else {
+        panic!("appended after the newest batch")
+    };
+    assert_eq!(second.prev_sha256, first.sha256);
+    assert_eq!(store.verify_batches(&live.base).await.unwrap(), 2);
+
+    // The live state loaded again is the snapshot with the batches laid over it.
+    let again = LiveState::load(&store, &spool, "default", "org")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.last_batch, Some(second.id));
+    assert_eq!(again.inv.members, live.inv.members);
+    assert_eq!(again.inv.users, live.inv.users);
+
+    // Changed outside the worker: the chain no longer holds.
+    let db = sea_orm::Database::connect(b.url()).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!(
+        "UPDATE change_batches SET changes = '' WHERE id = {}",
+        first.id
+    ))
+    .await
+    .unwrap();
+    let err = store
+        .verify_batches(&live.base)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("change batch {}", first.id)), "{err}");
+    assert!(err.contains("outside the worker"), "{err}");
 }

@@ -176,6 +176,16 @@ pub enum SnapshotsCommand {
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
     },
+    /// The live change batches stored on a snapshot (from GitLab's webhooks), oldest first,
+    /// after checking their hash chain from the snapshot's own sha256; a broken chain is an
+    /// error naming the first batch that does not hold.
+    Changes {
+        /// A snapshot id, or an unambiguous prefix of one.
+        id: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Keep a snapshot whatever its age (retention, RETENTION_DAYS, skips it).
     Pin {
         /// A snapshot id, or an unambiguous prefix of one.
