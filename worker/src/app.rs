@@ -209,7 +209,13 @@ async fn start_hooks(
     let secrets: BTreeMap<_, _> = settings
         .connectors
         .iter()
-        .filter_map(|(id, c)| c.webhook_secret.clone().map(|s| (id.clone(), s)))
+        .filter_map(|(id, c)| {
+            c.webhook_secret.clone().map(|s| {
+                let secret =
+                    crate::hooks::receiver::HookSecret::new(s, c.webhook_secret_file.clone());
+                (id.clone(), secret)
+            })
+        })
         .collect();
     let receiver = crate::hooks::receiver::Receiver {
         js,
@@ -231,6 +237,7 @@ async fn start_hooks(
 
 /// `gitlab-worker serve`: runs until `shutdown` is cancelled, then drains.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
+    settings.check_webhook_secrets()?;
     let metrics = http::install_metrics();
     for w in settings.cleartext_warnings() {
         tracing::warn!("{w}");
@@ -318,6 +325,18 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
             })
         })
         .collect();
+    let hook_health: Vec<_> = handler
+        .connectors
+        .values()
+        .filter(|c| c.settings.webhook_secret.is_some())
+        .map(|c| {
+            tokio::spawn(crate::hooks::manage::watch_health(
+                c.clone(),
+                settings.hook_check_interval,
+                background_stop.clone(),
+            ))
+        })
+        .collect();
     let hooked: Vec<String> = handler
         .connectors
         .values()
@@ -377,6 +396,9 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     }
     if let Some(r) = reconcile {
         let _ = r.await;
+    }
+    for h in hook_health {
+        let _ = h.await;
     }
     if let Some(r) = retention {
         let _ = r.await;

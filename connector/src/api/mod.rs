@@ -3,6 +3,7 @@
 
 pub mod common;
 pub mod groups;
+pub mod hooks;
 pub mod invitations;
 pub mod members;
 pub mod projects;
@@ -11,6 +12,7 @@ pub mod users;
 
 pub use common::{AccessLevel, UserSummary};
 pub use groups::{BillableMember, Group, MemberRole, SamlGroupLink, SharedWithGroup};
+pub use hooks::Hook;
 pub use invitations::{CreateInvitation, Invitation, InvitationAccepted};
 pub use members::{
     AddMember, EditMember, IdRef, Member, MemberRoleRef, MemberRow, RemoveMember, Source,

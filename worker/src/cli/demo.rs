@@ -286,6 +286,7 @@ async fn start(dir: std::path::PathBuf) -> anyhow::Result<Demo> {
         policy: crate::policy::Policy::default(),
         limits: crate::config::ClientLimits::default(),
         webhook_secret: None,
+        webhook_secret_file: None,
     };
     settings.connectors = BTreeMap::from([(connector.id.clone(), connector)]);
     let store = Store::open(&settings.database_url).await?;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod config_show;
 #[cfg(feature = "demo")]
 mod demo;
+mod hooks;
 mod outbox;
 mod run_job;
 mod snapshots;
@@ -102,10 +103,49 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotsCommand,
     },
+    /// GitLab's webhooks for live access: install, check, remove (docs/hooks.md).
+    Hooks {
+        #[command(subcommand)]
+        command: HooksCommand,
+    },
     /// Results and events that could not be published (parked), for operators.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HooksCommand {
+    /// Register the connector's webhook in GitLab, idempotently: a group webhook on the scope's
+    /// top-level group (member, subgroup and project events; no pushes; SSL verification on),
+    /// or with --system a system hook (self-managed, administrator token). A new random secret
+    /// is written to the secret file (GITLAB_WEBHOOK_SECRET_FILE, mode 0600) first.
+    Install {
+        /// The public address GitLab reaches the receiver (HOOKS_LISTEN) at; the connector's
+        /// path `/hooks/gitlab/<connector>` is added unless the URL ends with it.
+        #[arg(long)]
+        url: String,
+        /// The connector, when the configuration declares several.
+        #[arg(long)]
+        connector: Option<String>,
+        /// A system hook instead of a group webhook.
+        #[arg(long)]
+        system: bool,
+    },
+    /// GitLab's view of the connectors' webhooks, one JSON object per hook (`alert_status`:
+    /// executable, temporarily_disabled after 4 failures in a row, disabled after 40). Exit 1
+    /// when one is missing, paused or disabled.
+    Status {
+        #[arg(long)]
+        connector: Option<String>,
+    },
+    /// Remove the connector's group webhooks (and with --system its system hooks).
+    Uninstall {
+        #[arg(long)]
+        connector: Option<String>,
+        #[arg(long)]
+        system: bool,
     },
 }
 
@@ -251,6 +291,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(config).await,
         Command::Snapshots { command } => snapshots::run(config, command).await,
         Command::Outbox { command } => outbox::run(config, command).await,
+        Command::Hooks { command } => hooks::run(config, command).await,
         Command::Config {
             command: ConfigCommand::Show,
         } => config_show::run(config),

@@ -60,17 +60,29 @@ pub struct ConnectorSettings {
     /// (`GITLAB_WEBHOOK_SECRET_FILE` / `webhook_secret_file`); without one the receiver
     /// refuses its hooks.
     pub webhook_secret: Option<Secret>,
+    /// Where the webhook secret is kept (`hooks install` writes it). A file that does not
+    /// exist yet leaves `webhook_secret` empty: `serve` refuses to start so, `hooks install`
+    /// creates it.
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 const WEBHOOK_SECRET_HINT: &str =
     "put the webhook's secret token in it (`gitlab-worker hooks install` writes one)";
 
+/// The secret and its file; a file that does not exist yet is no error here (see
+/// [`ConnectorSettings::webhook_secret_file`]).
 fn webhook_secret(
     name: Cow<'static, str>,
     path: Option<PathBuf>,
-) -> Result<Option<Secret>, ConfigError> {
-    path.map(|p| read_secret_file(name, &p, WEBHOOK_SECRET_HINT))
-        .transpose()
+) -> Result<(Option<Secret>, Option<PathBuf>), ConfigError> {
+    match path {
+        None => Ok((None, None)),
+        Some(p) if !p.exists() => Ok((None, Some(p))),
+        Some(p) => Ok((
+            Some(read_secret_file(name, &p, WEBHOOK_SECRET_HINT)?),
+            Some(p),
+        )),
+    }
 }
 
 /// Bounds on what a GitLab answer can make the client do.
@@ -194,11 +206,13 @@ impl ConnectorSettings {
                 _ => "GITLAB_MAX_RESPONSE_BYTES".into(),
             },
         )?;
+        let (webhook_secret, webhook_secret_file) = webhook_secret(
+            "GITLAB_WEBHOOK_SECRET_FILE".into(),
+            var("GITLAB_WEBHOOK_SECRET_FILE").map(PathBuf::from),
+        )?;
         Ok(Self {
-            webhook_secret: webhook_secret(
-                "GITLAB_WEBHOOK_SECRET_FILE".into(),
-                var("GITLAB_WEBHOOK_SECRET_FILE").map(PathBuf::from),
-            )?,
+            webhook_secret,
+            webhook_secret_file,
             limits,
             policy,
             rotate_when_days_left,
@@ -312,8 +326,11 @@ impl FileConnector {
             self.max_response_bytes.map(|n| n.to_string()),
             |k| at(k),
         )?;
+        let (webhook_secret, webhook_secret_file) =
+            webhook_secret(at("webhook_secret_file"), self.webhook_secret_file)?;
         Ok(ConnectorSettings {
-            webhook_secret: webhook_secret(at("webhook_secret_file"), self.webhook_secret_file)?,
+            webhook_secret,
+            webhook_secret_file,
             limits,
             policy,
             id,

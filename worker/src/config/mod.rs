@@ -110,6 +110,9 @@ pub struct Settings {
     /// `RECONCILE_INTERVAL_SECONDS` (default 3600; 0 = off): how often each connector with a
     /// webhook secret gets a `reconcile` job.
     pub reconcile_interval: Option<Duration>,
+    /// `HOOK_CHECK_INTERVAL_SECONDS` (default 300): how often `serve` reads GitLab's view of
+    /// the connectors' webhooks (paused, disabled).
+    pub hook_check_interval: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,7 +194,7 @@ impl Settings {
                 })
             })
             .transpose()?;
-        if hooks_listen.is_some() && connectors.values().all(|c| c.webhook_secret.is_none()) {
+        if hooks_listen.is_some() && connectors.values().all(|c| c.webhook_secret_file.is_none()) {
             return Err(ConfigError::Missing {
                 name: "GITLAB_WEBHOOK_SECRET_FILE".into(),
                 hint: "HOOKS_LISTEN is set but no connector has a webhook secret: set GITLAB_WEBHOOK_SECRET_FILE (or a connector's webhook_secret_file), or unset HOOKS_LISTEN",
@@ -237,7 +240,12 @@ impl Settings {
                 .reconcile_interval_seconds
                 .unwrap_or(defaults::RECONCILE_INTERVAL_SECONDS),
         };
+        let hook_check_interval = Duration::from_secs(match var("HOOK_CHECK_INTERVAL_SECONDS") {
+            Some(v) => positive::<u64>("HOOK_CHECK_INTERVAL_SECONDS", &v, "seconds")?,
+            None => defaults::HOOK_CHECK_INTERVAL_SECONDS,
+        });
         Ok(Self {
+            hook_check_interval,
             reconcile_interval: (reconcile_seconds > 0)
                 .then(|| Duration::from_secs(reconcile_seconds)),
             job_timeouts,
@@ -258,6 +266,23 @@ impl Settings {
 }
 
 impl Settings {
+    /// Every webhook secret file named is there (what `serve` needs; `hooks install` writes
+    /// the file, so it does not ask).
+    pub fn check_webhook_secrets(&self) -> Result<(), ConfigError> {
+        for c in self.connectors.values() {
+            if let (Some(path), None) = (&c.webhook_secret_file, &c.webhook_secret) {
+                return Err(invalid(
+                    format!("webhook secret of connector {}", c.id.as_str()),
+                    format!(
+                        "{} does not exist; run `gitlab-worker hooks install --url PUBLIC_URL` (it writes a new secret there and registers GitLab's webhook), or put the webhook's secret token in it",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// This process's spool folder inside `SPOOL_DIR`.
     pub fn spool_dir(&self) -> PathBuf {
         self.spool_root

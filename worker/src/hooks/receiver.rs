@@ -48,7 +48,61 @@ pub struct Receiver {
     pub js: jetstream::Context,
     pub subjects: Subjects,
     /// The connectors that take webhooks, with their secrets.
-    pub secrets: Arc<BTreeMap<ConnectorId, Secret>>,
+    pub secrets: Arc<BTreeMap<ConnectorId, HookSecret>>,
+}
+
+/// A connector's webhook secret, read again from its file when a token does not match and the
+/// file changed since (so `hooks install` on a running worker takes effect at once).
+pub struct HookSecret {
+    file: Option<std::path::PathBuf>,
+    current: std::sync::RwLock<(Secret, Option<std::time::SystemTime>)>,
+}
+
+impl HookSecret {
+    pub fn new(secret: Secret, file: Option<std::path::PathBuf>) -> Self {
+        let modified = file.as_deref().and_then(modified);
+        Self {
+            file,
+            current: std::sync::RwLock::new((secret, modified)),
+        }
+    }
+
+    fn equals(&self, given: &[u8]) -> bool {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        bool::from(given.ct_eq(current.0.expose().as_bytes()))
+    }
+
+    /// Compares in constant time; on a mismatch, once more with the file's new secret if the
+    /// file changed.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        if self.equals(given) {
+            return true;
+        }
+        let Some(file) = &self.file else {
+            return false;
+        };
+        let now = modified(file);
+        let changed = {
+            let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+            now.is_some() && now != current.1
+        };
+        if !changed {
+            return false;
+        }
+        match std::fs::read_to_string(file) {
+            Ok(text) if !text.trim().is_empty() => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                    (Secret::new(text.trim()), now);
+                tracing::info!(file = %file.display(), "webhook secret read again: the file changed");
+                self.equals(given)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn modified(p: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 pub fn router(r: Receiver) -> Router {
@@ -118,7 +172,7 @@ async fn receive(
         .get("x-gitlab-token")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !bool::from(given.ct_eq(secret.expose().as_bytes())) {
+    if !secret.matches(given) {
         return refuse(
             StatusCode::UNAUTHORIZED,
             connector,

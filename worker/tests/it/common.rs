@@ -48,6 +48,7 @@ pub async fn env_with(policy: Policy) -> Env {
         policy,
         limits: gitlab_worker::config::ClientLimits::default(),
         webhook_secret: None,
+        webhook_secret_file: None,
     };
     let mut config: ClientConfig = settings.client_config();
     config.retry = RetryPolicy::none();

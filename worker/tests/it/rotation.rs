@@ -49,6 +49,7 @@ fn worker(sim: &SeededSim, store: Store, token_file: &Path, spool: &Path) -> Han
         policy: Policy::default(),
         limits: ClientLimits::default(),
         webhook_secret: None,
+        webhook_secret_file: None,
     };
     let mut config = settings.client_config();
     config.retry = RetryPolicy::none();

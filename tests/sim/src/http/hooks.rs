@@ -118,6 +118,49 @@ pub(crate) async fn create(
     json_response(StatusCode::CREATED, body)
 }
 
+/// `PUT /groups/:id/hooks/:hook_id`: the fields given change; editing a paused or disabled
+/// hook enables it again (GitLab's behaviour).
+pub(crate) async fn edit(
+    State(sim): State<Arc<Sim>>,
+    Extension(c): Extension<Caller>,
+    Path((id, hook_id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let g = match owned_group(&sim, &c, &id) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let p = match Params::parse(q.as_deref(), &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let hook_id = hook_id.parse::<u64>().unwrap_or(0);
+    let mut w = sim.world.write().unwrap();
+    let Some(h) = w.group_hooks.get_mut(&hook_id).filter(|h| h.group_id == g) else {
+        return not_found("Hook");
+    };
+    if let Some(url) = p.str("url") {
+        if !url.starts_with("http") {
+            return bad_request("url is not an http(s) URL");
+        }
+        h.url = url;
+    }
+    if p.has("token") {
+        h.token = p.str("token");
+    }
+    let flag = |k: &str, current: bool| p.str(k).map_or(current, |v| super::is_true(&v));
+    h.member_events = flag("member_events", h.member_events);
+    h.subgroup_events = flag("subgroup_events", h.subgroup_events);
+    h.project_events = flag("project_events", h.project_events);
+    h.push_events = flag("push_events", h.push_events);
+    h.enable_ssl_verification = flag("enable_ssl_verification", h.enable_ssl_verification);
+    let h = h.clone();
+    w.hook_health.remove(&hook_id);
+    json_response(StatusCode::OK, hook_json(&h, &w))
+}
+
 pub(crate) async fn remove(
     State(sim): State<Arc<Sim>>,
     Extension(c): Extension<Caller>,

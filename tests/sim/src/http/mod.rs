@@ -309,7 +309,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/groups/{id}/hooks", get(hooks::list).post(hooks::create))
         .route(
             "/groups/{id}/hooks/{hook_id}",
-            get(hooks::show).delete(hooks::remove),
+            get(hooks::show).put(hooks::edit).delete(hooks::remove),
         )
         .route("/hooks", get(hooks::list_system).post(hooks::create_system))
         .route("/hooks/{hook_id}", delete(hooks::remove_system))
