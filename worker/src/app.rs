@@ -319,6 +319,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
                 connector: c.clone(),
                 spool_dir: settings.spool_dir(),
                 outbox_wake: wake.clone(),
+                audit_every: settings.audit_poll_interval,
             };
             supervise("live access", background_stop.clone(), move |stop| {
                 processor.clone().run(stop)

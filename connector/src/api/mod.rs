@@ -1,6 +1,7 @@
 //! Typed GitLab endpoints: request and response structs, one module per resource.
 //! Unknown JSON fields are ignored; fields GitLab documents as sometimes absent are `Option`.
 
+pub mod audit;
 pub mod common;
 pub mod groups;
 pub mod hooks;
@@ -10,6 +11,7 @@ pub mod projects;
 pub mod tokens;
 pub mod users;
 
+pub use audit::AuditEvent;
 pub use common::{AccessLevel, UserSummary};
 pub use groups::{BillableMember, Group, MemberRole, SamlGroupLink, SharedWithGroup};
 pub use hooks::Hook;

@@ -43,7 +43,8 @@ pub fn apply(inv: &mut Inventory, scope: LiveScope, facts: &[Fact], today: Naive
     let before = footprint.records(inv);
     let roots = roots(inv, facts);
     let affected_before = Tree::of(inv).expand(inv, &roots);
-    let old_access = access(inv, &affected_before);
+    let users = only_users(facts);
+    let old_access = access(inv, &affected_before, users.as_deref());
 
     for f in facts {
         apply_fact(inv, scope, f);
@@ -61,7 +62,7 @@ pub fn apply(inv: &mut Inventory, scope: LiveScope, facts: &[Fact], today: Naive
     let after = footprint.records(inv);
     let mut affected = Tree::of(inv).expand(inv, &roots);
     affected.extend(affected_before);
-    let new_access = access(inv, &affected);
+    let new_access = access(inv, &affected, users.as_deref());
 
     let mut changes: BTreeMap<String, Option<Record>> = BTreeMap::new();
     for (k, old) in &before {
@@ -335,10 +336,28 @@ impl Tree {
     }
 }
 
-/// Effective access on `resources` (the in-scope groups and the projects among them).
+/// The users whose access the facts can change, when that is all of it: membership and user
+/// facts change only their users' access; a group, project or share changes anyone's (`None`).
+fn only_users(facts: &[Fact]) -> Option<Vec<u64>> {
+    let mut users = Vec::new();
+    for f in facts {
+        match f {
+            Fact::Member { user_id, .. } | Fact::User { user_id, .. } => users.push(*user_id),
+            Fact::Invitations { .. } => {}
+            Fact::Group { .. } | Fact::Project { .. } => return None,
+        }
+    }
+    users.sort_unstable();
+    users.dedup();
+    Some(users)
+}
+
+/// Effective access on `resources` (the in-scope groups and the projects among them), of
+/// `users` only when given (sorted).
 fn access(
     inv: &Inventory,
     resources: &BTreeSet<ResourceRef>,
+    users: Option<&[u64]>,
 ) -> BTreeMap<(ResourceRef, u64), AccessRecord> {
     let parents: HashMap<u64, Option<u64>> =
         inv.groups.values().map(|g| (g.id, g.parent_id)).collect();
@@ -368,7 +387,7 @@ fn access(
             ResourceRef::Project(p) => inv.projects.contains_key(p),
         };
         if counted {
-            for a in computer.access(*r) {
+            for a in computer.access_for(*r, users) {
                 out.insert((a.resource, a.user_id), a);
             }
         }
@@ -456,19 +475,26 @@ fn apply_fact(inv: &mut Inventory, scope: LiveScope, fact: &Fact) {
             descendants,
             projects,
             users,
+            outside,
         } => {
             let known = inv.groups.contains_key(group_id);
             let mut g = g.clone();
-            g.in_scope = in_scope(inv, scope, &g)
-                || (known && inv.groups.get(group_id).is_some_and(|k| !k.in_scope));
-            if !known && !g.in_scope {
+            g.in_scope = !outside && in_scope(inv, scope, &g);
+            if !known && !g.in_scope && !outside {
                 return; // a group outside the scope (a system hook reports every group)
             }
+            let in_scope_now = g.in_scope;
             inv.groups.insert(*group_id, g);
             let r = ResourceRef::Group(*group_id);
             set(&mut inv.shares, r, shares.clone());
             set_members(inv, r, members);
             set(&mut inv.invitations, r, invitations.clone());
+            add_users(inv, users);
+            if !in_scope_now {
+                // A group outside the scope, known because it is shared into it: its members
+                // reach in, its subtree does not.
+                return;
+            }
             for d in descendants {
                 inv.groups.insert(d.id, d.clone());
             }
@@ -481,7 +507,6 @@ fn apply_fact(inv: &mut Inventory, scope: LiveScope, fact: &Fact) {
             for p in projects {
                 inv.projects.insert(p.id, p.clone());
             }
-            add_users(inv, users);
         }
         Fact::Project {
             project_id,

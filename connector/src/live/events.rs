@@ -48,8 +48,43 @@ pub fn touches(body: &Value) -> Vec<Touch> {
         | "project_update" => id(body, "project_id")
             .map(|project_id| vec![Touch::Project { project_id }])
             .unwrap_or_default(),
+        // What the audit-event poll found (no webhook reports shares): the shared resource.
+        n if n.starts_with("group_share_with_group_link_") => id(body, "group_id")
+            .map(|group_id| vec![Touch::Group { group_id }])
+            .unwrap_or_default(),
+        n if n.starts_with("project_group_link_") => id(body, "project_id")
+            .map(|project_id| vec![Touch::Project { project_id }])
+            .unwrap_or_default(),
         _ => vec![],
     }
+}
+
+/// A share change in an audit event, as the delivery the processor reads (`event_name` and
+/// the shared group's `group_id` or project's `project_id`); `None` for any other event.
+/// GitLab records a group share on the shared group, a project share on the invited group
+/// with the project as its target.
+pub fn share_delivery(ev: &crate::api::AuditEvent) -> Option<Value> {
+    let name = ev.name()?;
+    if name.starts_with("group_share_with_group_link_") {
+        let group = match ev.entity_type.as_deref() {
+            Some("Group") => ev.entity_id?,
+            _ => return None,
+        };
+        return Some(
+            serde_json::json!({"event_name": name, "group_id": group, "audit_event_id": ev.id}),
+        );
+    }
+    if name.starts_with("project_group_link_") {
+        let project = match (ev.entity_type.as_deref(), ev.target_type()) {
+            (Some("Project"), _) => ev.entity_id?,
+            (_, Some("Project")) => ev.target_id()?,
+            _ => return None,
+        };
+        return Some(
+            serde_json::json!({"event_name": name, "project_id": project, "audit_event_id": ev.id}),
+        );
+    }
+    None
 }
 
 #[cfg(test)]
@@ -102,6 +137,29 @@ mod tests {
             touches(&json!({"event_name": "user_destroy", "user_id": 5})),
             vec![Touch::User { user_id: 5 }]
         );
+    }
+
+    #[test]
+    fn share_changes_from_audit_events_touch_the_shared_resource() {
+        let ev = |v: Value| -> crate::api::AuditEvent { serde_json::from_value(v).unwrap() };
+        let group = ev(
+            json!({"id": 9, "entity_id": 5, "entity_type": "Group", "details": {"event_name": "group_share_with_group_link_created", "target_id": 8, "target_type": "Group"}}),
+        );
+        let d = share_delivery(&group).unwrap();
+        assert_eq!(touches(&d), vec![Touch::Group { group_id: 5 }]);
+        let project = ev(
+            json!({"id": 10, "entity_id": 8, "entity_type": "Group", "details": {"event_name": "project_group_link_created", "target_id": 42, "target_type": "Project"}}),
+        );
+        let d = share_delivery(&project).unwrap();
+        assert_eq!(touches(&d), vec![Touch::Project { project_id: 42 }]);
+        let other = ev(
+            json!({"id": 11, "entity_id": 5, "entity_type": "Group", "details": {"event_name": "group_rename"}}),
+        );
+        assert!(share_delivery(&other).is_none());
+        let unnamed = ev(
+            json!({"id": 12, "entity_id": 5, "entity_type": "Group", "details": {"custom_message": "x"}}),
+        );
+        assert!(share_delivery(&unnamed).is_none());
     }
 
     #[test]

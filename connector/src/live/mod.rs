@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use apply::{Applied, LiveScope, apply};
-pub use events::touches;
+pub use events::{share_delivery, touches};
 pub use reread::reread;
 
 use crate::model::{
@@ -73,6 +73,10 @@ pub enum Fact {
         /// The member users not known yet.
         #[serde(default)]
         users: Vec<UserRecord>,
+        /// Read because it is outside the scope and shared into it (or an ancestor of such a
+        /// group): kept, with `in_scope` false, for its members.
+        #[serde(default)]
+        outside: bool,
     },
     Project {
         project_id: u64,

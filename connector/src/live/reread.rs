@@ -44,11 +44,65 @@ pub async fn reread(
 ) -> Result<Vec<Fact>, Error> {
     let known: BTreeSet<u64> = inv.users.keys().copied().collect();
     let known = &known;
-    futures::stream::iter(touches.iter().copied())
+    let mut facts: Vec<Fact> = futures::stream::iter(touches.iter().copied())
         .map(|t| read_one(client, known, t, admin))
         .buffered(CONCURRENCY)
         .try_concat()
-        .await
+        .await?;
+    facts.extend(shared_in(client, inv, known, &facts, admin).await?);
+    Ok(facts)
+}
+
+/// Groups outside the scope that the facts' shares name and the inventory does not know, with
+/// their ancestors (all their members reach in through the share), as the full sync reads
+/// them: detail and members.
+async fn shared_in(
+    client: &Client,
+    inv: &Inventory,
+    known_users: &BTreeSet<u64>,
+    facts: &[Fact],
+    admin: bool,
+) -> Result<Vec<Fact>, Error> {
+    let read: BTreeSet<u64> = facts
+        .iter()
+        .filter_map(|f| match f {
+            Fact::Group { group_id, .. } => Some(*group_id),
+            _ => None,
+        })
+        .collect();
+    let mut wanted: Vec<u64> = facts
+        .iter()
+        .flat_map(|f| match f {
+            Fact::Group { shares, .. } | Fact::Project { shares, .. } => shares.as_slice(),
+            _ => &[],
+        })
+        .map(|s| s.shared_with_group_id)
+        .filter(|g| !inv.groups.contains_key(g) && !read.contains(g))
+        .collect();
+    let mut out = Vec::new();
+    let mut done = BTreeSet::new();
+    while let Some(g) = wanted.pop() {
+        if !done.insert(g) || inv.groups.contains_key(&g) || read.contains(&g) {
+            continue;
+        }
+        let Some(detail) = or_gone(client.group(&IdOrPath::Id(g)).await)? else {
+            continue;
+        };
+        wanted.extend(detail.parent_id);
+        let (members, users) = members(client, known_users, ResourceRef::Group(g), admin).await?;
+        out.push(Fact::Group {
+            group_id: g,
+            group: Some(group_record(&detail, false)),
+            shares: vec![],
+            members,
+            invitations: vec![],
+            descendants: vec![],
+            projects: vec![],
+            users,
+            outside: true,
+        });
+    }
+    Ok(out)
 }
 
 async fn user(client: &Client, row: &MemberRow, admin: bool) -> Result<UserRecord, Error> {
@@ -129,6 +183,7 @@ async fn read_one(
                     descendants: vec![],
                     projects: vec![],
                     users: vec![],
+                    outside: false,
                 }]);
             };
             let r = ResourceRef::Group(group_id);
@@ -152,6 +207,7 @@ async fn read_one(
                 descendants,
                 projects,
                 users,
+                outside: false,
             }
         }
         Touch::Project { project_id } => {

@@ -130,10 +130,35 @@ impl<'a> AccessComputer<'a> {
 
     /// Every user's access to `r`, sorted by user id.
     pub fn access(&self, r: ResourceRef) -> Vec<AccessRecord> {
+        self.access_for(r, None)
+    }
+
+    /// The access to `r` of `users` only (sorted ids; every user for `None`): what a change to
+    /// those users' memberships can change, found without walking everyone else's.
+    pub fn access_for(&self, r: ResourceRef, users: Option<&[u64]>) -> Vec<AccessRecord> {
         let chain = self.chain(r);
         let mut paths: BTreeMap<u64, Vec<AccessPath>> = BTreeMap::new();
+        let wanted = |u: u64| users.is_none_or(|us| us.binary_search(&u).is_ok());
         for (i, node) in chain.iter().enumerate() {
-            for m in self.input.members.get(node).into_iter().flatten() {
+            let all = self
+                .input
+                .members
+                .get(node)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            // Members are sorted by user: a few users are looked up, not scanned for.
+            let picked: Vec<&DirectMember> = match users {
+                None => all.iter().collect(),
+                Some(us) => us
+                    .iter()
+                    .filter_map(|u| {
+                        all.binary_search_by_key(u, |m| m.user_id)
+                            .ok()
+                            .map(|i| &all[i])
+                    })
+                    .collect(),
+            };
+            for m in picked {
                 if !self.active(m) {
                     continue;
                 }
@@ -166,7 +191,7 @@ impl<'a> AccessComputer<'a> {
                     continue;
                 }
                 let b = share.shared_with_group_id;
-                for &(user, level, exp) in self.members_of(b).iter() {
+                for &(user, level, exp) in self.members_of(b).iter().filter(|m| wanted(m.0)) {
                     let path = AccessPath {
                         via: Via::Shared,
                         group_id: Some(b),

@@ -16,6 +16,7 @@ use clap::Parser;
 use gitlab_sim::{Mode, Resource, SeedSpec, SimConfig, UserRateLimit, World};
 use serde_json::{Value, json};
 
+mod live;
 mod worker_job;
 
 #[derive(Parser)]
@@ -45,6 +46,18 @@ struct Args {
     /// Skip the sync job through `gitlab-worker serve` and NATS.
     #[arg(long)]
     no_worker_job: bool,
+    /// Skip the live-access measurement (webhooks, membership changes, reconcile).
+    #[arg(long)]
+    no_live: bool,
+    /// Membership changes per second in the live-access measurement.
+    #[arg(long, default_value_t = 100)]
+    live_rate: u64,
+    /// How long the steady stream of changes lasts.
+    #[arg(long, default_value_t = 60)]
+    live_seconds: u64,
+    /// Changes sent while 20% of deliveries are dropped and 5% duplicated.
+    #[arg(long, default_value_t = 1_000)]
+    live_fault_changes: u64,
     /// Runtime threads of the simulator. GitLab's own CPU is not on the client's machine; one
     /// simulator thread leaves the other core to the client under test (and python-gitlab is
     /// single-threaded anyway). With 2, the simulator competes with the sync for both cores.
@@ -356,6 +369,26 @@ async fn bench_size(
         v
     };
 
+    let live = if args.no_live {
+        Value::Null
+    } else {
+        eprintln!(
+            "== {size}: live access from GitLab's webhooks (gitlab-worker serve, SQLite, NATS)"
+        );
+        let sim = gitlab_sim::start(world.clone(), cfg.clone(), "127.0.0.1:0").await?;
+        let dir = tmp.join("live");
+        std::fs::create_dir_all(&dir)?;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let opts = live::Options {
+            rate_per_s: args.live_rate,
+            seconds: args.live_seconds,
+            fault_changes: args.live_fault_changes,
+        };
+        let v = live::measure(&root, worker, &dir, &sim, &seeded.token, &opts).await?;
+        eprintln!("   {v}");
+        v
+    };
+
     // The same reads as the python script plus what access needs (group shares, users), without
     // invitations: the like-for-like comparison.
     let like_for_like = if python.is_some() && !args.no_python {
@@ -429,6 +462,7 @@ async fn bench_size(
         "speedup_like_for_like": speedup_like_for_like,
         "faults": faults,
         "worker_job": worker_job,
+        "live": live,
     }))
 }
 

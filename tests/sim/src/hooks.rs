@@ -107,6 +107,18 @@ pub struct HookFaults {
     pub reorder: bool,
 }
 
+/// An audit event as `GET /groups/:id/audit_events` and `GET /audit_events` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: u64,
+    pub author_id: u64,
+    pub entity_id: u64,
+    /// `Group` or `Project`.
+    pub entity_type: String,
+    pub details: Value,
+    pub created_at: DateTime<Utc>,
+}
+
 /// One event to deliver to one hook.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -359,6 +371,62 @@ impl World {
         self.group_hooks.retain(|_, h| !gone.contains(&h.group_id));
         self.reindex();
         true
+    }
+
+    /// Records the audit event of a share created (GitLab: `group_share_with_group_link_created`
+    /// on the shared group; `project_group_link_created` on the invited group, the project as
+    /// its target). Shares fire no webhook: this is the only trace between full syncs.
+    pub fn share_audited(&mut self, r: Resource, with_group: u64, author_id: u64) {
+        let id = self.next_id();
+        let now = self.now();
+        let invited = self
+            .groups
+            .get(&with_group)
+            .map(|g| g.full_path.clone())
+            .unwrap_or_default();
+        let (entity_id, event_name, target_id, target_type, target_details) = match r {
+            Resource::Group(g) => (
+                g,
+                "group_share_with_group_link_created",
+                with_group,
+                "Group",
+                invited,
+            ),
+            Resource::Project(p) => (
+                with_group,
+                "project_group_link_created",
+                p,
+                "Project",
+                self.projects
+                    .get(&p)
+                    .map(|p| p.path_with_namespace.clone())
+                    .unwrap_or_default(),
+            ),
+        };
+        let entity_path = self
+            .groups
+            .get(&entity_id)
+            .map(|g| g.full_path.clone())
+            .unwrap_or_default();
+        self.audit_events.push(AuditEvent {
+            id,
+            author_id,
+            entity_id,
+            entity_type: "Group".into(),
+            details: json!({
+                "event_name": event_name,
+                "author_name": self.users.get(&author_id).map(|u| u.name.clone()),
+                "target_id": target_id,
+                "target_type": target_type,
+                "target_details": target_details,
+                "custom_message": match r {
+                    Resource::Group(_) => format!("Invited {} to the group", self.groups.get(&with_group).map(|g| g.full_path.as_str()).unwrap_or("")),
+                    Resource::Project(_) => "Added project group link".to_string(),
+                },
+                "entity_path": entity_path,
+            }),
+            created_at: now,
+        });
     }
 
     /// Queues `user_create` or `user_destroy` for a user (before it is removed).

@@ -202,6 +202,9 @@ pub struct World {
     /// Hook deliveries waiting to be sent (the server sends them after each request).
     #[serde(skip)]
     pub hook_queue: Vec<crate::hooks::Delivery>,
+    /// Audit events (Premium): what no hook reports, such as shares.
+    #[serde(skip)]
+    pub audit_events: Vec<crate::hooks::AuditEvent>,
     next_id: u64,
 }
 
@@ -264,6 +267,7 @@ impl World {
             system_hooks: BTreeMap::new(),
             hook_health: BTreeMap::new(),
             hook_queue: Vec::new(),
+            audit_events: Vec::new(),
             next_id: 1,
         }
     }

@@ -113,6 +113,9 @@ pub struct Settings {
     /// `HOOK_CHECK_INTERVAL_SECONDS` (default 300): how often `serve` reads GitLab's view of
     /// the connectors' webhooks (paused, disabled).
     pub hook_check_interval: Duration,
+    /// `AUDIT_POLL_SECONDS` (default 300; 0 = off): how often the event processor reads GitLab's
+    /// audit events for share changes (no webhook reports them).
+    pub audit_poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -244,7 +247,13 @@ impl Settings {
             Some(v) => positive::<u64>("HOOK_CHECK_INTERVAL_SECONDS", &v, "seconds")?,
             None => defaults::HOOK_CHECK_INTERVAL_SECONDS,
         });
+        let audit_seconds = match var("AUDIT_POLL_SECONDS") {
+            Some(v) if v.trim() == "0" => 0,
+            Some(v) => positive::<u64>("AUDIT_POLL_SECONDS", &v, "seconds")?,
+            None => defaults::AUDIT_POLL_SECONDS,
+        };
         Ok(Self {
+            audit_poll_interval: (audit_seconds > 0).then(|| Duration::from_secs(audit_seconds)),
             hook_check_interval,
             reconcile_interval: (reconcile_seconds > 0)
                 .then(|| Duration::from_secs(reconcile_seconds)),

@@ -31,6 +31,7 @@ pub mod defaults {
     /// A full sync of each connector with hooks, to find what hooks cannot tell.
     pub const RECONCILE_INTERVAL_SECONDS: u64 = 3600;
     pub const HOOK_CHECK_INTERVAL_SECONDS: u64 = 300;
+    pub const AUDIT_POLL_SECONDS: u64 = 300;
 }
 
 #[derive(Debug, thiserror::Error)]

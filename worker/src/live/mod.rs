@@ -3,6 +3,7 @@
 //! it), stored as hash-chained change batches, and announced as access events with
 //! `cause: "gitlab_event"`.
 
+pub mod audit;
 pub mod processor;
 pub mod reconcile;
 pub mod state;

@@ -43,6 +43,8 @@ pub struct Processor {
     pub connector: Arc<Connector>,
     pub spool_dir: PathBuf,
     pub outbox_wake: Arc<Notify>,
+    /// `AUDIT_POLL_SECONDS`: share changes from GitLab's audit events (`None`: off).
+    pub audit_every: Option<Duration>,
 }
 
 /// One delivery as read from the stream.
@@ -104,6 +106,8 @@ impl Processor {
         let mut admin: Option<bool> = None;
         let mut failures = 0u32;
         let pause = |n: u32| Duration::from_millis(500 * u64::from(n.clamp(1, 20)));
+        let mut audit = super::audit::AuditPoll::new();
+        let mut next_poll = tokio::time::Instant::now();
         loop {
             if stop.is_cancelled() {
                 break;
@@ -126,6 +130,31 @@ impl Processor {
                         .await
                         .map_err(|e| e.to_string())?;
                     admin = Some(me.is_admin.unwrap_or(false));
+                }
+                if let Some(every) = self.audit_every
+                    && !audit.unavailable
+                    && tokio::time::Instant::now() >= next_poll
+                {
+                    next_poll = tokio::time::Instant::now() + every;
+                    let top = self
+                        .connector
+                        .scope_path()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .and_then(|p| p.split('/').next().map(str::to_string));
+                    let n = super::audit::poll(
+                        &self.connector.client,
+                        &self.js,
+                        &self.subjects,
+                        self.name(),
+                        top.as_deref(),
+                        admin.unwrap_or(false),
+                        &mut audit,
+                    )
+                    .await?;
+                    if n > 0 {
+                        tracing::info!(connector = %self.name(), changes = n, "share changes found in GitLab's audit events");
+                    }
                 }
                 let consumer = self.consumer().await?;
                 let Some(batch) = self.gather(&consumer, &stop).await? else {
@@ -332,8 +361,13 @@ impl Processor {
             *state = LiveState::load(&self.store, &self.spool_dir, self.name(), scope)
                 .await
                 .map_err(|e| format!("loading the live state: {e}"))?;
-            if let Some(live) = state.as_mut() {
-                self.replay_recent(live).await?;
+            if let Some(live) = state.as_mut()
+                && live
+                    .replay_recent(&self.store, &self.subjects)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                self.outbox_wake.notify_one();
             }
             return Ok(());
         }
@@ -347,70 +381,10 @@ impl Processor {
         }
         Ok(())
     }
-
-    /// Facts read after a new base snapshot's crawl began may be newer than what it read: they
-    /// are applied on it again, and what they still change is stored as a batch.
-    async fn replay_recent(&self, live: &mut LiveState) -> Result<(), String> {
-        let recent = self
-            .store
-            .batches_read_since(
-                self.name(),
-                &live.base.scope,
-                live.base.seq,
-                live.base.started_at,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        if recent.is_empty() || live.last_batch.is_some() {
-            return Ok(());
-        }
-        let mut facts = Vec::new();
-        let mut sources = Vec::new();
-        for b in &recent {
-            facts.extend(super::state::facts_of(b).map_err(|e| e.to_string())?);
-            sources.extend(b.source_events.iter().cloned());
-        }
-        let read_at = recent
-            .iter()
-            .map(|b| b.read_at)
-            .min()
-            .unwrap_or_else(Utc::now);
-        let applied = apply(&mut live.inv, live.scope, &facts, Utc::now().date_naive());
-        if applied.is_empty() {
-            return Ok(());
-        }
-        let base_id = live.base.snapshot_id.clone();
-        let appended = self
-            .store
-            .append_batch(
-                NewBatch {
-                    base: &live.base,
-                    read_at,
-                    cause: "gitlab_event",
-                    source_events: &sources,
-                    facts: serde_json::to_string(&facts).map_err(|e| e.to_string())?,
-                    changes: change_lines(&applied.changes)?,
-                    change_count: applied.changes.len() as i64,
-                    access_changes: applied.access.len() as i64,
-                },
-                None,
-                |b| live_access_events(&self.subjects, b, &base_id, &applied.access),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        match appended {
-            Append::Stored(b) => {
-                live.last_batch = Some(b.id);
-                self.outbox_wake.notify_one();
-                Ok(())
-            }
-            Append::Stale => Err("the live state changed while it was loaded".into()),
-        }
-    }
 }
 
 /// A batch's changes as stored: one `{"key", "record"}` line per record, by key.
-fn change_lines(
+pub(crate) fn change_lines(
     changes: &std::collections::BTreeMap<String, Option<gitlab_connector::model::Record>>,
 ) -> Result<String, String> {
     let mut out = String::new();

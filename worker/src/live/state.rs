@@ -94,6 +94,81 @@ impl LiveState {
         Ok(())
     }
 
+    /// Facts read after this base's crawl began may be newer than what it read (a batch stored
+    /// on the previous base while the sync ran): they are applied on it again, and what they
+    /// still change is stored as the base's first batch, with its access events. True when
+    /// one was stored.
+    pub async fn replay_recent(
+        &mut self,
+        store: &Store,
+        subjects: &crate::subjects::Subjects,
+    ) -> Result<bool, StoreError> {
+        if self.last_batch.is_some() {
+            return Ok(false);
+        }
+        let recent = store
+            .batches_read_since(
+                &self.base.connector,
+                &self.base.scope,
+                self.base.seq,
+                self.base.started_at,
+            )
+            .await?;
+        if recent.is_empty() {
+            return Ok(false);
+        }
+        let mut facts = Vec::new();
+        let mut sources = Vec::new();
+        for b in &recent {
+            facts.extend(facts_of(b)?);
+            sources.extend(b.source_events.iter().cloned());
+        }
+        let read_at = recent
+            .iter()
+            .map(|b| b.read_at)
+            .min()
+            .unwrap_or_else(Utc::now);
+        let applied = gitlab_connector::live::apply(
+            &mut self.inv,
+            self.scope,
+            &facts,
+            Utc::now().date_naive(),
+        );
+        if applied.is_empty() {
+            return Ok(false);
+        }
+        let invalid = |e: String| StoreError::Damaged {
+            id: format!("replayed facts on snapshot {}", self.base.snapshot_id),
+            message: e,
+        };
+        let base_id = self.base.snapshot_id.clone();
+        let appended = store
+            .append_batch(
+                crate::store::NewBatch {
+                    base: &self.base,
+                    read_at,
+                    cause: "gitlab_event",
+                    source_events: &sources,
+                    facts: serde_json::to_string(&facts).map_err(|e| invalid(e.to_string()))?,
+                    changes: super::processor::change_lines(&applied.changes).map_err(invalid)?,
+                    change_count: applied.changes.len() as i64,
+                    access_changes: applied.access.len() as i64,
+                },
+                None,
+                |b| crate::jobs::events::live_access_events(subjects, b, &base_id, &applied.access),
+            )
+            .await?;
+        match appended {
+            crate::store::Append::Stored(b) => {
+                self.last_batch = Some(b.id);
+                Ok(true)
+            }
+            crate::store::Append::Stale => Err(StoreError::Io(std::io::Error::other(
+                "the live state changed while it was loaded (another worker stored a batch); it is loaded again",
+            ))),
+        }
+    }
+
     pub fn knows(&self, r: ResourceRef) -> bool {
         match r {
             ResourceRef::Group(g) => self.inv.groups.contains_key(&g),

@@ -101,9 +101,9 @@ fn all_resources(inv: &Inventory) -> BTreeSet<ResourceRef> {
 /// Applies `facts` and checks the reported access changes against a full recomputation:
 /// the access before, patched with the changes, is the access after.
 fn apply_checked(inv: &mut Inventory, facts: &[Fact]) -> Applied {
-    let before = access(inv, &all_resources(inv));
+    let before = access(inv, &all_resources(inv), None);
     let applied = apply(inv, SCOPE, facts, inv.as_of);
-    let after = access(inv, &all_resources(inv));
+    let after = access(inv, &all_resources(inv), None);
     let mut patched = before.clone();
     for d in &applied.access {
         match after.get(&(d.resource, d.user_id)) {
@@ -200,6 +200,7 @@ fn a_group_destroyed_takes_its_subtree_and_the_shares_with_it() {
             descendants: vec![],
             projects: vec![],
             users: vec![],
+            outside: false,
         }],
     );
     assert_eq!(
@@ -220,6 +221,7 @@ fn a_group_destroyed_takes_its_subtree_and_the_shares_with_it() {
             descendants: vec![],
             projects: vec![],
             users: vec![],
+            outside: false,
         }],
     );
     assert_eq!(
@@ -244,6 +246,7 @@ fn a_new_subgroup_in_scope_is_kept_and_one_outside_is_not() {
         descendants: vec![],
         projects: vec![],
         users: vec![],
+        outside: false,
     };
     let a = apply_checked(&mut inv, &[new(3, 2), new(30, 9)]);
     assert_eq!(

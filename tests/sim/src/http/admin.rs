@@ -352,6 +352,8 @@ struct NewShare {
 async fn add_share(State(sim): State<Arc<Sim>>, Json(s): Json<NewShare>) -> Response {
     let mut w = sim.world.write().unwrap();
     w.share(s.resource, s.group_id, s.group_access, s.expires_at);
+    let author = w.users.values().find(|u| u.is_admin).map_or(0, |u| u.id);
+    w.share_audited(s.resource, s.group_id, author);
     no_content()
 }
 

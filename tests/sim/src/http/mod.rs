@@ -1,6 +1,7 @@
 //! The HTTP server: GitLab's REST v4 under `/api/v4`, test controls under `/_sim`.
 
 mod admin;
+mod audit;
 mod auth;
 mod groups;
 pub mod hooks;
@@ -312,6 +313,8 @@ pub fn router(sim: Arc<Sim>) -> Router {
             get(hooks::show).put(hooks::edit).delete(hooks::remove),
         )
         .route("/hooks", get(hooks::list_system).post(hooks::create_system))
+        .route("/groups/{id}/audit_events", get(audit::group_events))
+        .route("/audit_events", get(audit::instance_events))
         .route("/hooks/{hook_id}", delete(hooks::remove_system))
         .route(
             "/groups/{id}/members",
