@@ -30,6 +30,8 @@ const MAX_BATCH: usize = 256;
 /// How long a batch gathers after its first delivery: a burst of GitLab events (a group
 /// deleted, a bulk import) becomes one re-read per resource.
 pub const WINDOW: Duration = Duration::from_millis(200);
+/// How long an idle pull waits for a delivery.
+const IDLE_WAIT: Duration = Duration::from_secs(5);
 /// The processing lease's length; renewed at every pull.
 const LEASE: Duration = Duration::from_secs(30);
 /// Deliveries are tried this often, then left to the reconcile.
@@ -157,7 +159,14 @@ impl Processor {
                     }
                 }
                 let consumer = self.consumer().await?;
-                let Some(batch) = self.gather(&consumer, &stop).await? else {
+                // Idle, the pull waits up to 5 s, or until the next audit poll is due.
+                let wait = match self.audit_every {
+                    Some(_) if !audit.unavailable => next_poll
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .clamp(Duration::from_millis(100), IDLE_WAIT),
+                    _ => IDLE_WAIT,
+                };
+                let Some(batch) = self.gather(&consumer, &stop, wait).await? else {
                     return Ok(true);
                 };
                 self.process(batch, &scope, &mut state, admin.unwrap_or(false))
@@ -185,15 +194,16 @@ impl Processor {
         let _ = self.store.release_named_lease(&lease, &holder).await;
     }
 
-    /// The next batch: waits up to 5 s for a first delivery, then gathers for [`WINDOW`].
+    /// The next batch: waits up to `wait` for a first delivery, then gathers for [`WINDOW`].
     async fn gather(
         &self,
         consumer: &consumer::PullConsumer,
         stop: &CancellationToken,
+        wait: Duration,
     ) -> Result<Option<Vec<Delivery>>, String> {
         let mut first = tokio::select! {
             _ = stop.cancelled() => return Ok(None),
-            b = consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages() => b.map_err(|e| e.to_string())?,
+            b = consumer.batch().max_messages(1).expires(wait).messages() => b.map_err(|e| e.to_string())?,
         };
         let Some(msg) = first.next().await.transpose().map_err(|e| e.to_string())? else {
             return Ok(None);
