@@ -172,7 +172,11 @@ pub fn cancel_on_signal(token: CancellationToken) {
 /// Runs a background task that must outlive every job (the outbox publisher, the JIT
 /// scheduler) until `stop`: a panic in it is logged and the task started again, instead of a
 /// worker that goes on taking jobs whose results are never published or grants never undone.
-fn supervise<F, Fut>(name: &'static str, stop: CancellationToken, start: F) -> JoinHandle<()>
+pub(crate) fn supervise<F, Fut>(
+    name: &'static str,
+    stop: CancellationToken,
+    start: F,
+) -> JoinHandle<()>
 where
     F: Fn(CancellationToken) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -235,6 +239,39 @@ async fn start_hooks(
     Ok(task)
 }
 
+/// Automatic token rotation, per connector that asks for it.
+fn rotations(
+    handler: &Handler,
+    settings: &Settings,
+    stop: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    handler
+        .connectors
+        .values()
+        .filter(|c| c.settings.rotate_when_days_left > 0)
+        .map(|c| {
+            tokio::spawn(crate::jobs::rotate::auto_rotate(
+                handler.store.clone(),
+                vec![c.clone()],
+                c.settings.rotate_when_days_left,
+                settings.token_check_interval,
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// `/livez`, `/readyz` and `/metrics` on `addr`, until `stop`.
+async fn serve_health(
+    addr: SocketAddr,
+    health: Health,
+    stop: &CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), AppError> {
+    http::serve(addr, Arc::new(health), stop.clone())
+        .await
+        .map_err(|source| AppError::Http { addr, source })
+}
+
 /// `gitlab-worker serve`: runs until `shutdown` is cancelled, then drains.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     settings.check_webhook_secrets()?;
@@ -250,20 +287,15 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     let max_ack_pending = i64::try_from(settings.concurrency * 64).unwrap_or(1024);
     let consumer = nats::setup(&js, &subjects, &settings.nats, max_ack_pending).await?;
 
-    let health = Arc::new(Health {
+    let health = Health {
         nats: Some(client.clone()),
         store: store.clone(),
         shutting_down: shutdown.clone(),
         metrics,
         connectors: connectors.values().cloned().collect(),
-    });
+    };
     let http_stop = CancellationToken::new();
-    let (bound, http_task) = http::serve(settings.http_listen, health, http_stop.clone())
-        .await
-        .map_err(|source| AppError::Http {
-            addr: settings.http_listen,
-            source,
-        })?;
+    let (bound, http_task) = serve_health(settings.http_listen, health, &http_stop).await?;
 
     let handler = Arc::new(handler(&settings, store.clone(), connectors, true));
     let wake = Arc::new(Notify::new());
@@ -282,84 +314,32 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         consumer.clone(),
         background_stop.clone(),
     ));
-    let scheduler = {
+    // Tasks that end when `background_stop` is cancelled, before the outbox's last flush.
+    let mut background: Vec<JoinHandle<()>> = vec![{
         let (handler, wake) = (handler.clone(), wake.clone());
         supervise("JIT scheduler", background_stop.clone(), move |stop| {
             crate::scheduler::run(handler.clone(), Some(wake.clone()), stop)
         })
-    };
-    let rotations: Vec<_> = handler
-        .connectors
-        .values()
-        .filter(|c| c.settings.rotate_when_days_left > 0)
-        .map(|c| {
-            tokio::spawn(crate::jobs::rotate::auto_rotate(
-                store.clone(),
-                vec![c.clone()],
-                c.settings.rotate_when_days_left,
-                settings.token_check_interval,
-                background_stop.clone(),
-            ))
-        })
-        .collect();
-    let retention = settings
-        .retention
-        .map(|keep| tokio::spawn(retain(store.clone(), keep, background_stop.clone())));
-    // Every worker with a connector's webhook secret can process its events; a lease lets one
-    // at a time do it.
-    let live: Vec<_> = handler
-        .connectors
-        .values()
-        .filter(|c| c.settings.webhook_secret.is_some())
-        .map(|c| {
-            let processor = crate::live::Processor {
-                store: store.clone(),
-                js: js.clone(),
-                subjects: subjects.clone(),
-                connector: c.clone(),
-                spool_dir: settings.spool_dir(),
-                outbox_wake: wake.clone(),
-                audit_every: settings.audit_poll_interval,
-            };
-            supervise("live access", background_stop.clone(), move |stop| {
-                processor.clone().run(stop)
-            })
-        })
-        .collect();
-    let hook_health: Vec<_> = handler
-        .connectors
-        .values()
-        .filter(|c| c.settings.webhook_secret.is_some())
-        .map(|c| {
-            tokio::spawn(crate::hooks::manage::watch_health(
-                c.clone(),
-                settings.hook_check_interval,
-                background_stop.clone(),
-            ))
-        })
-        .collect();
-    let hooked: Vec<String> = handler
-        .connectors
-        .values()
-        .filter(|c| c.settings.webhook_secret.is_some())
-        .map(|c| c.settings.id.to_string())
-        .collect();
-    let reconcile = settings
-        .reconcile_interval
-        .filter(|_| !hooked.is_empty())
-        .map(|every| {
-            tokio::spawn(crate::live::reconcile::schedule(
-                js.clone(),
-                subjects.clone(),
-                hooked,
-                every,
-                background_stop.clone(),
-            ))
-        });
-    let token_watch = tokio::spawn(crate::jobs::rotate::watch_token_files(
+    }];
+    background.extend(rotations(&handler, &settings, &background_stop));
+    background.extend(
+        settings
+            .retention
+            .map(|keep| tokio::spawn(retain(store.clone(), keep, background_stop.clone()))),
+    );
+    background.extend(crate::live::start(crate::live::Background {
+        settings: &settings,
+        store: &store,
+        js: &js,
+        subjects: &subjects,
+        connectors: handler.connectors.values().cloned().collect(),
+        outbox_wake: wake.clone(),
+        stop: background_stop.clone(),
+    }));
+    background.push(tokio::spawn(crate::jobs::rotate::watch_token_files(
         handler.connectors.values().cloned().collect(),
         background_stop.clone(),
-    ));
+    )));
     tracing::info!(http = %bound, consumer = %nats::consumer_name(&subjects), jobs = %subjects.jobs_all(), concurrency = settings.concurrency, "serving jobs");
     // A stable line for scripts and tests, whatever the log format.
     let hooks = match settings.hooks_listen {
@@ -387,22 +367,8 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
 
     // Publish what the last jobs committed, then let NATS flush acks and publishes.
     background_stop.cancel();
-    let _ = scheduler.await;
-    for r in rotations {
-        let _ = r.await;
-    }
-    let _ = token_watch.await;
-    for l in live {
-        let _ = l.await;
-    }
-    if let Some(r) = reconcile {
-        let _ = r.await;
-    }
-    for h in hook_health {
-        let _ = h.await;
-    }
-    if let Some(r) = retention {
-        let _ = r.await;
+    for task in background {
+        let _ = task.await;
     }
     let _ = outbox_task.await;
     let _ = watcher.await;

@@ -451,21 +451,7 @@ fn apply_fact(inv: &mut Inventory, scope: LiveScope, fact: &Fact) {
             group_id,
             group: None,
             ..
-        } => {
-            let (groups, projects) = Tree::of(inv).subtree(*group_id);
-            for p in projects {
-                inv.projects.remove(&p);
-                forget_resource(inv, ResourceRef::Project(p));
-            }
-            for g in &groups {
-                inv.groups.remove(g);
-                forget_resource(inv, ResourceRef::Group(*g));
-            }
-            for links in inv.shares.values_mut() {
-                links.retain(|s| !groups.contains(&s.shared_with_group_id));
-            }
-            inv.shares.retain(|_, v| !v.is_empty());
-        }
+        } => remove_group(inv, *group_id),
         Fact::Group {
             group_id,
             group: Some(g),
@@ -477,36 +463,16 @@ fn apply_fact(inv: &mut Inventory, scope: LiveScope, fact: &Fact) {
             users,
             outside,
         } => {
-            let known = inv.groups.contains_key(group_id);
-            let mut g = g.clone();
-            g.in_scope = !outside && in_scope(inv, scope, &g);
-            if !known && !g.in_scope && !outside {
-                return; // a group outside the scope (a system hook reports every group)
-            }
-            let in_scope_now = g.in_scope;
-            inv.groups.insert(*group_id, g);
-            let r = ResourceRef::Group(*group_id);
-            set(&mut inv.shares, r, shares.clone());
-            set_members(inv, r, members);
-            set(&mut inv.invitations, r, invitations.clone());
-            add_users(inv, users);
-            if !in_scope_now {
-                // A group outside the scope, known because it is shared into it: its members
-                // reach in, its subtree does not.
-                return;
-            }
-            for d in descendants {
-                inv.groups.insert(d.id, d.clone());
-            }
-            for d in descendants {
-                let flag = in_scope(inv, scope, d);
-                if let Some(g) = inv.groups.get_mut(&d.id) {
-                    g.in_scope = flag;
-                }
-            }
-            for p in projects {
-                inv.projects.insert(p.id, p.clone());
-            }
+            let read = GroupRead {
+                shares,
+                members,
+                invitations,
+                descendants,
+                projects,
+                users,
+                outside: *outside,
+            };
+            put_group(inv, scope, *group_id, g, read);
         }
         Fact::Project {
             project_id,
@@ -591,6 +557,83 @@ fn apply_fact(inv: &mut Inventory, scope: LiveScope, fact: &Fact) {
                 inv.users.insert(*user_id, u.clone());
             }
         }
+    }
+}
+
+/// A group gone: its subtree, their projects, and the shares with any of them.
+fn remove_group(inv: &mut Inventory, group_id: u64) {
+    let (groups, projects) = Tree::of(inv).subtree(group_id);
+    for p in projects {
+        inv.projects.remove(&p);
+        forget_resource(inv, ResourceRef::Project(p));
+    }
+    for g in &groups {
+        inv.groups.remove(g);
+        forget_resource(inv, ResourceRef::Group(*g));
+    }
+    for links in inv.shares.values_mut() {
+        links.retain(|s| !groups.contains(&s.shared_with_group_id));
+    }
+    inv.shares.retain(|_, v| !v.is_empty());
+}
+
+/// What a group's re-read found besides its record.
+struct GroupRead<'a> {
+    shares: &'a [crate::model::ShareRecord],
+    members: &'a [MembershipRecord],
+    invitations: &'a [crate::model::InvitationRecord],
+    descendants: &'a [GroupRecord],
+    projects: &'a [crate::model::ProjectRecord],
+    users: &'a [crate::model::UserRecord],
+    outside: bool,
+}
+
+/// A group as re-read: kept when in the scope, or known, or read as shared in from outside.
+fn put_group(
+    inv: &mut Inventory,
+    scope: LiveScope,
+    group_id: u64,
+    g: &GroupRecord,
+    read: GroupRead<'_>,
+) {
+    let GroupRead {
+        shares,
+        members,
+        invitations,
+        descendants,
+        projects,
+        users,
+        outside,
+    } = read;
+    let known = inv.groups.contains_key(&group_id);
+    let mut g = g.clone();
+    g.in_scope = !outside && in_scope(inv, scope, &g);
+    if !known && !g.in_scope && !outside {
+        return; // a group outside the scope (a system hook reports every group)
+    }
+    let in_scope_now = g.in_scope;
+    inv.groups.insert(group_id, g);
+    let r = ResourceRef::Group(group_id);
+    set(&mut inv.shares, r, shares.to_vec());
+    set_members(inv, r, members);
+    set(&mut inv.invitations, r, invitations.to_vec());
+    add_users(inv, users);
+    if !in_scope_now {
+        // A group outside the scope, known because it is shared into it: its members
+        // reach in, its subtree does not.
+        return;
+    }
+    for d in descendants {
+        inv.groups.insert(d.id, d.clone());
+    }
+    for d in descendants {
+        let flag = in_scope(inv, scope, d);
+        if let Some(g) = inv.groups.get_mut(&d.id) {
+            g.in_scope = flag;
+        }
+    }
+    for p in projects {
+        inv.projects.insert(p.id, p.clone());
     }
 }
 

@@ -29,6 +29,7 @@ fn connector(c: &ConnectorSettings) -> Value {
         "rate_limit_per_minute": c.rate_limit_per_minute,
         "allow_create_users": c.allow_create_users,
         "rotate_when_days_left": c.rotate_when_days_left,
+        "webhook_secret_file": c.webhook_secret_file.as_ref().map(|p| p.display().to_string()),
         "policy": {
             "max_grant_level": p.max_grant_level.name().unwrap_or("custom"),
             "max_jit_seconds": p.max_jit_seconds,
@@ -58,6 +59,10 @@ pub fn run(config: Option<&Path>) -> u8 {
             "max_deliver": s.nats.max_deliver,
         },
         "http_listen": s.http_listen.to_string(),
+        "hooks_listen": s.hooks_listen.map(|a| a.to_string()),
+        "reconcile_interval_seconds": s.reconcile_interval.map_or(0, |d| d.as_secs()),
+        "audit_poll_seconds": s.audit_poll_interval.map_or(0, |d| d.as_secs()),
+        "hook_check_interval_seconds": s.hook_check_interval.as_secs(),
         "concurrency": s.concurrency,
         "shutdown_grace_seconds": s.shutdown_grace.as_secs(),
         "spool_dir": s.spool_root.display().to_string(),

@@ -72,6 +72,45 @@ async fn export_to_temp(store: &Store, id: &str) -> Result<TempExport, StoreErro
     Ok(guard)
 }
 
+/// `snapshots changes`: the chain checked first, then the batches.
+async fn changes(
+    store: &Store,
+    id: &str,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), StoreError> {
+    let snap = store.find_snapshot(id).await?;
+    let checked = store.verify_batches(&snap).await?;
+    let batches = store
+        .batches_on(&snap.connector, &snap.scope, snap.seq, None)
+        .await?;
+    for b in &batches {
+        if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string(b).map_err(std::io::Error::other)?
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{:>8} {} {:<13} {:>6} records {:>6} access  {}",
+                b.id,
+                b.applied_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                b.cause,
+                b.change_count,
+                b.access_changes,
+                &b.sha256[..16]
+            )?;
+        }
+    }
+    eprintln!(
+        "{checked} change batch(es) on snapshot {}: hash chain intact",
+        snap.snapshot_id
+    );
+    Ok(())
+}
+
 async fn execute(store: &Store, command: SnapshotsCommand) -> Result<u8, StoreError> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -111,37 +150,7 @@ async fn execute(store: &Store, command: SnapshotsCommand) -> Result<u8, StoreEr
                 }
             }
         }
-        SnapshotsCommand::Changes { id, json } => {
-            let snap = store.find_snapshot(&id).await?;
-            let checked = store.verify_batches(&snap).await?;
-            let batches = store
-                .batches_on(&snap.connector, &snap.scope, snap.seq, None)
-                .await?;
-            for b in &batches {
-                if json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string(b).map_err(std::io::Error::other)?
-                    )?;
-                } else {
-                    writeln!(
-                        out,
-                        "{:>8} {} {:<13} {:>6} records {:>6} access  {}",
-                        b.id,
-                        b.applied_at.format("%Y-%m-%dT%H:%M:%SZ"),
-                        b.cause,
-                        b.change_count,
-                        b.access_changes,
-                        &b.sha256[..16]
-                    )?;
-                }
-            }
-            eprintln!(
-                "{checked} change batch(es) on snapshot {}: hash chain intact",
-                snap.snapshot_id
-            );
-        }
+        SnapshotsCommand::Changes { id, json } => changes(store, &id, json, &mut out).await?,
         SnapshotsCommand::Show { id } => {
             let snap = store.find_snapshot(&id).await?;
             let info = &snap;

@@ -162,6 +162,7 @@ impl Settings {
         };
         let connectors = connectors(std::mem::take(&mut fc.connectors), need_connector)?;
         let nats = nats_settings(&fc)?;
+        let live = LiveIntervals::load(&fc)?;
         let database_url = var("DATABASE_URL")
             .or(fc.database_url)
             .unwrap_or_else(|| defaults::DATABASE_URL.into());
@@ -186,23 +187,7 @@ impl Settings {
                 format!("{http_text:?} is not an address:port such as 127.0.0.1:9464"),
             )
         })?;
-        let hooks_listen = var("HOOKS_LISTEN")
-            .or(fc.hooks_listen)
-            .map(|text| {
-                text.parse::<SocketAddr>().map_err(|_| {
-                    invalid(
-                        "HOOKS_LISTEN",
-                        format!("{text:?} is not an address:port such as 127.0.0.1:9465"),
-                    )
-                })
-            })
-            .transpose()?;
-        if hooks_listen.is_some() && connectors.values().all(|c| c.webhook_secret_file.is_none()) {
-            return Err(ConfigError::Missing {
-                name: "GITLAB_WEBHOOK_SECRET_FILE".into(),
-                hint: "HOOKS_LISTEN is set but no connector has a webhook secret: set GITLAB_WEBHOOK_SECRET_FILE (or a connector's webhook_secret_file), or unset HOOKS_LISTEN",
-            });
-        }
+        let hooks_listen = hooks_listen(fc.hooks_listen.take(), &connectors)?;
         let concurrency = match var("WORKER_CONCURRENCY") {
             Some(v) => positive::<usize>("WORKER_CONCURRENCY", &v, "jobs")?,
             None => fc.concurrency.unwrap_or(defaults::CONCURRENCY),
@@ -236,27 +221,10 @@ impl Settings {
             Some(v) => positive::<u64>("RETENTION_DAYS", &v, "days")?,
             None => defaults::RETENTION_DAYS,
         };
-        let reconcile_seconds = match var("RECONCILE_INTERVAL_SECONDS") {
-            Some(v) if v.trim() == "0" => 0,
-            Some(v) => positive::<u64>("RECONCILE_INTERVAL_SECONDS", &v, "seconds")?,
-            None => fc
-                .reconcile_interval_seconds
-                .unwrap_or(defaults::RECONCILE_INTERVAL_SECONDS),
-        };
-        let hook_check_interval = Duration::from_secs(match var("HOOK_CHECK_INTERVAL_SECONDS") {
-            Some(v) => positive::<u64>("HOOK_CHECK_INTERVAL_SECONDS", &v, "seconds")?,
-            None => defaults::HOOK_CHECK_INTERVAL_SECONDS,
-        });
-        let audit_seconds = match var("AUDIT_POLL_SECONDS") {
-            Some(v) if v.trim() == "0" => 0,
-            Some(v) => positive::<u64>("AUDIT_POLL_SECONDS", &v, "seconds")?,
-            None => defaults::AUDIT_POLL_SECONDS,
-        };
         Ok(Self {
-            audit_poll_interval: (audit_seconds > 0).then(|| Duration::from_secs(audit_seconds)),
-            hook_check_interval,
-            reconcile_interval: (reconcile_seconds > 0)
-                .then(|| Duration::from_secs(reconcile_seconds)),
+            audit_poll_interval: live.audit_poll,
+            hook_check_interval: live.hook_check,
+            reconcile_interval: live.reconcile,
             job_timeouts,
             retention: (retention_days > 0)
                 .then(|| Duration::from_secs(retention_days.saturating_mul(86_400))),
@@ -363,6 +331,65 @@ fn connectors(
     }
 
     Ok(connectors)
+}
+
+/// `HOOKS_LISTEN`: the receiver's address, which needs a connector with a webhook secret file.
+fn hooks_listen(
+    from_file: Option<String>,
+    connectors: &BTreeMap<ConnectorId, ConnectorSettings>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let hooks_listen = var("HOOKS_LISTEN")
+        .or(from_file)
+        .map(|text| {
+            text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "HOOKS_LISTEN",
+                    format!("{text:?} is not an address:port such as 127.0.0.1:9465"),
+                )
+            })
+        })
+        .transpose()?;
+    if hooks_listen.is_some() && connectors.values().all(|c| c.webhook_secret_file.is_none()) {
+        return Err(ConfigError::Missing {
+            name: "GITLAB_WEBHOOK_SECRET_FILE".into(),
+            hint: "HOOKS_LISTEN is set but no connector has a webhook secret: set GITLAB_WEBHOOK_SECRET_FILE (or a connector's webhook_secret_file), or unset HOOKS_LISTEN",
+        });
+    }
+    Ok(hooks_listen)
+}
+
+/// The live-access intervals: `RECONCILE_INTERVAL_SECONDS`, `AUDIT_POLL_SECONDS` (0 = off) and
+/// `HOOK_CHECK_INTERVAL_SECONDS`.
+struct LiveIntervals {
+    reconcile: Option<Duration>,
+    audit_poll: Option<Duration>,
+    hook_check: Duration,
+}
+
+impl LiveIntervals {
+    fn load(fc: &FileConfig) -> Result<Self, ConfigError> {
+        let reconcile_seconds = match var("RECONCILE_INTERVAL_SECONDS") {
+            Some(v) if v.trim() == "0" => 0,
+            Some(v) => positive::<u64>("RECONCILE_INTERVAL_SECONDS", &v, "seconds")?,
+            None => fc
+                .reconcile_interval_seconds
+                .unwrap_or(defaults::RECONCILE_INTERVAL_SECONDS),
+        };
+        let hook_check_interval = Duration::from_secs(match var("HOOK_CHECK_INTERVAL_SECONDS") {
+            Some(v) => positive::<u64>("HOOK_CHECK_INTERVAL_SECONDS", &v, "seconds")?,
+            None => defaults::HOOK_CHECK_INTERVAL_SECONDS,
+        });
+        let audit_seconds = match var("AUDIT_POLL_SECONDS") {
+            Some(v) if v.trim() == "0" => 0,
+            Some(v) => positive::<u64>("AUDIT_POLL_SECONDS", &v, "seconds")?,
+            None => defaults::AUDIT_POLL_SECONDS,
+        };
+        Ok(Self {
+            reconcile: (reconcile_seconds > 0).then(|| Duration::from_secs(reconcile_seconds)),
+            audit_poll: (audit_seconds > 0).then(|| Duration::from_secs(audit_seconds)),
+            hook_check: hook_check_interval,
+        })
+    }
 }
 
 /// How the worker reaches NATS: the environment over the file.

@@ -149,37 +149,50 @@ fn delivery_key(headers: &HeaderMap, body: &[u8]) -> String {
     }
 }
 
+/// The connector a delivery is for, when it takes hooks and the delivery carries its secret.
+#[allow(clippy::result_large_err)] // the refusal is the response itself, built once
+fn authenticate<'r>(
+    r: &'r Receiver,
+    connector: &str,
+    headers: &HeaderMap,
+) -> Result<&'r ConnectorId, Response> {
+    let Some((id, secret)) = ConnectorId::parse(connector)
+        .ok()
+        .and_then(|id| r.secrets.get_key_value(&id))
+    else {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            "-",
+            "unknown_connector",
+            "no webhook is configured for this connector (set its webhook_secret_file)",
+        ));
+    };
+    let given = headers
+        .get("x-gitlab-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !secret.matches(given) {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            id.as_str(),
+            "unauthorized",
+            "X-Gitlab-Token is missing or is not this connector's webhook secret",
+        ));
+    }
+    Ok(id)
+}
+
 async fn receive(
     State(r): State<Receiver>,
     Path(connector): Path<String>,
     request: Request,
 ) -> Response {
-    let Some((id, secret)) = ConnectorId::parse(&connector)
-        .ok()
-        .and_then(|id| r.secrets.get_key_value(&id))
-    else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "-",
-            "unknown_connector",
-            "no webhook is configured for this connector (set its webhook_secret_file)",
-        );
+    let (parts, body) = request.into_parts();
+    let id = match authenticate(&r, &connector, &parts.headers) {
+        Ok(id) => id,
+        Err(refused) => return refused,
     };
     let connector = id.as_str();
-    let (parts, body) = request.into_parts();
-    let given = parts
-        .headers
-        .get("x-gitlab-token")
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if !secret.matches(given) {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            connector,
-            "unauthorized",
-            "X-Gitlab-Token is missing or is not this connector's webhook secret",
-        );
-    }
     let declared = parts
         .headers
         .get(axum::http::header::CONTENT_LENGTH)

@@ -224,8 +224,8 @@ pub fn record_drift(
     loop {
         let order = match (a.peek(), b.peek()) {
             (None, None) => break,
-            (Some(Err(_)), _) => return Err(a.next().expect("peeked").err().expect("an error")),
-            (_, Some(Err(_))) => return Err(b.next().expect("peeked").err().expect("an error")),
+            (Some(Err(_)), _) => return Err(a.next().expect("peeked").expect_err("an error")),
+            (_, Some(Err(_))) => return Err(b.next().expect("peeked").expect_err("an error")),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (Some(Ok(x)), Some(Ok(y))) => x.0.cmp(&y.0),

@@ -252,7 +252,7 @@ impl Processor {
             }
         };
         for d in batch {
-            if let Err(e) = d.msg.ack_with(ack.clone()).await {
+            if let Err(e) = d.msg.ack_with(ack).await {
                 tracing::debug!("ack of a hook delivery: {e}");
             }
         }

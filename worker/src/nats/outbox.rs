@@ -297,13 +297,14 @@ impl OutboxPublisher {
         let new = self.export_once(&snap, exported).await?;
         write_diff(new, base.as_ref().map(SpoolFile::path), &mut out)
             .map_err(PublishError::Events)?;
-        if spec.cause == "reconcile" && spec.sent == 0 {
-            if let Some(b) = &base {
-                let drift = record_drift(b.path(), new).map_err(PublishError::Events)?;
-                for (kind, n) in drift {
-                    tracing::info!(connector = %spec.connector, kind, n, "reconcile found drift");
-                    metrics::counter!("gitlab_worker_drift_total", "connector" => spec.connector.clone(), "kind" => kind).increment(n);
-                }
+        if spec.cause == "reconcile"
+            && spec.sent == 0
+            && let Some(b) = &base
+        {
+            let drift = record_drift(b.path(), new).map_err(PublishError::Events)?;
+            for (kind, n) in drift {
+                tracing::info!(connector = %spec.connector, kind, n, "reconcile found drift");
+                metrics::counter!("gitlab_worker_drift_total", "connector" => spec.connector.clone(), "kind" => kind).increment(n);
             }
         }
         out.flush()?;

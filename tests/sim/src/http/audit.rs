@@ -44,7 +44,7 @@ fn page(sim: &Sim, req: &PageRequest, keep: impl Fn(&AuditEvent) -> bool) -> Res
         .filter(|e| after.is_none_or(|t| e.created_at >= t))
         .filter(|e| before.is_none_or(|t| e.created_at <= t))
         .collect();
-    events.sort_by(|a, b| b.id.cmp(&a.id));
+    events.sort_by_key(|e| std::cmp::Reverse(e.id));
     pages::offset(sim, req, events.len(), None, |r| {
         events[r].iter().map(|e| json!(e)).collect()
     })
