@@ -359,20 +359,7 @@ fn access(
     resources: &BTreeSet<ResourceRef>,
     users: Option<&[u64]>,
 ) -> BTreeMap<(ResourceRef, u64), AccessRecord> {
-    let parents: HashMap<u64, Option<u64>> =
-        inv.groups.values().map(|g| (g.id, g.parent_id)).collect();
-    let project_group: HashMap<u64, Option<u64>> = inv
-        .projects
-        .values()
-        .map(|p| {
-            (
-                p.id,
-                inv.groups
-                    .contains_key(&p.namespace_id)
-                    .then_some(p.namespace_id),
-            )
-        })
-        .collect();
+    let (parents, project_group) = inv.access_tree();
     let computer = AccessComputer::new(AccessInput {
         as_of: inv.as_of,
         parents: &parents,

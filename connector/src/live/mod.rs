@@ -9,7 +9,7 @@ mod apply;
 mod events;
 mod reread;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -110,7 +110,55 @@ pub enum Fact {
     },
 }
 
+impl Fact {
+    /// A group GitLab no longer has (404).
+    pub fn group_gone(group_id: u64) -> Self {
+        Fact::Group {
+            group_id,
+            group: None,
+            shares: vec![],
+            members: vec![],
+            invitations: vec![],
+            descendants: vec![],
+            projects: vec![],
+            users: vec![],
+            outside: false,
+        }
+    }
+
+    /// A project GitLab no longer has (404).
+    pub fn project_gone(project_id: u64) -> Self {
+        Fact::Project {
+            project_id,
+            project: None,
+            shares: vec![],
+            members: vec![],
+            invitations: vec![],
+            users: vec![],
+        }
+    }
+}
+
 impl Inventory {
+    /// Every known group's parent, and every known project's group (`None` for a project whose
+    /// namespace is not a known group): the tree effective access is computed over.
+    pub fn access_tree(&self) -> (HashMap<u64, Option<u64>>, HashMap<u64, Option<u64>>) {
+        let parents = self.groups.values().map(|g| (g.id, g.parent_id)).collect();
+        let project_group = self
+            .projects
+            .values()
+            .map(|p| {
+                (
+                    p.id,
+                    self.groups
+                        .contains_key(&p.namespace_id)
+                        .then_some(p.namespace_id),
+                )
+            })
+            .collect();
+        (parents, project_group)
+    }
+
     /// The inventory a snapshot's records describe (its access records are derived, and
     /// skipped: they are computed again where needed).
     pub fn from_records<E>(

@@ -174,17 +174,7 @@ async fn read_one(
         Touch::Group { group_id } => {
             let id = IdOrPath::Id(group_id);
             let Some(g) = or_gone(client.group(&id).await)? else {
-                return Ok(vec![Fact::Group {
-                    group_id,
-                    group: None,
-                    shares: vec![],
-                    members: vec![],
-                    invitations: vec![],
-                    descendants: vec![],
-                    projects: vec![],
-                    users: vec![],
-                    outside: false,
-                }]);
+                return Ok(vec![Fact::group_gone(group_id)]);
             };
             let r = ResourceRef::Group(group_id);
             let (members, users) = members(client, known, r, admin).await?;
@@ -212,14 +202,7 @@ async fn read_one(
         }
         Touch::Project { project_id } => {
             let Some(p) = or_gone(client.project(&IdOrPath::Id(project_id)).await)? else {
-                return Ok(vec![Fact::Project {
-                    project_id,
-                    project: None,
-                    shares: vec![],
-                    members: vec![],
-                    invitations: vec![],
-                    users: vec![],
-                }]);
+                return Ok(vec![Fact::project_gone(project_id)]);
             };
             let r = ResourceRef::Project(project_id);
             let (members, users) = members(client, known, r, admin).await?;

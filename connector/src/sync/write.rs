@@ -150,19 +150,7 @@ pub fn write_snapshot<W: Write>(
     parts.push(Part::SharesInvitationsRolesLinks);
     parts.extend(access.chunks(RESOURCES_PER_PART).map(Part::Access));
 
-    let parents = inv.groups.values().map(|g| (g.id, g.parent_id)).collect();
-    let project_group = inv
-        .projects
-        .values()
-        .map(|p| {
-            (
-                p.id,
-                inv.groups
-                    .contains_key(&p.namespace_id)
-                    .then_some(p.namespace_id),
-            )
-        })
-        .collect();
+    let (parents, project_group) = inv.access_tree();
     let input = AccessInput {
         as_of: inv.as_of,
         parents: &parents,

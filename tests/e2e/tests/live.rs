@@ -173,6 +173,24 @@ impl Env {
         ev
     }
 
+    /// A full sync, whose access diff against the live state is empty.
+    async fn sync_finds_nothing_new(&mut self, job_id: &str) {
+        self.run_job(job_id, "sync").await;
+        let ev = self.next_event("sync").await;
+        let summary = ev["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["type"] == "diff_summary")
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            (&summary["added"], &summary["removed"], &summary["changed"]),
+            (&json!(0), &json!(0), &json!(0)),
+            "{ev}"
+        );
+    }
+
     /// Every resource of the scope: its groups and their projects.
     fn scope_resources(&self) -> Vec<Resource> {
         let w = self.sim.sim.world.read().unwrap();
@@ -470,20 +488,7 @@ async fn gitlab_events_become_access_events_that_match_gitlabs_access() {
     );
 
     // A full sync after every event was delivered finds nothing the live state does not have.
-    e.run_job("after-sync", "sync").await;
-    let ev = e.next_event("sync").await;
-    let summary = ev["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["type"] == "diff_summary")
-        .cloned()
-        .unwrap();
-    assert_eq!(
-        (&summary["added"], &summary["removed"], &summary["changed"]),
-        (&json!(0), &json!(0), &json!(0)),
-        "{ev}"
-    );
+    e.sync_finds_nothing_new("after-sync").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -601,18 +606,5 @@ async fn a_share_is_found_in_gitlabs_audit_events_without_a_reconcile() {
         "{ev}"
     );
     // Nothing left for a full sync to find.
-    e.run_job("after-audit", "sync").await;
-    let ev = e.next_event("sync").await;
-    let summary = ev["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["type"] == "diff_summary")
-        .cloned()
-        .unwrap();
-    assert_eq!(
-        (&summary["added"], &summary["removed"], &summary["changed"]),
-        (&json!(0), &json!(0), &json!(0)),
-        "{ev}"
-    );
+    e.sync_finds_nothing_new("after-audit").await;
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
@@ -116,6 +116,25 @@ fn batch_hash(
 }
 
 impl Store {
+    /// A connector and scope's batches that meet `condition`, oldest first.
+    async fn batches_where(
+        &self,
+        connector: &str,
+        scope: &str,
+        condition: Condition,
+    ) -> Result<Vec<ChangeBatch>, StoreError> {
+        Ok(change_batch::Entity::find()
+            .filter(change_batch::Column::Connector.eq(connector))
+            .filter(change_batch::Column::Scope.eq(scope))
+            .filter(condition)
+            .order_by_asc(change_batch::Column::Id)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(ChangeBatch::from)
+            .collect())
+    }
+
     /// Batches on a base snapshot after batch `after` (all of them for `None`), oldest first.
     pub async fn batches_on(
         &self,
@@ -124,17 +143,14 @@ impl Store {
         base_seq: i64,
         after: Option<i64>,
     ) -> Result<Vec<ChangeBatch>, StoreError> {
-        Ok(change_batch::Entity::find()
-            .filter(change_batch::Column::Connector.eq(connector))
-            .filter(change_batch::Column::Scope.eq(scope))
-            .filter(change_batch::Column::BaseSeq.eq(base_seq))
-            .filter(change_batch::Column::Id.gt(after.unwrap_or(0)))
-            .order_by_asc(change_batch::Column::Id)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(ChangeBatch::from)
-            .collect())
+        self.batches_where(
+            connector,
+            scope,
+            Condition::all()
+                .add(change_batch::Column::BaseSeq.eq(base_seq))
+                .add(change_batch::Column::Id.gt(after.unwrap_or(0))),
+        )
+        .await
     }
 
     /// The newest batch on a base snapshot.
@@ -165,17 +181,14 @@ impl Store {
         base_seq: i64,
         since: DateTime<Utc>,
     ) -> Result<Vec<ChangeBatch>, StoreError> {
-        Ok(change_batch::Entity::find()
-            .filter(change_batch::Column::Connector.eq(connector))
-            .filter(change_batch::Column::Scope.eq(scope))
-            .filter(change_batch::Column::BaseSeq.lt(base_seq))
-            .filter(change_batch::Column::ReadAt.gte(since))
-            .order_by_asc(change_batch::Column::Id)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(ChangeBatch::from)
-            .collect())
+        self.batches_where(
+            connector,
+            scope,
+            Condition::all()
+                .add(change_batch::Column::BaseSeq.lt(base_seq))
+                .add(change_batch::Column::ReadAt.gte(since)),
+        )
+        .await
     }
 
     /// Appends a batch after `last` (the newest batch the caller applied, `None` for none) on

@@ -189,20 +189,7 @@ fn a_member_of_a_shared_group_changes_access_through_the_share() {
 #[test]
 fn a_group_destroyed_takes_its_subtree_and_the_shares_with_it() {
     let mut inv = inventory();
-    let a = apply_checked(
-        &mut inv,
-        &[Fact::Group {
-            group_id: 9,
-            group: None,
-            shares: vec![],
-            members: vec![],
-            invitations: vec![],
-            descendants: vec![],
-            projects: vec![],
-            users: vec![],
-            outside: false,
-        }],
-    );
+    let a = apply_checked(&mut inv, &[Fact::group_gone(9)]);
     assert_eq!(
         changes_of(&a),
         vec![(diff::Change::AccessRemoved, ResourceRef::Project(20), 6)]
@@ -210,20 +197,7 @@ fn a_group_destroyed_takes_its_subtree_and_the_shares_with_it() {
     assert!(inv.shares.is_empty());
     assert!(a.changes.contains_key(&format!("5/p{:020}/{:020}", 20, 9)));
 
-    let a = apply_checked(
-        &mut inv,
-        &[Fact::Group {
-            group_id: 2,
-            group: None,
-            shares: vec![],
-            members: vec![],
-            invitations: vec![],
-            descendants: vec![],
-            projects: vec![],
-            users: vec![],
-            outside: false,
-        }],
-    );
+    let a = apply_checked(&mut inv, &[Fact::group_gone(2)]);
     assert_eq!(
         changes_of(&a),
         vec![
