@@ -448,6 +448,25 @@ async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
         let file = sync_to(&client, &dir, &format!("{name}.ndjson"), prev.clone()).await;
         let s = store.store_snapshot(&file, None).await.unwrap();
         prev = Some(s.info.sha256.clone());
+        // A live change batch on it (an empty one does for retention).
+        let appended = store
+            .append_batch(
+                gitlab_worker::store::NewBatch {
+                    base: &s.info,
+                    read_at: chrono::Utc::now(),
+                    cause: "gitlab_event",
+                    source_events: &[format!("hook default key:{name}")],
+                    facts: "[]".into(),
+                    changes: String::new(),
+                    change_count: 0,
+                    access_changes: 0,
+                },
+                None,
+                |_| vec![],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(appended, gitlab_worker::store::Append::Stored(_)));
         stored.push((file, s.info));
         change_one_level(&client, &stored.last().unwrap().0).await;
     }
@@ -517,6 +536,17 @@ async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
     assert!(pruned.snapshot_records > 0, "{pruned:?}");
     assert_eq!(pruned.jobs, 1, "{pruned:?}");
     assert_eq!(pruned.outbox, 1, "{pruned:?}");
+    assert_eq!(
+        pruned.change_batches, 1,
+        "the pruned snapshot's batch: {pruned:?}"
+    );
+    for (i, kept) in [(0, 1), (1, 0), (2, 1)] {
+        let on = store
+            .batches_on("default", "org", stored[i].1.seq, None)
+            .await
+            .unwrap();
+        assert_eq!(on.len(), kept, "batches on snapshot {i}");
+    }
     assert!(store.job("done-1").await.unwrap().is_none());
     assert!(
         store.job("live-grant-1").await.unwrap().is_some(),

@@ -2,7 +2,8 @@
 //! the cutoff are deleted. Kept whatever their age: a job whose grant is still live (the
 //! scheduler needs it), every pinned snapshot, the latest complete snapshot of each connector
 //! and scope (the base of the next diff), every snapshot's row with its hashes (the chain stays
-//! verifiable; only its records go), the grants and the audit log.
+//! verifiable; only its records go), the grants and the audit log. The live change batches on a
+//! pruned snapshot go with its records.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, Query};
@@ -20,6 +21,7 @@ pub struct Pruned {
     pub outbox: u64,
     pub snapshots: u64,
     pub snapshot_records: u64,
+    pub change_batches: u64,
 }
 
 /// Snapshot records no kept snapshot of the same connector and scope lies within.
@@ -27,6 +29,10 @@ const UNUSED_RECORDS: &str = "DELETE FROM snapshot_records WHERE valid_to IS NOT
     SELECT 1 FROM snapshots s WHERE s.connector = snapshot_records.connector \
     AND s.scope = snapshot_records.scope AND s.pruned_at IS NULL \
     AND s.seq >= snapshot_records.valid_from AND s.seq < snapshot_records.valid_to)";
+
+/// The live change batches of pruned snapshots.
+const PRUNED_BATCHES: &str = "DELETE FROM change_batches WHERE base_seq IN (\
+    SELECT seq FROM snapshots WHERE pruned_at IS NOT NULL)";
 
 impl Store {
     /// Deletes what is older than `cutoff` (see the module documentation).
@@ -79,19 +85,27 @@ impl Store {
                 .await?
                 .rows_affected;
         }
-        let snapshot_records = if snapshots > 0 {
-            self.db
+        let (snapshot_records, change_batches) = if snapshots > 0 {
+            let records = self
+                .db
                 .execute_unprepared(UNUSED_RECORDS)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            let batches = self
+                .db
+                .execute_unprepared(PRUNED_BATCHES)
+                .await?
+                .rows_affected();
+            (records, batches)
         } else {
-            0
+            (0, 0)
         };
         Ok(Pruned {
             jobs,
             outbox,
             snapshots,
             snapshot_records,
+            change_batches,
         })
     }
 
