@@ -20,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod evidence;
 pub mod files;
 pub mod hooks;
 pub mod http;

@@ -63,6 +63,7 @@ pub fn run(config: Option<&Path>) -> u8 {
         "reconcile_interval_seconds": s.reconcile_interval.map_or(0, |d| d.as_secs()),
         "audit_poll_seconds": s.audit_poll_interval.map_or(0, |d| d.as_secs()),
         "hook_check_interval_seconds": s.hook_check_interval.as_secs(),
+        "evidence_signing_key_file": s.evidence_signing_key_file.as_ref().map(|p| p.display().to_string()),
         "concurrency": s.concurrency,
         "shutdown_grace_seconds": s.shutdown_grace.as_secs(),
         "spool_dir": s.spool_root.display().to_string(),

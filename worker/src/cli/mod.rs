@@ -9,11 +9,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod config_show;
 #[cfg(feature = "demo")]
 mod demo;
+mod evidence;
 mod hooks;
 mod outbox;
 mod run_job;
 mod snapshots;
 mod sync;
+
+pub(crate) use snapshots::write_csv as write_access_csv;
 
 /// Exit codes (docs/contract.md, "Exit codes").
 pub mod exit {
@@ -103,6 +106,11 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotsCommand,
     },
+    /// Signed evidence bundles for auditors (docs/evidence.md).
+    Evidence {
+        #[command(subcommand)]
+        command: EvidenceCommand,
+    },
     /// GitLab's webhooks for live access: install, check, remove (docs/hooks.md).
     Hooks {
         #[command(subcommand)]
@@ -113,6 +121,30 @@ pub enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// A new Ed25519 signing key (PKCS#8 PEM, mode 0600) for `evidence export`
+    /// (EVIDENCE_SIGNING_KEY_FILE); an existing file is not replaced.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A stored snapshot as a signed bundle in a new folder: snapshot.ndjson, access.csv,
+    /// diff.ndjson (with --since), manifest.json, manifest.sig, public_key.pem.
+    Export {
+        /// A snapshot id, or an unambiguous prefix of one.
+        snapshot: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// An earlier stored snapshot to diff against.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Checks a bundle offline: the signature, every file's sha256, the snapshot's own hash and
+    /// the hash chain. Exit 0 when all hold, 1 naming what does not.
+    Verify { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +324,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Snapshots { command } => snapshots::run(config, command).await,
         Command::Outbox { command } => outbox::run(config, command).await,
         Command::Hooks { command } => hooks::run(config, command).await,
+        Command::Evidence { command } => evidence::run(config, command).await,
         Command::Config {
             command: ConfigCommand::Show,
         } => config_show::run(config),

@@ -227,12 +227,12 @@ pub fn csv_field(s: &str) -> String {
 }
 
 /// One CSV row per access record, with the user's name and the resource's path resolved.
-fn write_csv(path: &Path, out: &mut impl Write) -> Result<(), StoreError> {
+pub(crate) fn write_csv(path: &Path, out: &mut impl Write) -> Result<(), StoreError> {
     writeln!(
         out,
-        "user_id,username,user_state,resource_type,resource_id,resource_path,access_level,paths"
+        "user_id,username,user_state,resource_type,resource_id,resource_path,access_level,paths,last_activity_on"
     )?;
-    let mut users: HashMap<u64, (String, String)> = HashMap::new();
+    let mut users: HashMap<u64, (String, String, String)> = HashMap::new();
     let mut paths: HashMap<ResourceRef, String> = HashMap::new();
     for line in BufReader::new(std::fs::File::open(path)?).lines() {
         let line = line?;
@@ -241,7 +241,11 @@ fn write_csv(path: &Path, out: &mut impl Write) -> Result<(), StoreError> {
         };
         match record {
             Record::User(u) => {
-                users.insert(u.id, (u.username.clone(), u.state.clone()));
+                let active = u
+                    .last_activity_on
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                users.insert(u.id, (u.username.clone(), u.state.clone(), active));
             }
             Record::Group(g) => {
                 paths.insert(ResourceRef::Group(g.id), g.full_path.clone());
@@ -250,7 +254,7 @@ fn write_csv(path: &Path, out: &mut impl Write) -> Result<(), StoreError> {
                 paths.insert(ResourceRef::Project(p.id), p.path_with_namespace.clone());
             }
             Record::Access(a) => {
-                let (username, state) = users.get(&a.user_id).cloned().unwrap_or_default();
+                let (username, state, active) = users.get(&a.user_id).cloned().unwrap_or_default();
                 let (rtype, rid) = match a.resource {
                     ResourceRef::Group(id) => ("group", id),
                     ResourceRef::Project(id) => ("project", id),
@@ -278,7 +282,7 @@ fn write_csv(path: &Path, out: &mut impl Write) -> Result<(), StoreError> {
                     .collect();
                 writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{}",
                     a.user_id,
                     csv_field(&username),
                     csv_field(&state),
@@ -286,7 +290,8 @@ fn write_csv(path: &Path, out: &mut impl Write) -> Result<(), StoreError> {
                     rid,
                     csv_field(paths.get(&a.resource).map_or("", String::as_str)),
                     a.access_level,
-                    csv_field(&via.join("; "))
+                    csv_field(&via.join("; ")),
+                    active
                 )?;
             }
             _ => {}

@@ -116,6 +116,8 @@ pub struct Settings {
     /// `AUDIT_POLL_SECONDS` (default 300; 0 = off): how often the event processor reads GitLab's
     /// audit events for share changes (no webhook reports them).
     pub audit_poll_interval: Option<Duration>,
+    /// `EVIDENCE_SIGNING_KEY_FILE`: the Ed25519 key `evidence export` signs with.
+    pub evidence_signing_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +224,7 @@ impl Settings {
             None => defaults::RETENTION_DAYS,
         };
         Ok(Self {
+            evidence_signing_key_file: var("EVIDENCE_SIGNING_KEY_FILE").map(PathBuf::from),
             audit_poll_interval: live.audit_poll,
             hook_check_interval: live.hook_check,
             reconcile_interval: live.reconcile,
