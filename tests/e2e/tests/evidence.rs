@@ -145,6 +145,10 @@ async fn an_evidence_bundle_verifies_offline_and_any_changed_byte_is_named() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    gitlab_e2e::assert_valid(
+        &gitlab_e2e::schema("gitlab-connector.evidence.v1.schema.json"),
+        &manifest,
+    );
     assert_eq!(manifest["snapshot"]["snapshot_id"], ids[1].as_str());
     assert_eq!(manifest["chain"].as_array().unwrap().len(), 2);
     assert_eq!(manifest["snapshot"]["complete"], true);
