@@ -140,19 +140,25 @@ impl AccessEvents {
             "object": self.object,
         })
         .to_string();
-        let size: usize = lines.iter().map(|l| l.len() + 1).sum();
-        let mut payload = String::with_capacity(meta.len() + size + 16);
-        payload.push_str(&meta[..meta.len() - 1]);
-        payload.push_str(",\"lines\":[");
-        for (i, l) in lines.iter().enumerate() {
-            if i > 0 {
-                payload.push(',');
-            }
-            payload.push_str(l);
-        }
-        payload.push_str("]}");
-        payload
+        with_lines(&meta, lines)
     }
+}
+
+/// An event envelope (a JSON object) with `"lines": [...]` added, the lines spliced in as they
+/// are (already JSON: not parsed and written again).
+fn with_lines(meta: &str, lines: &[String]) -> String {
+    let size: usize = lines.iter().map(|l| l.len() + 1).sum();
+    let mut payload = String::with_capacity(meta.len() + size + 16);
+    payload.push_str(&meta[..meta.len() - 1]);
+    payload.push_str(",\"lines\":[");
+    for (i, l) in lines.iter().enumerate() {
+        if i > 0 {
+            payload.push(',');
+        }
+        payload.push_str(l);
+    }
+    payload.push_str("]}");
+    payload
 }
 
 /// Writes the access diff of the snapshot at `path` against `base` (every access is new when
@@ -342,12 +348,11 @@ pub fn live_access_events(
                 "source_events": batch.source_events,
                 "chunk": i + 1,
                 "chunks": n,
-                "lines": lines.iter().map(|l| serde_json::from_str::<Value>(l).unwrap_or(Value::Null)).collect::<Vec<_>>(),
             });
             OutboxMessage::Publish {
                 msg_id: msg_id::live_access(&batch.sha256, i + 1),
                 subject: subjects.event(&batch.connector, "access"),
-                payload: payload.to_string(),
+                payload: with_lines(&payload.to_string(), &lines),
             }
         })
         .collect()

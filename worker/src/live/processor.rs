@@ -109,6 +109,7 @@ impl Processor {
         let mut failures = 0u32;
         let pause = |n: u32| Duration::from_millis(500 * u64::from(n.clamp(1, 20)));
         let mut audit = super::audit::AuditPoll::new();
+        let mut consumer: Option<consumer::PullConsumer> = None;
         let mut next_poll = tokio::time::Instant::now();
         loop {
             if stop.is_cancelled() {
@@ -158,7 +159,11 @@ impl Processor {
                         tracing::info!(connector = %self.name(), changes = n, "share changes found in GitLab's audit events");
                     }
                 }
-                let consumer = self.consumer().await?;
+                // Created (or updated) once, and again only after a failure.
+                if consumer.is_none() {
+                    consumer = Some(self.consumer().await?);
+                }
+                let consumer = consumer.as_ref().expect("set above");
                 // Idle, the pull waits up to 5 s, or until the next audit poll is due.
                 let wait = match self.audit_every {
                     Some(_) if !audit.unavailable => next_poll
@@ -166,7 +171,7 @@ impl Processor {
                         .clamp(Duration::from_millis(100), IDLE_WAIT),
                     _ => IDLE_WAIT,
                 };
-                let Some(batch) = self.gather(&consumer, &stop, wait).await? else {
+                let Some(batch) = self.gather(consumer, &stop, wait).await? else {
                     return Ok(true);
                 };
                 self.process(batch, &scope, &mut state, admin.unwrap_or(false))
@@ -183,6 +188,7 @@ impl Processor {
                 }
                 Err(e) => {
                     failures += 1;
+                    consumer = None;
                     tracing::warn!(connector = %self.name(), "live access: {e}; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => break,
