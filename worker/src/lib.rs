@@ -22,6 +22,7 @@ pub mod config;
 pub mod connector;
 pub mod evidence;
 pub mod files;
+pub mod history;
 pub mod hooks;
 pub mod http;
 pub mod ids;

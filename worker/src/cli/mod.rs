@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod access;
 mod config_show;
 #[cfg(feature = "demo")]
 mod demo;
@@ -106,6 +107,12 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotsCommand,
     },
+    /// Point-in-time answers for auditors over the stored history (docs/auditors.md): who had
+    /// access to a resource, what a user could reach, and every change with its cause.
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
     /// Signed evidence bundles for auditors (docs/evidence.md).
     Evidence {
         #[command(subcommand)]
@@ -121,6 +128,76 @@ pub enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+}
+
+/// Options every `access` question takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AnswerOptions {
+    /// The time asked about: RFC 3339 or a date (its start, UTC) [default: now].
+    #[arg(long, value_parser = access::parse_time, global = true)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The connector (default: the only one configured, or the only one with snapshots).
+    #[arg(long, global = true)]
+    pub connector: Option<String>,
+    /// The sync scope (default: the scope of the connector's newest snapshot).
+    #[arg(long, global = true)]
+    pub scope: Option<String>,
+    #[arg(long, value_enum, default_value_t = AnswerFormat::Table, global = true)]
+    pub format: AnswerFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AnswerFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// Every user with effective access to RESOURCE at a time: level, every path, since when,
+    /// and the user's state, kind, admin flag, 2FA and last activity.
+    Who {
+        /// `group:PATH`, `group:ID`, `project:PATH` or `project:ID`.
+        resource: String,
+        #[command(flatten)]
+        common: AnswerOptions,
+    },
+    /// Every resource USER could reach at a time, with the same columns.
+    User {
+        /// A username, or `id:N`.
+        user: String,
+        #[command(flatten)]
+        common: AnswerOptions,
+    },
+    /// Every change of effective access (syncs, live GitLab events, reconciles) and every write
+    /// the worker made (provisioning jobs, JIT expiries), oldest first, with its cause.
+    History {
+        /// Only this user (a username, or `id:N`).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this resource (`group:PATH`, `project:ID`, …).
+        #[arg(long)]
+        resource: Option<String>,
+        /// From this time (RFC 3339 or a date).
+        #[arg(long, value_parser = access::parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Up to this time [default: now, or --at].
+        #[arg(long, value_parser = access::parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        common: AnswerOptions,
+    },
+}
+
+impl AccessCommand {
+    fn common(&self) -> &AnswerOptions {
+        match self {
+            AccessCommand::Who { common, .. }
+            | AccessCommand::User { common, .. }
+            | AccessCommand::History { common, .. } => common,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,6 +401,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Snapshots { command } => snapshots::run(config, command).await,
         Command::Outbox { command } => outbox::run(config, command).await,
         Command::Hooks { command } => hooks::run(config, command).await,
+        Command::Access { command } => access::run(config, command).await,
         Command::Evidence { command } => evidence::run(config, command).await,
         Command::Config {
             command: ConfigCommand::Show,

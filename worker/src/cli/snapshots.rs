@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use gitlab_connector::model::{Record, ResourceRef, Via};
 
 use super::{ExportFormat, SnapshotsCommand, exit};
+use crate::history::render::csv_field;
 use crate::store::{Store, StoreError};
 
 pub async fn run(config: Option<&Path>, command: SnapshotsCommand) -> u8 {
@@ -210,22 +211,6 @@ async fn execute(store: &Store, command: SnapshotsCommand) -> Result<u8, StoreEr
     Ok(exit::OK)
 }
 
-/// A CSV cell. Text that a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`,
-/// a tab or a carriage return: OWASP's CSV injection list) is prefixed with `'`; a GitLab
-/// display name such as `=HYPERLINK(…)` must stay text.
-pub fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
 /// One CSV row per access record, with the user's name and the resource's path resolved.
 pub(crate) fn write_csv(path: &Path, out: &mut impl Write) -> Result<(), StoreError> {
     writeln!(
@@ -302,7 +287,7 @@ pub(crate) fn write_csv(path: &Path, out: &mut impl Write) -> Result<(), StoreEr
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use crate::history::render::csv_field;
 
     #[test]
     fn formulas_stay_text() {

@@ -37,6 +37,23 @@ pub struct AuditRow {
     pub outcome: String,
 }
 
+impl From<audit_log::Model> for AuditRow {
+    fn from(m: audit_log::Model) -> Self {
+        AuditRow {
+            id: m.id,
+            at: m.at,
+            connector: m.connector,
+            job_id: m.job_id,
+            action: m.action,
+            target: m.target,
+            user_id: m.user_id,
+            before: m.before,
+            after: m.after,
+            outcome: m.outcome,
+        }
+    }
+}
+
 impl Store {
     /// Stores an entry (written ahead of its write, with outcome `pending`); returns its id.
     pub async fn audit_begin(&self, e: AuditEntry) -> Result<i64, StoreError> {
@@ -76,18 +93,7 @@ impl Store {
         Ok(q.all(&self.db)
             .await?
             .into_iter()
-            .map(|m| AuditRow {
-                id: m.id,
-                at: m.at,
-                connector: m.connector,
-                job_id: m.job_id,
-                action: m.action,
-                target: m.target,
-                user_id: m.user_id,
-                before: m.before,
-                after: m.after,
-                outcome: m.outcome,
-            })
+            .map(AuditRow::from)
             .collect())
     }
 }

@@ -8,6 +8,7 @@ pub mod migration;
 mod audit;
 mod changes;
 mod grants;
+mod history;
 mod jobs;
 mod leases;
 mod outbox;
@@ -22,6 +23,7 @@ use sea_orm_migration::MigratorTrait;
 
 pub use audit::{AuditEntry, AuditRow};
 pub use changes::{Append, ChangeBatch, ChangeLine, NewBatch};
+pub use history::{RecordVersion, VersionFilter};
 pub use jobs::{Begin, NewJob, OutboxMessage};
 pub use outbox::ParkedMessage;
 pub use records::{GrantRecord, GrantState, JobRecord, JobState};

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use gitlab_connector::model::Record;
+use gitlab_connector::model::{Record, ResourceRef};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
@@ -386,6 +386,64 @@ async fn open_rows(
         .collect())
 }
 
+/// What a record row is about, for the point-in-time queries' indexes (migration m0008).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Lookup {
+    pub user_id: Option<i64>,
+    pub resource: Option<String>,
+    pub label: Option<String>,
+}
+
+impl Lookup {
+    pub(crate) fn of(record: &Record) -> Self {
+        let user = |id: u64| i64::try_from(id).ok();
+        match record {
+            Record::User(u) => Self {
+                user_id: user(u.id),
+                resource: None,
+                label: Some(u.username.clone()),
+            },
+            Record::Group(g) => Self {
+                user_id: None,
+                resource: Some(resource_code(&ResourceRef::Group(g.id))),
+                label: Some(g.full_path.clone()),
+            },
+            Record::Project(p) => Self {
+                user_id: None,
+                resource: Some(resource_code(&ResourceRef::Project(p.id))),
+                label: Some(p.path_with_namespace.clone()),
+            },
+            Record::Membership(m) => Self {
+                user_id: user(m.user_id),
+                resource: Some(resource_code(&m.resource)),
+                label: None,
+            },
+            Record::Access(a) => Self {
+                user_id: user(a.user_id),
+                resource: Some(resource_code(&a.resource)),
+                label: None,
+            },
+            Record::Share(s) => Self {
+                resource: Some(resource_code(&s.resource)),
+                ..Self::default()
+            },
+            Record::Invitation(i) => Self {
+                resource: Some(resource_code(&i.resource)),
+                ..Self::default()
+            },
+            _ => Self::default(),
+        }
+    }
+}
+
+/// How a row names its resource: `g42`, `p7`.
+pub(crate) fn resource_code(r: &ResourceRef) -> String {
+    match r {
+        ResourceRef::Group(id) => format!("g{id}"),
+        ResourceRef::Project(id) => format!("p{id}"),
+    }
+}
+
 /// What writing a snapshot's body did.
 struct Written {
     inserted: u64,
@@ -422,6 +480,7 @@ async fn write_records(
             continue;
         };
         let d = digest(&line);
+        let lookup = Lookup::of(&record);
         match open_rows.remove(&key) {
             Some((_, old)) if old == d => {
                 written.unchanged += 1;
@@ -438,6 +497,9 @@ async fn write_records(
             digest: Set(d),
             valid_from: Set(seq),
             valid_to: Set(None),
+            user_id: Set(lookup.user_id),
+            resource: Set(lookup.resource),
+            label: Set(lookup.label),
             ..Default::default()
         });
         if pending.len() == INSERT_BATCH {

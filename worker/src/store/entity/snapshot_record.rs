@@ -19,6 +19,14 @@ pub struct Model {
     pub digest: String,
     pub valid_from: i64,
     pub valid_to: Option<i64>,
+    /// The user the record is about (user, membership and access records).
+    pub user_id: Option<i64>,
+    /// The resource it is about, `g<id>` or `p<id>` (group, project, membership, share,
+    /// invitation and access records).
+    pub resource: Option<String>,
+    /// A user's username, a group's full path or a project's path with namespace.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub label: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
