@@ -69,6 +69,11 @@ on_both!(
     replay,
     facts_read_during_a_sync_are_applied_again_on_its_snapshot
 );
+on_both!(
+    point_in_time,
+    answers_at_a_time_include_the_live_batches_before_it
+);
+on_both!(backfill, record_lookup_columns_are_backfilled_as_written);
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
@@ -820,4 +825,206 @@ async fn facts_read_during_a_sync_are_applied_again_on_its_snapshot(b: Backend) 
         .unwrap();
     assert_eq!(level_of(&again), level);
     assert!(!again.replay_recent(&store, &subjects).await.unwrap());
+}
+
+/// A hook-reported change between two syncs: answers before it show the old level, after it
+/// the new one since the batch's time, and the next sync (which saw the same) neither breaks
+/// "since" nor is listed as a change of its own.
+async fn answers_at_a_time_include_the_live_batches_before_it(b: Backend) {
+    use gitlab_connector::live::{Touch, apply, reread};
+    use gitlab_worker::history::{self, HistoryQuery, ResourceSel, Timeline, UserSel};
+    use gitlab_worker::live::state::LiveState;
+    use gitlab_worker::store::{Append, ChangeLine, NewBatch};
+
+    let (_sim, client) = seeded_client(9).await;
+    let dir = tempdir("pit");
+    let store = Store::open(&b.url()).await.unwrap();
+    let spool = dir.join("spool");
+    let a = sync_to(&client, &dir, "a.ndjson", None).await;
+    let a = store.store_snapshot(&a, None).await.unwrap().info;
+    let mut live = LiveState::load(&store, &spool, "default", "org")
+        .await
+        .unwrap()
+        .unwrap();
+    let (r, m) = live
+        .inv
+        .members
+        .iter()
+        .find(|(r, ms)| {
+            matches!(r, ResourceRef::Group(_)) && ms.iter().any(|m| m.access_level < 50)
+        })
+        .map(|(r, ms)| (*r, *ms.iter().find(|m| m.access_level < 50).unwrap()))
+        .unwrap();
+    let ResourceRef::Group(g) = r else {
+        unreachable!()
+    };
+    let level = if m.access_level == 40 { 30 } else { 40 };
+    client
+        .edit_member(
+            &Source::Group(IdOrPath::Id(g)),
+            m.user_id,
+            &EditMember {
+                access_level: AccessLevel(level),
+                expires_at: m.expires_at,
+                member_role_id: None,
+            },
+        )
+        .await
+        .unwrap();
+    let touches = [Touch::Member {
+        resource: r,
+        user_id: m.user_id,
+    }]
+    .into_iter()
+    .collect();
+    let read_at = chrono::Utc::now();
+    let facts = reread(&client, &live.inv, &touches, true).await.unwrap();
+    let applied = apply(&mut live.inv, live.scope, &facts, read_at.date_naive());
+    let lines: String = applied
+        .changes
+        .iter()
+        .map(|(k, v)| {
+            serde_json::to_string(&ChangeLine {
+                key: k.clone(),
+                record: v
+                    .as_ref()
+                    .map(|r| serde_json::value::to_raw_value(r).unwrap()),
+            })
+            .unwrap()
+                + "\n"
+        })
+        .collect();
+    let Append::Stored(batch) = store
+        .append_batch(
+            NewBatch {
+                base: &live.base,
+                read_at,
+                cause: "gitlab_event",
+                source_events: &["hook default key:pit".to_string()],
+                facts: serde_json::to_string(&facts).unwrap(),
+                changes: lines,
+                change_count: applied.changes.len() as i64,
+                access_changes: applied.access.len() as i64,
+            },
+            None,
+            |_| vec![],
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("appended on the newest state")
+    };
+    let bfile = sync_to(&client, &dir, "b.ndjson", Some(a.sha256.clone())).await;
+    let bsnap = store.store_snapshot(&bfile, None).await.unwrap().info;
+
+    let timeline = Timeline::load(&store, "default", None).await.unwrap();
+    let sel = ResourceSel::parse(&format!("group:{g}")).unwrap();
+    let level_at = |answer: &history::AccessAnswer| {
+        answer
+            .rows
+            .iter()
+            .find(|row| row.user_id == m.user_id)
+            .map(|row| (row.access_level, row.since))
+    };
+    let mid = a.finished_at + (batch.applied_at - a.finished_at) / 2;
+    let before = history::who(&timeline, &sel, mid).await.unwrap();
+    assert_eq!(before.based_on.change_batches, 0);
+    assert_eq!(level_at(&before), Some((m.access_level, a.finished_at)));
+    let after = history::who(&timeline, &sel, batch.applied_at)
+        .await
+        .unwrap();
+    assert_eq!(after.based_on.snapshot_id, a.snapshot_id);
+    assert_eq!(after.based_on.last_change_batch_id, Some(batch.id));
+    assert_eq!(level_at(&after), Some((level, batch.applied_at)));
+    let later = history::who(&timeline, &sel, bsnap.finished_at)
+        .await
+        .unwrap();
+    assert_eq!(later.based_on.snapshot_id, bsnap.snapshot_id);
+    assert_eq!(
+        level_at(&later),
+        Some((level, batch.applied_at)),
+        "the sync that saw the same level does not break since"
+    );
+    // The user's own view agrees.
+    let mine = history::user_access(&timeline, &UserSel::Id(m.user_id), batch.applied_at)
+        .await
+        .unwrap();
+    let row = mine.rows.iter().find(|row| row.resource.id == g).unwrap();
+    assert_eq!(row.access_level, level);
+
+    // One change on the group, by the hook; the sync after it adds none.
+    let h = history::history(
+        &timeline,
+        &HistoryQuery {
+            user: Some(UserSel::Id(m.user_id)),
+            resource: Some(sel),
+            ..HistoryQuery::default()
+        },
+    )
+    .await
+    .unwrap();
+    let changes: Vec<(&str, Option<i64>, Option<u64>)> = h
+        .rows
+        .iter()
+        .map(|row| {
+            (
+                row.cause,
+                row.batch_id,
+                row.after.as_ref().and_then(|v| v["access_level"].as_u64()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [("gitlab_event", Some(batch.id), Some(u64::from(level)))]
+    );
+}
+
+/// Rows stored before migration 8 get the lookup columns the writer gives new rows.
+async fn record_lookup_columns_are_backfilled_as_written(b: Backend) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let (_sim, client) = seeded_client(10).await;
+    let dir = tempdir("backfill");
+    let store = Store::open(&b.url()).await.unwrap();
+    let a = sync_to(&client, &dir, "a.ndjson", None).await;
+    store.store_snapshot(&a, None).await.unwrap();
+    let db = sea_orm::Database::connect(b.url()).await.unwrap();
+    let read = || async {
+        db.query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT record_key, user_id, resource, label FROM snapshot_records ORDER BY id",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row.try_get::<String>("", "record_key").unwrap(),
+                row.try_get::<Option<i64>>("", "user_id").unwrap(),
+                row.try_get::<Option<String>>("", "resource").unwrap(),
+                row.try_get::<Option<String>>("", "label").unwrap(),
+            )
+        })
+        .collect::<Vec<_>>()
+    };
+    let written = read().await;
+    assert!(
+        written
+            .iter()
+            .any(|r| r.0.starts_with("9/") && r.1.is_some() && r.2.is_some())
+    );
+    assert!(
+        written
+            .iter()
+            .any(|r| r.0.starts_with("2/") && r.3.is_some())
+    );
+    db.execute_unprepared(
+        "UPDATE snapshot_records SET user_id = NULL, resource = NULL, label = NULL",
+    )
+    .await
+    .unwrap();
+    for sql in gitlab_worker::store::migration::record_lookup_backfill(db.get_database_backend()) {
+        db.execute_unprepared(&sql).await.unwrap();
+    }
+    assert_eq!(read().await, written);
 }

@@ -599,6 +599,39 @@ enum RecordLookup {
     Label,
 }
 
+/// For rows stored before migration 8: the same values the writer derives, from the record
+/// key (fixed-width ids, `Record::order_key`) and the record's JSON.
+pub fn record_lookup_backfill(backend: sea_orm::DbBackend) -> Vec<String> {
+    let (json, int) = match backend {
+        sea_orm::DbBackend::Postgres => ("(content::jsonb)->>'{f}'", "BIGINT"),
+        _ => ("json_extract(content, '$.{f}')", "INTEGER"),
+    };
+    let text = |f: &str| json.replace("{f}", f);
+    vec![
+        format!(
+            "UPDATE snapshot_records SET user_id = CAST(substr(record_key, 3) AS {int}) WHERE record_key LIKE '1/%'"
+        ),
+        format!(
+            "UPDATE snapshot_records SET user_id = CAST(substr(record_key, 25) AS {int}) WHERE record_key LIKE '4/%' OR record_key LIKE '9/%'"
+        ),
+        "UPDATE snapshot_records SET resource = 'g' || ltrim(substr(record_key, 3), '0') WHERE record_key LIKE '2/%'".into(),
+        "UPDATE snapshot_records SET resource = 'p' || ltrim(substr(record_key, 3), '0') WHERE record_key LIKE '3/%'".into(),
+        "UPDATE snapshot_records SET resource = substr(record_key, 3, 1) || ltrim(substr(record_key, 4, 20), '0') WHERE record_key LIKE '4/%' OR record_key LIKE '5/%' OR record_key LIKE '6/%' OR record_key LIKE '9/%'".into(),
+        format!(
+            "UPDATE snapshot_records SET label = {} WHERE record_key LIKE '1/%'",
+            text("username")
+        ),
+        format!(
+            "UPDATE snapshot_records SET label = {} WHERE record_key LIKE '2/%'",
+            text("full_path")
+        ),
+        format!(
+            "UPDATE snapshot_records SET label = {} WHERE record_key LIKE '3/%'",
+            text("path_with_namespace")
+        ),
+    ]
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for M0008RecordLookup {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
@@ -615,24 +648,8 @@ impl MigrationTrait for M0008RecordLookup {
             )
             .await?;
         }
-        // Rows stored before this migration: the same values the writer derives, from the
-        // record key (fixed-width ids, docs/worker.md) and the record's JSON.
         let db = m.get_connection();
-        let (json, int) = match m.get_database_backend() {
-            sea_orm::DbBackend::Postgres => ("(content::jsonb)->>'{f}'", "BIGINT"),
-            _ => ("json_extract(content, '$.{f}')", "INTEGER"),
-        };
-        let text = |f: &str| json.replace("{f}", f);
-        for sql in [
-            format!("UPDATE snapshot_records SET user_id = CAST(substr(record_key, 3) AS {int}) WHERE record_key LIKE '1/%'"),
-            format!("UPDATE snapshot_records SET user_id = CAST(substr(record_key, 25) AS {int}) WHERE record_key LIKE '4/%' OR record_key LIKE '9/%'"),
-            "UPDATE snapshot_records SET resource = 'g' || ltrim(substr(record_key, 3), '0') WHERE record_key LIKE '2/%'".to_string(),
-            "UPDATE snapshot_records SET resource = 'p' || ltrim(substr(record_key, 3), '0') WHERE record_key LIKE '3/%'".to_string(),
-            "UPDATE snapshot_records SET resource = substr(record_key, 3, 1) || ltrim(substr(record_key, 4, 20), '0') WHERE record_key LIKE '4/%' OR record_key LIKE '5/%' OR record_key LIKE '6/%' OR record_key LIKE '9/%'".to_string(),
-            format!("UPDATE snapshot_records SET label = {} WHERE record_key LIKE '1/%'", text("username")),
-            format!("UPDATE snapshot_records SET label = {} WHERE record_key LIKE '2/%'", text("full_path")),
-            format!("UPDATE snapshot_records SET label = {} WHERE record_key LIKE '3/%'", text("path_with_namespace")),
-        ] {
+        for sql in record_lookup_backfill(m.get_database_backend()) {
             db.execute_unprepared(&sql).await?;
         }
         for (name, col) in [
