@@ -17,6 +17,7 @@ use gitlab_sim::{Mode, Resource, SeedSpec, SimConfig, UserRateLimit, World};
 use serde_json::{Value, json};
 
 mod live;
+mod queries;
 mod worker_job;
 
 #[derive(Parser)]
@@ -58,6 +59,18 @@ struct Args {
     /// Changes sent while 20% of deliveries are dropped and 5% duplicated.
     #[arg(long, default_value_t = 1_000)]
     live_fault_changes: u64,
+    /// Skip the auditors' query latency (a history of snapshots on SQLite and PostgreSQL).
+    #[arg(long)]
+    no_queries: bool,
+    /// Snapshots in the query benchmark's history.
+    #[arg(long, default_value_t = 30)]
+    query_snapshots: usize,
+    /// Share of access records changed between two snapshots of that history.
+    #[arg(long, default_value_t = 0.01)]
+    query_churn: f64,
+    /// PostgreSQL admin URL for the query benchmark (a database is created and dropped).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
     /// Runtime threads of the simulator. GitLab's own CPU is not on the client's machine; one
     /// simulator thread leaves the other core to the client under test (and python-gitlab is
     /// single-threaded anyway). With 2, the simulator competes with the sync for both cores.
@@ -270,6 +283,28 @@ async fn bench_size(
     eprintln!("   {unthrottled}");
     drop(sim);
 
+    let queries = if args.no_queries {
+        Value::Null
+    } else {
+        eprintln!(
+            "== {size}: auditors' queries over {} snapshots with {}% churn",
+            args.query_snapshots,
+            args.query_churn * 100.0
+        );
+        let dir = tmp.join("queries");
+        std::fs::create_dir_all(&dir)?;
+        let opts = queries::Options {
+            snapshots: args.query_snapshots,
+            churn: args.query_churn,
+            postgres: args.postgres_url.clone(),
+        };
+        let (worker, out, dir2) = (worker.to_path_buf(), out.clone(), dir.clone());
+        let v = tokio::task::spawn_blocking(move || queries::measure(&worker, &out, &dir2, &opts))
+            .await??;
+        std::fs::remove_dir_all(&dir).ok();
+        v
+    };
+
     let throttled = if args.no_throttled {
         Value::Null
     } else {
@@ -463,6 +498,7 @@ async fn bench_size(
         "faults": faults,
         "worker_job": worker_job,
         "live": live,
+        "queries": queries,
     }))
 }
 

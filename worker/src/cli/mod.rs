@@ -335,6 +335,9 @@ pub enum SnapshotsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Store a snapshot file (e.g. written by `sync --no-store`) after checking its sha256, so
+    /// the queries and the page can use it.
+    Import { file: PathBuf },
     /// Keep a snapshot whatever its age (retention, RETENTION_DAYS, skips it).
     Pin {
         /// A snapshot id, or an unambiguous prefix of one.

@@ -188,6 +188,27 @@ async fn execute(store: &Store, command: SnapshotsCommand) -> Result<u8, StoreEr
             drop(out);
             return Ok(diff_files(&pa, &pb));
         }
+        SnapshotsCommand::Import { file } => {
+            let first = BufReader::new(std::fs::File::open(&file)?)
+                .lines()
+                .next()
+                .transpose()?
+                .unwrap_or_default();
+            if let Ok(Record::Snapshot(h)) = serde_json::from_str::<Record>(&first)
+                && store.find_snapshot(&h.snapshot_id).await.is_ok()
+            {
+                eprintln!(
+                    "snapshot {} is already stored; nothing to do",
+                    h.snapshot_id
+                );
+                return Ok(exit::OK);
+            }
+            let stored = store.store_snapshot(&file, None).await?;
+            eprintln!(
+                "snapshot {} stored ({} record rows written, {} unchanged)",
+                stored.info.snapshot_id, stored.rows_inserted, stored.rows_unchanged
+            );
+        }
         SnapshotsCommand::Pin { id } => {
             store.pin_snapshot(&id, true).await?;
             eprintln!("snapshot {id} pinned: retention keeps it");
