@@ -39,6 +39,12 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on UI_LISTEN {addr}: {source}")]
+    Ui {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on HOOKS_LISTEN {addr}: {source}")]
     Hooks {
         addr: SocketAddr,
@@ -275,6 +281,7 @@ async fn serve_health(
 /// `gitlab-worker serve`: runs until `shutdown` is cancelled, then drains.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     settings.check_webhook_secrets()?;
+    let ui_token = settings.ui_token()?;
     let metrics = http::install_metrics();
     for w in settings.cleartext_warnings() {
         tracing::warn!("{w}");
@@ -348,6 +355,21 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
             Some(start_hooks(addr, &settings, js.clone(), &subjects, http_stop.clone()).await?)
         }
     };
+    let ui = match settings.ui_listen {
+        None => None,
+        Some(addr) => {
+            let ui = crate::ui::Ui {
+                store: store.clone(),
+                connectors: settings.connectors.keys().map(|c| c.to_string()).collect(),
+                token: ui_token,
+            };
+            let (at, task) = crate::ui::serve(addr, ui, http_stop.clone())
+                .await
+                .map_err(|source| AppError::Ui { addr, source })?;
+            eprintln!("gitlab-worker: auditors' page on http://{at}");
+            Some(task)
+        }
+    };
     eprintln!("gitlab-worker: ready; http on {bound}");
 
     nats::serve::run(
@@ -377,7 +399,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     }
     http_stop.cancel();
     let _ = http_task.await;
-    if let Some(task) = hooks {
+    for task in [hooks, ui].into_iter().flatten() {
         let _ = task.await;
     }
     let _ = std::fs::remove_dir_all(settings.spool_dir());

@@ -35,3 +35,4 @@ pub mod redact;
 pub mod scheduler;
 pub mod store;
 pub mod subjects;
+pub mod ui;

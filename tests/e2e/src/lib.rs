@@ -2,6 +2,7 @@
 //! (restartable), a fresh PostgreSQL database, the built `gitlab-worker` as a child process,
 //! and JetStream helpers to publish jobs and read results, DLQ copies and events.
 
+pub mod webdriver;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

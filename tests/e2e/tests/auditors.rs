@@ -14,6 +14,7 @@ use gitlab_sim::{Mode, Resource, SimConfig, UserKind, World};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "sim-connector-token-for-auditors";
+const HOSTILE: &str = "<img src=x onerror=alert(1)>\"'&";
 
 /// ```text
 /// org                 owner 50, carol 30
@@ -28,9 +29,11 @@ fn org() -> (World, BTreeMap<&'static str, u64>) {
     let mut ids = BTreeMap::new();
     let root = w.add_user("root", UserKind::Human);
     w.users.get_mut(&root).unwrap().is_admin = true;
-    for n in ["owner", "alice", "bob", "carol", "dave", "frank"] {
+    for n in ["owner", "alice", "bob", "carol", "dave", "frank", "mallory"] {
         ids.insert(n, w.add_user(n, UserKind::Human));
     }
+    // A display name that would run as script if the page did not escape it.
+    w.users.get_mut(&ids["mallory"]).unwrap().name = HOSTILE.into();
     let org = w.add_group("org", None);
     let a = w.add_group("a", Some(org));
     let b = w.add_group("b", Some(org));
@@ -47,6 +50,7 @@ fn org() -> (World, BTreeMap<&'static str, u64>) {
     w.set_member(Resource::Group(org), ids["carol"], 30, None);
     w.set_member(Resource::Group(a), ids["bob"], 20, None);
     w.set_member(Resource::Group(partners), ids["frank"], 40, None);
+    w.set_member(Resource::Group(b), ids["mallory"], 20, None);
     w.share(Resource::Group(a), partners, 30, None);
     w.users.get_mut(&ids["carol"]).unwrap().last_activity_on =
         Some(today - chrono::Duration::days(3));
@@ -468,4 +472,326 @@ async fn who_user_and_history_answer_before_between_and_after_snapshots() {
         .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+}
+
+/// The address the worker printed for the auditors' page.
+fn ui_address(w: &Worker) -> String {
+    let log = w.stderr();
+    log.lines()
+        .find_map(|l| l.strip_prefix("gitlab-worker: auditors' page on http://"))
+        .unwrap_or_else(|| panic!("no auditors' page:\n{log}"))
+        .trim()
+        .to_string()
+}
+
+/// Where screenshots go: `UI_SCREENSHOTS_DIR` (docs/screenshots when refreshing the docs), else
+/// the target folder.
+fn screenshot_dir() -> PathBuf {
+    std::env::var_os("UI_SCREENSHOTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| gitlab_e2e::workspace_root().join("target/screenshots"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auditor_finds_a_user_goes_back_in_time_follows_a_path_and_downloads_the_csv() {
+    use gitlab_e2e::webdriver::{Browser, chromium_available};
+    assert!(
+        chromium_available(),
+        "Debian's chromium and chromium-driver are needed: `bash scripts/test` installs them"
+    );
+    let h = History::build().await;
+    let list = h.cli(&["snapshots", "list", "--json"]).await;
+    let finished: Vec<DateTime<Utc>> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["finished_at"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    // A whole second after snapshot 2 (the page's picker has second precision), before 3.
+    let at = chrono::DurationRound::duration_trunc(finished[1], chrono::Duration::seconds(1))
+        .unwrap()
+        + chrono::Duration::seconds(1);
+    assert!(at < finished[2], "snapshot 3 came within a second of 2");
+    let mut env = h.env.clone();
+    env.push(("UI_LISTEN".into(), "127.0.0.1:0".into()));
+    let worker = serve(&env).await;
+    let ui = format!("http://{}", ui_address(&worker));
+    let shots = screenshot_dir();
+    std::fs::create_dir_all(&shots).unwrap();
+    let downloads = tempdir("downloads");
+    let b = Browser::start(&downloads).await;
+
+    // The snapshots and their chain.
+    b.goto(&format!("{ui}/")).await;
+    let table = b.text("#snapshots").await;
+    assert_eq!(table.matches("complete").count(), 3, "{table}");
+    assert_eq!(table.matches("linked").count(), 2, "{table}");
+    std::fs::write(shots.join("snapshots.png"), b.screenshot().await).unwrap();
+
+    // Search a user and open them: today alice reaches nothing.
+    b.type_into("input[name=q]", "alice").await;
+    b.click("form.search button").await;
+    assert!(b.url().await.contains("/search"), "{}", b.url().await);
+    b.click("#results a").await;
+    assert!(
+        b.url()
+            .await
+            .ends_with(&format!("/users/{}", h.ids["alice"])),
+        "{}",
+        b.url().await
+    );
+    assert!(b.text("main").await.contains("No access at that time."));
+
+    // Switch the date to while her JIT grant held.
+    let value = at.format("%Y-%m-%dT%H:%M:%S").to_string();
+    b.script(
+        "document.getElementById('at').value = arguments[0];",
+        vec![json!(value)],
+    )
+    .await;
+    b.click("form.inline button").await;
+    let access = b.text("#access").await;
+    assert!(access.contains("org/a/p1"), "{access}");
+    assert!(access.contains("40 maintainer"), "{access}");
+    assert!(b.text(".basis").await.contains(&h.snapshots[1]));
+    std::fs::write(shots.join("user.png"), b.screenshot().await).unwrap();
+
+    // Download the CSV: the same bytes as `access user … --format csv`.
+    b.click("#csv").await;
+    let file = b
+        .downloaded(
+            &format!("user-{}-access.csv", h.ids["alice"]),
+            Duration::from_secs(20),
+        )
+        .await;
+    let downloaded = std::fs::read_to_string(file).unwrap();
+    let cli = h
+        .cli(&[
+            "access",
+            "user",
+            "alice",
+            "--at",
+            &at.to_rfc3339(),
+            "--format",
+            "csv",
+        ])
+        .await;
+    assert_eq!(downloaded, String::from_utf8(cli.stdout).unwrap());
+
+    // Follow a path to the group it comes through.
+    b.click("#access a[href^='/resources/group/']").await;
+    assert!(
+        b.url()
+            .await
+            .contains(&format!("/resources/group/{}", h.ids["a"])),
+        "{}",
+        b.url().await
+    );
+    let who = b.text("#access").await;
+    assert!(who.contains("alice"), "the time asked about is kept: {who}");
+    assert!(who.contains("partners"), "the shared path: {who}");
+    std::fs::write(shots.join("resource.png"), b.screenshot().await).unwrap();
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_escapes_gitlab_names_sends_its_policy_and_writes_nothing() {
+    let h = History::build().await;
+    let mut env = h.env.clone();
+    env.push(("UI_LISTEN".into(), "127.0.0.1:0".into()));
+    let worker = serve(&env).await;
+    let addr = ui_address(&worker);
+    let get = |path: String| {
+        let addr = addr.clone();
+        move || gitlab_e2e::http(&addr, "GET", &path, &[], b"")
+    };
+    let (status, body) =
+        tokio::task::spawn_blocking(get(format!("/resources/group/{}", h.ids["b"])))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("mallory"), "{body}");
+    assert!(
+        !body.contains("<img src=x"),
+        "a GitLab name reached the page unescaped"
+    );
+    assert!(
+        body.contains("mallory")
+            && h.json(&["access", "who", &format!("group:{}", h.ids["b"])])
+                .await["rows"]
+                .to_string()
+                .contains("mallory")
+    );
+    let (status, body) = tokio::task::spawn_blocking(get(format!("/users/{}", h.ids["mallory"])))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("&lt;img src=x onerror=alert(1)&gt;&quot;&#39;&amp;"),
+        "{body}"
+    );
+    // The policy, on every answer (the raw helper returns the body; headers checked via a
+    // second request that keeps them).
+    let head = {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.split("\r\n\r\n").next().unwrap().to_lowercase()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    for (method, path) in [("POST", "/"), ("DELETE", "/users/1"), ("PUT", "/changes")] {
+        let addr = addr.clone();
+        let (status, _) =
+            tokio::task::spawn_blocking(move || gitlab_e2e::http(&addr, method, path, &[], b""))
+                .await
+                .unwrap();
+        assert_eq!(status, 405, "{method} {path}");
+    }
+    for bad in [
+        "/users/abc",
+        "/resources/team/1",
+        "/users/1?at=yesterday",
+        "/diff",
+    ] {
+        let (status, _) = tokio::task::spawn_blocking(get(bad.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{bad}");
+    }
+    let (status, _) = tokio::task::spawn_blocking(get("/users/999999".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn off_loopback_the_page_needs_its_token() {
+    gitlab_connector::client::install_crypto_provider();
+    let (world, _) = org();
+    let sim = gitlab_sim::start(world, SimConfig::for_mode(Mode::SelfManaged), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .unwrap();
+    let dir = tempdir("ui-token");
+    let mut env: Vec<(String, String)> = vec![
+        ("GITLAB_URL".into(), sim.url.clone()),
+        ("GITLAB_TOKEN".into(), TOKEN.into()),
+        ("GITLAB_SCOPE".into(), "org".into()),
+        ("DATABASE_URL".into(), sqlite_url(&dir)),
+        ("NATS_URL".into(), nats.url.clone()),
+        ("UI_LISTEN".into(), "0.0.0.0:0".into()),
+    ];
+    // Without a token: the worker refuses to start.
+    let out = {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || {
+            assert_cmd::Command::cargo_bin("gitlab-worker")
+                .unwrap()
+                .arg("serve")
+                .env_clear()
+                .envs(env)
+                .timeout(Duration::from_secs(60))
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UI_TOKEN_FILE"));
+
+    // With one: 401 without it, 200 with it as a bearer token or through the login form.
+    let token = "ui-token-0123456789abcdef0123456789";
+    let token_file = dir.join("ui.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    env.push(("UI_TOKEN_FILE".into(), token_file.display().to_string()));
+    let worker = serve(&env).await;
+    assert!(!worker.stderr().contains(token), "the token was printed");
+    let port = ui_address(&worker).rsplit(':').next().unwrap().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let call = |method: &'static str,
+                path: &'static str,
+                headers: Vec<(String, String)>,
+                body: &'static str| {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            gitlab_e2e::http(&addr, method, path, &h, body.as_bytes())
+        })
+    };
+    assert_eq!(call("GET", "/", vec![], "").await.unwrap().0, 401);
+    let wrong = vec![(
+        "Authorization".to_string(),
+        "Bearer wrong-token".to_string(),
+    )];
+    assert_eq!(call("GET", "/", wrong, "").await.unwrap().0, 401);
+    let right = vec![("Authorization".to_string(), format!("Bearer {token}"))];
+    // Authorised; nothing is stored yet, which the page says.
+    let (status, body) = call("GET", "/", right, "").await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no stored snapshot") || body.contains("no snapshot"),
+        "{body}"
+    );
+    // The login form sets a cookie that is not the token.
+    let form = vec![(
+        "Content-Type".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    )];
+    let raw = {
+        let addr = addr.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let body = format!("token={token}");
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            write!(
+                s,
+                "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+        .await
+        .unwrap()
+    };
+    assert!(raw.starts_with("HTTP/1.1 303"), "{raw}");
+    let cookie = raw
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("{raw}"))
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(!cookie.contains(token));
+    let (status, _) = call("GET", "/", vec![("Cookie".to_string(), cookie)], "")
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "signed in; nothing stored yet");
+    let (status, _) = call("POST", "/login", form, "token=wrong").await.unwrap();
+    assert_eq!(status, 401);
 }

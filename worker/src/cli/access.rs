@@ -1,6 +1,6 @@
 //! `gitlab-worker access who|user|history` (docs/auditors.md): point-in-time answers.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::{AccessCommand, AnswerFormat, exit, fail, settings_and_store};
 use crate::history::{self, HistoryError, HistoryQuery, ResourceSel, Timeline, UserSel, render};
@@ -129,15 +129,4 @@ fn json(v: &impl serde::Serialize) -> String {
     s
 }
 
-/// `--at`, `--since`, `--until`: RFC 3339, or a date (its start, UTC).
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
-    }
-    Err(format!(
-        "{s:?} is not a time: write RFC 3339 (2026-03-03T12:00:00Z) or a date (2026-03-03, its start in UTC)"
-    ))
-}
+pub use crate::history::parse_time;

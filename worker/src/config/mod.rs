@@ -118,6 +118,10 @@ pub struct Settings {
     pub audit_poll_interval: Option<Duration>,
     /// `EVIDENCE_SIGNING_KEY_FILE`: the Ed25519 key `evidence export` signs with.
     pub evidence_signing_key_file: Option<PathBuf>,
+    /// `UI_LISTEN`: the auditors' page (docs/auditors.md); off when `None`.
+    pub ui_listen: Option<SocketAddr>,
+    /// `UI_TOKEN_FILE`: the page's token (required off loopback).
+    pub ui_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +139,8 @@ struct FileConfig {
     nats_subject_prefix: Option<String>,
     http_listen: Option<String>,
     hooks_listen: Option<String>,
+    ui_listen: Option<String>,
+    ui_token_file: Option<PathBuf>,
     concurrency: Option<usize>,
     ack_wait_seconds: Option<u64>,
     max_deliver: Option<i64>,
@@ -190,6 +196,7 @@ impl Settings {
             )
         })?;
         let hooks_listen = hooks_listen(fc.hooks_listen.take(), &connectors)?;
+        let (ui_listen, ui_token_file) = ui_settings(fc.ui_listen.take(), fc.ui_token_file.take())?;
         let concurrency = match var("WORKER_CONCURRENCY") {
             Some(v) => positive::<usize>("WORKER_CONCURRENCY", &v, "jobs")?,
             None => fc.concurrency.unwrap_or(defaults::CONCURRENCY),
@@ -224,6 +231,8 @@ impl Settings {
             None => defaults::RETENTION_DAYS,
         };
         Ok(Self {
+            ui_listen,
+            ui_token_file,
             evidence_signing_key_file: var("EVIDENCE_SIGNING_KEY_FILE").map(PathBuf::from),
             audit_poll_interval: live.audit_poll,
             hook_check_interval: live.hook_check,
@@ -261,6 +270,31 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The auditors' page token from `UI_TOKEN_FILE` (`None` when none is configured).
+    pub fn ui_token(&self) -> Result<Option<gitlab_connector::Secret>, ConfigError> {
+        let Some(path) = &self.ui_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                "UI_TOKEN_FILE",
+                format!("{} cannot be read: {e}", path.display()),
+            )
+        })?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(invalid(
+                "UI_TOKEN_FILE",
+                format!(
+                    "{} holds {} characters; use a random token of at least 16 (e.g. `openssl rand -hex 32`)",
+                    path.display(),
+                    token.len()
+                ),
+            ));
+        }
+        Ok(Some(gitlab_connector::Secret::new(token.to_string())))
     }
 
     /// This process's spool folder inside `SPOOL_DIR`.
@@ -334,6 +368,35 @@ fn connectors(
     }
 
     Ok(connectors)
+}
+
+/// `UI_LISTEN` and `UI_TOKEN_FILE`: off loopback, the page is not served without a token.
+fn ui_settings(
+    listen_from_file: Option<String>,
+    token_from_file: Option<PathBuf>,
+) -> Result<(Option<SocketAddr>, Option<PathBuf>), ConfigError> {
+    let listen = var("UI_LISTEN")
+        .or(listen_from_file)
+        .map(|text| {
+            text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "UI_LISTEN",
+                    format!("{text:?} is not an address:port such as 127.0.0.1:9466"),
+                )
+            })
+        })
+        .transpose()?;
+    let token_file = var("UI_TOKEN_FILE").map(PathBuf::from).or(token_from_file);
+    if let Some(addr) = listen
+        && !addr.ip().is_loopback()
+        && token_file.is_none()
+    {
+        return Err(ConfigError::Missing {
+            name: "UI_TOKEN_FILE".into(),
+            hint: "UI_LISTEN is not a loopback address, so the auditors' page needs a token: put one in a file (e.g. `openssl rand -hex 32 > ui.token; chmod 600 ui.token`) and set UI_TOKEN_FILE, or listen on 127.0.0.1",
+        });
+    }
+    Ok((listen, token_file))
 }
 
 /// `HOOKS_LISTEN`: the receiver's address, which needs a connector with a webhook secret file.

@@ -403,8 +403,28 @@ async fn audit_row(
     Ok(Some(row))
 }
 
+/// The change of one access record between two lines (`None`: absent), if any.
+pub(super) fn access_change(
+    key: &str,
+    before: Option<&str>,
+    after: Option<&str>,
+    time: DateTime<Utc>,
+    snapshot_id: &str,
+) -> Option<ChangeRow> {
+    let (before, after) = (access_state(before), access_state(after));
+    if before == after {
+        return None;
+    }
+    let mut row = ChangeRow::new(time, "access", "sync");
+    row.before = state_value(&before);
+    row.after = state_value(&after);
+    row.snapshot_id = Some(snapshot_id.to_string());
+    fill_key(&mut row, key);
+    Some(row)
+}
+
 /// Usernames and resource paths, as of the newest state asked about.
-async fn name_rows(
+pub(super) async fn name_rows(
     timeline: &Timeline<'_>,
     basis: &super::timeline::Basis,
     rows: &mut [ChangeRow],

@@ -11,6 +11,7 @@
 mod access;
 mod changes;
 pub mod render;
+mod search;
 mod timeline;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 pub use access::{AccessAnswer, AccessRow, PathInfo, user_access, who};
 pub use changes::{ChangeRow, HistoryAnswer, HistoryQuery, history};
+pub use search::{Found, parse_time, search, snapshot_diff};
 pub use timeline::{BasedOn, Timeline};
 
 use crate::store::StoreError;
