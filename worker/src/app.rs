@@ -245,6 +245,29 @@ async fn start_hooks(
     Ok(task)
 }
 
+/// The auditors' page on `UI_LISTEN`, when set.
+async fn start_ui(
+    settings: &Settings,
+    store: &Store,
+    token: Option<gitlab_connector::Secret>,
+    stop: &CancellationToken,
+) -> Result<Option<JoinHandle<()>>, AppError> {
+    let Some(addr) = settings.ui_listen else {
+        return Ok(None);
+    };
+    let ui = crate::ui::Ui {
+        store: store.clone(),
+        connectors: settings.connectors.keys().map(|c| c.to_string()).collect(),
+        token,
+    };
+    let (at, task) = crate::ui::serve(addr, ui, stop.clone())
+        .await
+        .map_err(|source| AppError::Ui { addr, source })?;
+    // A stable line for scripts and tests, whatever the log format.
+    eprintln!("gitlab-worker: auditors' page on http://{at}");
+    Ok(Some(task))
+}
+
 /// Automatic token rotation, per connector that asks for it.
 fn rotations(
     handler: &Handler,
@@ -355,21 +378,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
             Some(start_hooks(addr, &settings, js.clone(), &subjects, http_stop.clone()).await?)
         }
     };
-    let ui = match settings.ui_listen {
-        None => None,
-        Some(addr) => {
-            let ui = crate::ui::Ui {
-                store: store.clone(),
-                connectors: settings.connectors.keys().map(|c| c.to_string()).collect(),
-                token: ui_token,
-            };
-            let (at, task) = crate::ui::serve(addr, ui, http_stop.clone())
-                .await
-                .map_err(|source| AppError::Ui { addr, source })?;
-            eprintln!("gitlab-worker: auditors' page on http://{at}");
-            Some(task)
-        }
-    };
+    let ui = start_ui(&settings, &store, ui_token, &http_stop).await?;
     eprintln!("gitlab-worker: ready; http on {bound}");
 
     nats::serve::run(

@@ -8,11 +8,13 @@
 //!    and private files, no dependencies inside the crate;
 //! 2. [`config`]: settings from the environment and the TOML file (the only reader of the
 //!    environment);
-//! 3. [`store`]: persistence, with its own record types;
+//! 3. [`store`]: persistence, with its own record types; [`history`]: point-in-time answers
+//!    over what the store keeps;
 //! 4. [`subjects`], [`connector`]: subject names, and a configured GitLab with its client;
 //! 5. [`jobs`]: the envelope, one module per kind, and the handler that dispatches them;
 //! 6. [`scheduler`]: the JIT expiry loop;
-//! 7. [`nats`], [`http`], [`logging`]: the transports and the health port;
+//! 7. [`nats`], [`http`], [`logging`], [`ui`]: the transports, the health port and the
+//!    auditors' page;
 //! 8. [`app`]: assembles the running service;
 //! 9. [`cli`]: the command line.
 

@@ -161,7 +161,7 @@ fn build_history(
                 }
                 changed += 1;
                 *s = match *s {
-                    State::Original if r % 2 == 0 => State::Gone,
+                    State::Original if r.is_multiple_of(2) => State::Gone,
                     State::Original => State::Level([10, 20, 30, 40][(r / 2 % 4) as usize]),
                     _ => State::Original,
                 };

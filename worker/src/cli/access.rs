@@ -16,10 +16,10 @@ pub(crate) async fn pick_connector(
     if let Some(c) = named {
         return Ok(c);
     }
-    if settings.connectors.len() == 1 {
-        if let Some(id) = settings.connectors.keys().next() {
-            return Ok(id.to_string());
-        }
+    if settings.connectors.len() == 1
+        && let Some(id) = settings.connectors.keys().next()
+    {
+        return Ok(id.to_string());
     }
     let mut stored: Vec<String> = store
         .list_snapshots(None)

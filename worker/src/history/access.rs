@@ -8,8 +8,8 @@ use gitlab_connector::model::{AccessRecord, Record, ResourceRef, Via};
 use serde::Serialize;
 
 use super::timeline::{
-    BasedOn, Basis, Names, Timeline, access_level, access_prefix, batch_lines, resource_code,
-    user_info,
+    BasedOn, Basis, LevelChanges, Names, Timeline, access_level, access_prefix, batch_lines,
+    resource_code, user_info,
 };
 use super::{HistoryError, ResourceInfo, ResourceSel, UserInfo, UserSel, role};
 use crate::store::{RecordVersion, VersionFilter};
@@ -158,7 +158,7 @@ async fn rows_at(
             &[needle.to_string()],
         )
         .await?;
-    let mut batch_changes: HashMap<String, Vec<(DateTime<Utc>, Option<u16>)>> = HashMap::new();
+    let mut batch_changes: HashMap<String, LevelChanges> = HashMap::new();
     for b in &batches {
         for (key, line) in batch_lines(b, &keep)? {
             let level = line.as_deref().and_then(access_level);

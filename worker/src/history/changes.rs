@@ -8,7 +8,7 @@ use gitlab_connector::model::{AccessRecord, Record, ResourceRef};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::timeline::{Timeline, access_prefix, batch_lines, resource_code};
+use super::timeline::{ChangeLines, Timeline, access_prefix, batch_lines, resource_code};
 use super::{HistoryError, ResourceInfo, ResourceSel, UserSel};
 use crate::store::{AuditRow, ChangeBatch, RecordVersion, SnapshotInfo, VersionFilter};
 
@@ -129,7 +129,7 @@ pub async fn history(
         .batches_mentioning(&timeline.connector, &timeline.scope, Some(until), &needles)
         .await?;
     let mut batch_keys: BTreeSet<String> = BTreeSet::new();
-    let mut parsed: Vec<(&ChangeBatch, Vec<(String, Option<String>)>)> = Vec::new();
+    let mut parsed: Vec<(&ChangeBatch, ChangeLines)> = Vec::new();
     for b in &batches {
         let lines = batch_lines(b, keep)?;
         batch_keys.extend(lines.iter().map(|(k, _)| k.clone()));
@@ -242,7 +242,7 @@ fn key_changes(
     key: &str,
     versions: &[&RecordVersion],
     snaps: &[&SnapshotInfo],
-    batches: &[(&ChangeBatch, Vec<(String, Option<String>)>)],
+    batches: &[(&ChangeBatch, ChangeLines)],
     causes: &HashMap<i64, &'static str>,
     rows: &mut Vec<ChangeRow>,
 ) {

@@ -99,11 +99,17 @@ pub fn resource_code(r: ResourceRef) -> String {
     }
 }
 
+/// A batch's change lines: record key and line (`None`: the record is gone).
+pub type ChangeLines = Vec<(String, Option<String>)>;
+
+/// When a record was changed by batches, and to which level (`None`: gone), oldest first.
+pub type LevelChanges = Vec<(DateTime<Utc>, Option<u16>)>;
+
 /// The change lines of a batch that a key filter keeps.
 pub fn batch_lines(
     b: &ChangeBatch,
     keep: impl Fn(&str) -> bool,
-) -> Result<Vec<(String, Option<String>)>, HistoryError> {
+) -> Result<ChangeLines, HistoryError> {
     let mut out = Vec::new();
     for line in b.changes.lines().filter(|l| !l.is_empty()) {
         let c: ChangeLine = serde_json::from_str(line).map_err(|e| {
