@@ -77,7 +77,7 @@ on_both!(backfill, record_lookup_columns_are_backfilled_as_written);
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
-    assert_eq!(store.pending_migrations().await.unwrap(), 7);
+    assert_eq!(store.pending_migrations().await.unwrap(), 8);
     store.migrate().await.unwrap();
     assert_eq!(store.pending_migrations().await.unwrap(), 0);
     // Opening again (every command migrates on start) changes nothing.
