@@ -450,3 +450,44 @@ pub fn assert_valid(v: &jsonschema::Validator, value: &serde_json::Value) {
     let errors: Vec<String> = v.iter_errors(value).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:?}\n{value}");
 }
+
+/// The built `gitlab-worker` with `args` and only `env` in its environment: its output.
+pub async fn run_worker(args: &[&str], env: &[(String, String)]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env = env.to_vec();
+    tokio::task::spawn_blocking(move || {
+        assert_cmd::Command::cargo_bin("gitlab-worker")
+            .unwrap()
+            .args(&args)
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The result envelope of `job_id` on the results stream, waiting up to a minute.
+pub async fn job_result(js: &jetstream::Context, job_id: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = read_stream(
+            js,
+            "GITLAB_RESULTS",
+            "gitlab.results.>",
+            1000,
+            Duration::from_millis(300),
+        )
+        .await;
+        if let Some(m) = all.iter().find(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["job_id"] == job_id
+        }) {
+            return serde_json::from_slice(&m.payload).unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no result for {job_id}"
+        );
+    }
+}

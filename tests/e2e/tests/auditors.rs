@@ -90,13 +90,7 @@ impl History {
             .unwrap();
         let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
         let dir = tempdir("auditors");
-        let env: Vec<(String, String)> = vec![
-            ("GITLAB_URL".into(), sim.url.clone()),
-            ("GITLAB_TOKEN".into(), TOKEN.into()),
-            ("GITLAB_SCOPE".into(), "org".into()),
-            ("DATABASE_URL".into(), sqlite_url(&dir)),
-            ("NATS_URL".into(), nats.url.clone()),
-        ];
+        let env = worker_env(&sim.url, &nats.url, &dir);
         let before_all = Utc::now();
         let worker = serve(&env).await;
         let run = |job_id: &'static str, kind: &'static str, params: Value| {
@@ -110,7 +104,7 @@ impl History {
                     Some(job_id),
                 )
                 .await;
-                result(&js, job_id).await
+                gitlab_e2e::job_result(&js, job_id).await
             }
         };
         let mut snapshots = Vec::new();
@@ -169,19 +163,7 @@ impl History {
     }
 
     pub async fn cli(&self, args: &[&str]) -> Output {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env = self.env.clone();
-        tokio::task::spawn_blocking(move || {
-            assert_cmd::Command::cargo_bin("gitlab-worker")
-                .unwrap()
-                .args(&args)
-                .env_clear()
-                .envs(env)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap()
+        gitlab_e2e::run_worker(args, &self.env).await
     }
 
     pub async fn json(&self, args: &[&str]) -> Value {
@@ -198,6 +180,17 @@ impl History {
     }
 }
 
+/// The worker's settings for the simulator, NATS and a SQLite file in `dir`.
+fn worker_env(sim: &str, nats: &str, dir: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        ("GITLAB_URL".into(), sim.into()),
+        ("GITLAB_TOKEN".into(), TOKEN.into()),
+        ("GITLAB_SCOPE".into(), "org".into()),
+        ("DATABASE_URL".into(), sqlite_url(dir)),
+        ("NATS_URL".into(), nats.into()),
+    ]
+}
+
 /// `gitlab-worker serve` with this environment.
 pub async fn serve(env: &[(String, String)]) -> Worker {
     let env = env.to_vec();
@@ -207,30 +200,6 @@ pub async fn serve(env: &[(String, String)]) -> Worker {
     })
     .await
     .unwrap()
-}
-
-async fn result(js: &async_nats::jetstream::Context, job_id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let all = read_stream(
-            js,
-            "GITLAB_RESULTS",
-            "gitlab.results.>",
-            1000,
-            Duration::from_millis(300),
-        )
-        .await;
-        if let Some(m) = all
-            .iter()
-            .find(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["job_id"] == job_id)
-        {
-            return serde_json::from_slice(&m.payload).unwrap();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no result for {job_id}"
-        );
-    }
 }
 
 fn snapshot_of(r: &Value) -> String {
@@ -691,14 +660,8 @@ async fn off_loopback_the_page_needs_its_token() {
         .await
         .unwrap();
     let dir = tempdir("ui-token");
-    let mut env: Vec<(String, String)> = vec![
-        ("GITLAB_URL".into(), sim.url.clone()),
-        ("GITLAB_TOKEN".into(), TOKEN.into()),
-        ("GITLAB_SCOPE".into(), "org".into()),
-        ("DATABASE_URL".into(), sqlite_url(&dir)),
-        ("NATS_URL".into(), nats.url.clone()),
-        ("UI_LISTEN".into(), "0.0.0.0:0".into()),
-    ];
+    let mut env = worker_env(&sim.url, &nats.url, &dir);
+    env.push(("UI_LISTEN".into(), "0.0.0.0:0".into()));
     // Without a token: the worker refuses to start.
     let out = {
         let env = env.clone();

@@ -10,19 +10,7 @@ use gitlab_sim::{Mode, Resource, SeedSpec};
 use serde_json::Value;
 
 async fn worker(args: &[&str], env: &[(String, String)]) -> Output {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let env = env.to_vec();
-    tokio::task::spawn_blocking(move || {
-        assert_cmd::Command::cargo_bin("gitlab-worker")
-            .unwrap()
-            .args(&args)
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    gitlab_e2e::run_worker(args, env).await
 }
 
 fn text(b: &[u8]) -> String {

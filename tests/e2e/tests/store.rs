@@ -706,9 +706,7 @@ async fn change_batches_are_chained_and_laid_over_their_snapshot(b: Backend) {
 /// A change hooks reported while a full sync was running (read after the crawl began, stored
 /// on the previous snapshot) is applied again on the new snapshot, which may have missed it.
 async fn facts_read_during_a_sync_are_applied_again_on_its_snapshot(b: Backend) {
-    use gitlab_connector::live::{Touch, apply, reread};
     use gitlab_worker::live::state::LiveState;
-    use gitlab_worker::store::{Append, ChangeLine, NewBatch};
 
     let (_sim, client) = seeded_client(6).await;
     let dir = tempdir("replay");
@@ -723,72 +721,7 @@ async fn facts_read_during_a_sync_are_applied_again_on_its_snapshot(b: Backend) 
 
     // The next sync's crawl, then a change GitLab's hook reports, re-read and stored on A.
     let s2 = sync_to(&client, &dir, "s2.ndjson", None).await;
-    let (r, m) = live
-        .inv
-        .members
-        .iter()
-        .find(|(r, ms)| {
-            matches!(r, ResourceRef::Group(_)) && ms.iter().any(|m| m.access_level < 50)
-        })
-        .map(|(r, ms)| (*r, *ms.iter().find(|m| m.access_level < 50).unwrap()))
-        .unwrap();
-    let ResourceRef::Group(g) = r else {
-        unreachable!()
-    };
-    let level = if m.access_level == 40 { 30 } else { 40 };
-    client
-        .edit_member(
-            &Source::Group(IdOrPath::Id(g)),
-            m.user_id,
-            &EditMember {
-                access_level: AccessLevel(level),
-                expires_at: m.expires_at,
-                member_role_id: None,
-            },
-        )
-        .await
-        .unwrap();
-    let touches = [Touch::Member {
-        resource: r,
-        user_id: m.user_id,
-    }]
-    .into_iter()
-    .collect();
-    let read_at = chrono::Utc::now();
-    let facts = reread(&client, &live.inv, &touches, true).await.unwrap();
-    let applied = apply(&mut live.inv, live.scope, &facts, read_at.date_naive());
-    let lines: String = applied
-        .changes
-        .iter()
-        .map(|(k, v)| {
-            serde_json::to_string(&ChangeLine {
-                key: k.clone(),
-                record: v
-                    .as_ref()
-                    .map(|r| serde_json::value::to_raw_value(r).unwrap()),
-            })
-            .unwrap()
-                + "\n"
-        })
-        .collect();
-    let stored = store
-        .append_batch(
-            NewBatch {
-                base: &live.base,
-                read_at,
-                cause: "gitlab_event",
-                source_events: &["hook default key:during-sync".to_string()],
-                facts: serde_json::to_string(&facts).unwrap(),
-                changes: lines,
-                change_count: applied.changes.len() as i64,
-                access_changes: applied.access.len() as i64,
-            },
-            None,
-            |_| vec![],
-        )
-        .await
-        .unwrap();
-    assert!(matches!(stored, Append::Stored(_)));
+    let (r, m, level, _) = hook_reported_change(&client, &store, &mut live, "during-sync").await;
 
     // The sync's snapshot, stored after: it read the group before the change.
     store.store_snapshot(&s2, None).await.unwrap();
@@ -827,25 +760,22 @@ async fn facts_read_during_a_sync_are_applied_again_on_its_snapshot(b: Backend) 
     assert!(!again.replay_recent(&store, &subjects).await.unwrap());
 }
 
-/// A hook-reported change between two syncs: answers before it show the old level, after it
-/// the new one since the batch's time, and the next sync (which saw the same) neither breaks
-/// "since" nor is listed as a change of its own.
-async fn answers_at_a_time_include_the_live_batches_before_it(b: Backend) {
+/// A group member's level changed through GitLab's API, re-read as a hook would make the
+/// processor do, and stored as a live batch on `live`'s base: the resource, the member before,
+/// the new level and the batch.
+async fn hook_reported_change(
+    client: &Client,
+    store: &Store,
+    live: &mut gitlab_worker::live::state::LiveState,
+    delivery: &str,
+) -> (
+    ResourceRef,
+    gitlab_connector::model::DirectMember,
+    u16,
+    gitlab_worker::store::ChangeBatch,
+) {
     use gitlab_connector::live::{Touch, apply, reread};
-    use gitlab_worker::history::{self, HistoryQuery, ResourceSel, Timeline, UserSel};
-    use gitlab_worker::live::state::LiveState;
     use gitlab_worker::store::{Append, ChangeLine, NewBatch};
-
-    let (_sim, client) = seeded_client(9).await;
-    let dir = tempdir("pit");
-    let store = Store::open(&b.url()).await.unwrap();
-    let spool = dir.join("spool");
-    let a = sync_to(&client, &dir, "a.ndjson", None).await;
-    let a = store.store_snapshot(&a, None).await.unwrap().info;
-    let mut live = LiveState::load(&store, &spool, "default", "org")
-        .await
-        .unwrap()
-        .unwrap();
     let (r, m) = live
         .inv
         .members
@@ -878,7 +808,7 @@ async fn answers_at_a_time_include_the_live_batches_before_it(b: Backend) {
     .into_iter()
     .collect();
     let read_at = chrono::Utc::now();
-    let facts = reread(&client, &live.inv, &touches, true).await.unwrap();
+    let facts = reread(client, &live.inv, &touches, true).await.unwrap();
     let applied = apply(&mut live.inv, live.scope, &facts, read_at.date_naive());
     let lines: String = applied
         .changes
@@ -894,13 +824,13 @@ async fn answers_at_a_time_include_the_live_batches_before_it(b: Backend) {
                 + "\n"
         })
         .collect();
-    let Append::Stored(batch) = store
+    let stored = store
         .append_batch(
             NewBatch {
                 base: &live.base,
                 read_at,
                 cause: "gitlab_event",
-                source_events: &["hook default key:pit".to_string()],
+                source_events: &[format!("hook default key:{delivery}")],
                 facts: serde_json::to_string(&facts).unwrap(),
                 changes: lines,
                 change_count: applied.changes.len() as i64,
@@ -910,9 +840,33 @@ async fn answers_at_a_time_include_the_live_batches_before_it(b: Backend) {
             |_| vec![],
         )
         .await
-        .unwrap()
-    else {
+        .unwrap();
+    let Append::Stored(batch) = stored else {
         panic!("appended on the newest state")
+    };
+    (r, m, level, *batch)
+}
+
+/// A hook-reported change between two syncs: answers before it show the old level, after it
+/// the new one since the batch's time, and the next sync (which saw the same) neither breaks
+/// "since" nor is listed as a change of its own.
+async fn answers_at_a_time_include_the_live_batches_before_it(b: Backend) {
+    use gitlab_worker::history::{self, HistoryQuery, ResourceSel, Timeline, UserSel};
+    use gitlab_worker::live::state::LiveState;
+
+    let (_sim, client) = seeded_client(9).await;
+    let dir = tempdir("pit");
+    let store = Store::open(&b.url()).await.unwrap();
+    let spool = dir.join("spool");
+    let a = sync_to(&client, &dir, "a.ndjson", None).await;
+    let a = store.store_snapshot(&a, None).await.unwrap().info;
+    let mut live = LiveState::load(&store, &spool, "default", "org")
+        .await
+        .unwrap()
+        .unwrap();
+    let (r, m, level, batch) = hook_reported_change(&client, &store, &mut live, "pit").await;
+    let ResourceRef::Group(g) = r else {
+        unreachable!()
     };
     let bfile = sync_to(&client, &dir, "b.ndjson", Some(a.sha256.clone())).await;
     let bsnap = store.store_snapshot(&bfile, None).await.unwrap().info;

@@ -179,15 +179,9 @@ async fn run_job(h: &Handler, bytes: Vec<u8>) -> anyhow::Result<Value> {
 }
 
 fn level_name(l: u64) -> &'static str {
-    match l {
-        5 => "minimal access",
-        10 => "guest",
-        15 => "planner",
-        20 => "reporter",
-        30 => "developer",
-        40 => "maintainer",
-        50 => "owner",
-        _ => "none",
+    match u16::try_from(l).map(crate::history::role) {
+        Ok("no access" | "custom") | Err(_) => "none",
+        Ok(name) => name,
     }
 }
 

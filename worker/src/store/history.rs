@@ -116,16 +116,35 @@ impl Store {
         scope: &str,
         keys: &[String],
     ) -> Result<Vec<RecordVersion>, StoreError> {
+        let mut out = self.keyed(connector, scope, keys, None).await?;
+        out.sort_by(|a, b| (&a.key, a.valid_from).cmp(&(&b.key, b.valid_from)));
+        Ok(out)
+    }
+
+    /// The versions of records with these keys (only those valid in snapshot `at`, if given).
+    async fn keyed(
+        &self,
+        connector: &str,
+        scope: &str,
+        keys: &[String],
+        at: Option<i64>,
+    ) -> Result<Vec<RecordVersion>, StoreError> {
         let mut out = Vec::new();
         for chunk in keys.chunks(KEYS_PER_QUERY) {
-            let rows = versions_query(connector, scope)
-                .filter(snapshot_record::Column::RecordKey.is_in(chunk.iter().cloned()))
-                .into_tuple::<VersionTuple>()
-                .all(&self.db)
-                .await?;
+            let mut q = versions_query(connector, scope)
+                .filter(snapshot_record::Column::RecordKey.is_in(chunk.iter().cloned()));
+            if let Some(seq) = at {
+                q = q
+                    .filter(snapshot_record::Column::ValidFrom.lte(seq))
+                    .filter(
+                        snapshot_record::Column::ValidTo
+                            .is_null()
+                            .or(snapshot_record::Column::ValidTo.gt(seq)),
+                    );
+            }
+            let rows = q.into_tuple::<VersionTuple>().all(&self.db).await?;
             out.extend(rows.into_iter().map(version));
         }
-        out.sort_by(|a, b| (&a.key, a.valid_from).cmp(&(&b.key, b.valid_from)));
         Ok(out)
     }
 
@@ -243,21 +262,6 @@ impl Store {
         seq: i64,
         keys: &[String],
     ) -> Result<Vec<RecordVersion>, StoreError> {
-        let mut out = Vec::new();
-        for chunk in keys.chunks(KEYS_PER_QUERY) {
-            let rows = versions_query(connector, scope)
-                .filter(snapshot_record::Column::RecordKey.is_in(chunk.iter().cloned()))
-                .filter(snapshot_record::Column::ValidFrom.lte(seq))
-                .filter(
-                    snapshot_record::Column::ValidTo
-                        .is_null()
-                        .or(snapshot_record::Column::ValidTo.gt(seq)),
-                )
-                .into_tuple::<VersionTuple>()
-                .all(&self.db)
-                .await?;
-            out.extend(rows.into_iter().map(version));
-        }
-        Ok(out)
+        self.keyed(connector, scope, keys, Some(seq)).await
     }
 }
