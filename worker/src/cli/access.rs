@@ -123,8 +123,9 @@ pub async fn run(config: Option<&std::path::Path>, command: AccessCommand) -> u8
     }
 }
 
+/// One compact document (answers run to tens of megabytes; `jq .` pretty-prints).
 fn json(v: &impl serde::Serialize) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut s = serde_json::to_string(v).unwrap_or_default();
     s.push('\n');
     s
 }

@@ -285,9 +285,10 @@ impl Command {
         false
     }
 
-    /// A one-shot sync runs on a single runtime thread (see `main.rs`).
+    /// A one-shot sync and a point-in-time answer run on a single runtime thread (see
+    /// `main.rs`): each is one sequence of work, and waking other threads only costs.
     pub fn is_one_shot_sync(&self) -> bool {
-        matches!(self, Command::Sync { .. })
+        matches!(self, Command::Sync { .. } | Command::Access { .. })
     }
 }
 

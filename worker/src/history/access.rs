@@ -8,8 +8,8 @@ use gitlab_connector::model::{AccessRecord, Record, ResourceRef, Via};
 use serde::Serialize;
 
 use super::timeline::{
-    BasedOn, Basis, LevelChanges, Names, Timeline, access_level, access_prefix, batch_lines,
-    resource_code, user_info,
+    BasedOn, Basis, LevelChanges, LevelVersion, Names, Timeline, access_level, access_prefix,
+    batch_lines, resource_code, user_info,
 };
 use super::{HistoryError, ResourceInfo, ResourceSel, UserInfo, UserSel, role};
 use crate::store::{RecordVersion, VersionFilter};
@@ -148,6 +148,11 @@ async fn rows_at(
     for v in &versions {
         by_key.entry(v.key.as_str()).or_default().push(v);
     }
+    // Each version's level read once, not once per snapshot it is valid in.
+    let levels: HashMap<&str, Vec<LevelVersion>> = by_key
+        .iter()
+        .map(|(k, vs)| (*k, vs.iter().map(|v| LevelVersion::of(v)).collect()))
+        .collect();
     // Every batch that touched these records, on any base: observations for `since`.
     let batches = timeline
         .store
@@ -185,12 +190,10 @@ async fn rows_at(
             };
         }
     }
+    // The struct, not the tagged `Record`: serde buffers a tagged enum's fields first.
     let records: Vec<AccessRecord> = current
         .values()
-        .filter_map(|l| match serde_json::from_str::<Record>(l) {
-            Ok(Record::Access(a)) => Some(a),
-            _ => None,
-        })
+        .filter_map(|l| serde_json::from_str::<AccessRecord>(l).ok())
         .collect();
     let mut wanted: Vec<ResourceRef> = records.iter().map(|a| a.resource).collect();
     for a in &records {
@@ -214,7 +217,7 @@ async fn rows_at(
             let since = timeline.since(
                 basis.at,
                 a.access_level,
-                by_key.get(key.as_str()).unwrap_or(&Vec::new()),
+                levels.get(key.as_str()).map_or(&[], Vec::as_slice),
                 batch_changes.get(&key).unwrap_or(&empty),
             );
             let user = users.get(&a.user_id).cloned().unwrap_or_default();

@@ -246,13 +246,16 @@ fn key_changes(
     causes: &HashMap<i64, &'static str>,
     rows: &mut Vec<ChangeRow>,
 ) {
+    // Each version read once, not once per snapshot it is valid in.
+    let parsed: Vec<(&RecordVersion, Option<AccessRecord>)> = versions
+        .iter()
+        .map(|v| (*v, access_state(Some(&v.content))))
+        .collect();
     let at = |seq: i64| {
-        access_state(
-            versions
-                .iter()
-                .find(|v| v.valid_at(seq))
-                .map(|v| v.content.as_str()),
-        )
+        parsed
+            .iter()
+            .find(|(v, _)| v.valid_at(seq))
+            .and_then(|(_, a)| a.clone())
     };
     // The batches on each base that changed this key, in order.
     let mut on_base: BTreeMap<i64, Vec<(&ChangeBatch, Option<&str>)>> = BTreeMap::new();

@@ -125,10 +125,37 @@ pub fn batch_lines(
     Ok(out)
 }
 
+/// The level of an access record's line, reading nothing else of it.
 pub fn access_level(line: &str) -> Option<u16> {
-    match serde_json::from_str::<Record>(line) {
-        Ok(Record::Access(a)) => Some(a.access_level),
-        _ => None,
+    #[derive(serde::Deserialize)]
+    struct Level {
+        access_level: u16,
+    }
+    serde_json::from_str::<Level>(line)
+        .ok()
+        .map(|l| l.access_level)
+}
+
+/// A stored version of an access record reduced to what "since" needs: the snapshots it is
+/// valid in and its level.
+#[derive(Debug, Clone, Copy)]
+pub struct LevelVersion {
+    pub valid_from: i64,
+    pub valid_to: Option<i64>,
+    pub level: Option<u16>,
+}
+
+impl LevelVersion {
+    pub fn of(v: &RecordVersion) -> Self {
+        Self {
+            valid_from: v.valid_from,
+            valid_to: v.valid_to,
+            level: access_level(&v.content),
+        }
+    }
+
+    fn valid_at(&self, seq: i64) -> bool {
+        self.valid_from <= seq && self.valid_to.is_none_or(|to| to > seq)
     }
 }
 
@@ -382,7 +409,8 @@ impl<'a> Timeline<'a> {
         let keys: Vec<String> = ids.into_iter().map(user_key).collect();
         let mut out = HashMap::new();
         for line in self.records(basis, &keys).await?.into_values() {
-            if let Ok(Record::User(u)) = serde_json::from_str::<Record>(&line) {
+            // User keys only: the struct, not the tagged `Record` (which buffers every field).
+            if let Ok(u) = serde_json::from_str::<UserRecord>(&line) {
                 out.insert(u.id, user_info(&u));
             }
         }
@@ -433,7 +461,7 @@ impl<'a> Timeline<'a> {
         &self,
         at: DateTime<Utc>,
         level: u16,
-        versions: &[&RecordVersion],
+        versions: &[LevelVersion],
         batch_changes: &[(DateTime<Utc>, Option<u16>)],
     ) -> Since {
         let mut seen: Vec<Observation> = self
@@ -444,7 +472,7 @@ impl<'a> Timeline<'a> {
                 level: versions
                     .iter()
                     .find(|v| v.valid_at(s.seq))
-                    .and_then(|v| access_level(&v.content)),
+                    .and_then(|v| v.level),
             })
             .collect();
         seen.extend(

@@ -3,6 +3,7 @@
 //! batches that mention a record. What the versions mean is the `history` module's business.
 
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, Condition, EntityTrait, ExprTrait, QueryFilter, QueryOrder, QuerySelect,
 };
@@ -50,6 +51,16 @@ fn version((key, content, valid_from, valid_to): VersionTuple) -> RecordVersion 
         valid_from,
         valid_to,
     }
+}
+
+/// Valid in snapshot `seq`. `+ 0` keeps SQLite's planner off the `valid_from`/`valid_to`
+/// indexes (a range over most of the table) when a key, name or user index narrows the rows
+/// to a handful: without statistics it would otherwise scan a million rows per lookup.
+fn valid_in(seq: i64) -> Expr {
+    Expr::cust_with_values(
+        "(valid_from + 0 <= ? AND (valid_to IS NULL OR valid_to + 0 > ?))",
+        [seq, seq],
+    )
 }
 
 fn versions_query(connector: &str, scope: &str) -> sea_orm::Select<snapshot_record::Entity> {
@@ -134,13 +145,7 @@ impl Store {
             let mut q = versions_query(connector, scope)
                 .filter(snapshot_record::Column::RecordKey.is_in(chunk.iter().cloned()));
             if let Some(seq) = at {
-                q = q
-                    .filter(snapshot_record::Column::ValidFrom.lte(seq))
-                    .filter(
-                        snapshot_record::Column::ValidTo
-                            .is_null()
-                            .or(snapshot_record::Column::ValidTo.gt(seq)),
-                    );
+                q = q.filter(valid_in(seq));
             }
             let rows = q.into_tuple::<VersionTuple>().all(&self.db).await?;
             out.extend(rows.into_iter().map(version));
@@ -171,15 +176,7 @@ impl Store {
             .filter(snapshot_record::Column::RecordKey.starts_with(key_prefix))
             .filter(name);
         match seq {
-            Some(seq) => {
-                q = q
-                    .filter(snapshot_record::Column::ValidFrom.lte(seq))
-                    .filter(
-                        snapshot_record::Column::ValidTo
-                            .is_null()
-                            .or(snapshot_record::Column::ValidTo.gt(seq)),
-                    )
-            }
+            Some(seq) => q = q.filter(valid_in(seq)),
             None => q = q.order_by_desc(snapshot_record::Column::ValidFrom),
         }
         Ok(q.order_by_asc(snapshot_record::Column::Label)
