@@ -56,11 +56,15 @@ fn version((key, content, valid_from, valid_to): VersionTuple) -> RecordVersion 
 /// Valid in snapshot `seq`. `+ 0` keeps SQLite's planner off the `valid_from`/`valid_to`
 /// indexes (a range over most of the table) when a key, name or user index narrows the rows
 /// to a handful: without statistics it would otherwise scan a million rows per lookup.
-fn valid_in(seq: i64) -> Expr {
-    Expr::cust_with_values(
-        "(valid_from + 0 <= ? AND (valid_to IS NULL OR valid_to + 0 > ?))",
-        [seq, seq],
-    )
+fn valid_in(seq: i64) -> Condition {
+    let plus0 = |c: snapshot_record::Column| Expr::col(c).add(0);
+    Condition::all()
+        .add(plus0(snapshot_record::Column::ValidFrom).lte(seq))
+        .add(
+            Condition::any()
+                .add(snapshot_record::Column::ValidTo.is_null())
+                .add(plus0(snapshot_record::Column::ValidTo).gt(seq)),
+        )
 }
 
 fn versions_query(connector: &str, scope: &str) -> sea_orm::Select<snapshot_record::Entity> {
