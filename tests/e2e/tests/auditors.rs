@@ -647,6 +647,16 @@ async fn the_page_escapes_gitlab_names_sends_its_policy_and_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(status, 404);
+    // The difference between the first and the last snapshot: dave came; alice came and went.
+    let (status, body) = tokio::task::spawn_blocking(get(format!(
+        "/diff?from={}&to={}",
+        h.snapshots[0], h.snapshots[2]
+    )))
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(">dave<"), "{body}");
+    assert!(!body.contains(">alice<"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
