@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::timeline::{
     BasedOn, Basis, LevelChanges, LevelVersion, Names, Timeline, access_level, access_prefix,
-    batch_lines, resource_code, user_info,
+    batch_lines, user_info,
 };
 use super::{HistoryError, ResourceInfo, ResourceSel, UserInfo, UserSel, role};
 use crate::store::{RecordVersion, VersionFilter};
@@ -64,10 +64,9 @@ pub async fn who(
     let basis = timeline.basis(at).await?;
     let info = timeline.resolve_resource(&basis, resource).await?;
     let r = info.reference();
-    let code = resource_code(r);
     let filter = VersionFilter {
         key_prefix: "9/",
-        resource: Some(&code),
+        resource: Some(r),
         ..VersionFilter::default()
     };
     let prefix = access_prefix(r);

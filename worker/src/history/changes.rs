@@ -8,7 +8,7 @@ use gitlab_connector::model::{AccessRecord, Record, ResourceRef};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::timeline::{ChangeLines, Timeline, access_prefix, batch_lines, resource_code};
+use super::timeline::{ChangeLines, Timeline, access_prefix, batch_lines};
 use super::{HistoryError, ResourceInfo, ResourceSel, UserSel};
 use crate::store::{AuditRow, ChangeBatch, RecordVersion, SnapshotInfo, VersionFilter};
 
@@ -176,11 +176,10 @@ async fn versions(
     uid: Option<u64>,
     batch_keys: &BTreeSet<String>,
 ) -> Result<Vec<RecordVersion>, HistoryError> {
-    let code = res.map(resource_code);
     let mut filter = VersionFilter {
         key_prefix: "9/",
         user_id: uid.map(|u| u as i64),
-        resource: code.as_deref(),
+        resource: res,
         changed_between: None,
     };
     if res.is_none() && uid.is_none() {

@@ -92,13 +92,6 @@ pub fn access_prefix(r: ResourceRef) -> String {
     }
 }
 
-pub fn resource_code(r: ResourceRef) -> String {
-    match r {
-        ResourceRef::Group(id) => format!("g{id}"),
-        ResourceRef::Project(id) => format!("p{id}"),
-    }
-}
-
 /// A batch's change lines: record key and line (`None`: the record is gone).
 pub type ChangeLines = Vec<(String, Option<String>)>;
 

@@ -36,8 +36,7 @@ pub struct VersionFilter<'a> {
     /// Record kind, as the key's first part (`"9/"` access, `"1/"` user, …).
     pub key_prefix: &'a str,
     pub user_id: Option<i64>,
-    /// `g<id>` or `p<id>`.
-    pub resource: Option<&'a str>,
+    pub resource: Option<gitlab_connector::model::ResourceRef>,
     /// Only versions that began or ended in snapshots `(after, up_to]`.
     pub changed_between: Option<(i64, i64)>,
 }
@@ -95,8 +94,8 @@ impl Store {
         if let Some(u) = filter.user_id {
             q = q.filter(snapshot_record::Column::UserId.eq(u));
         }
-        if let Some(r) = filter.resource {
-            q = q.filter(snapshot_record::Column::Resource.eq(r));
+        if let Some(r) = &filter.resource {
+            q = q.filter(snapshot_record::Column::Resource.eq(super::snapshots::resource_code(r)));
         }
         if let Some((after, up_to)) = filter.changed_between {
             q = q.filter(
