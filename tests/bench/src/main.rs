@@ -301,7 +301,9 @@ async fn bench_size(
         let (worker, out, dir2) = (worker.to_path_buf(), out.clone(), dir.clone());
         let v = tokio::task::spawn_blocking(move || queries::measure(&worker, &out, &dir2, &opts))
             .await??;
-        std::fs::remove_dir_all(&dir).ok();
+        if std::env::var_os("BENCH_KEEP_QUERY_DB").is_none() {
+            std::fs::remove_dir_all(&dir).ok();
+        }
         v
     };
 

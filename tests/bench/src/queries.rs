@@ -347,6 +347,11 @@ pub fn measure(
             "postgres": p,
         }))
     })();
-    psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
+    // BENCH_KEEP_QUERY_DB=1 keeps both databases for reading plans (EXPLAIN ANALYZE).
+    if std::env::var_os("BENCH_KEEP_QUERY_DB").is_some() {
+        eprintln!("   kept: {pg} and {sqlite}");
+    } else {
+        psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
+    }
     result
 }

@@ -419,8 +419,22 @@ pub async fn run(cli: Cli) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Loads the settings and opens the database, or prints why not and returns the exit code.
+/// Loads the settings and opens the database with one connection (a command that reads or
+/// writes one thing at a time), or prints why not and returns the exit code.
 pub(crate) async fn settings_and_store(
+    config: Option<&std::path::Path>,
+    need_connector: bool,
+) -> Result<(crate::config::Settings, crate::store::Store), u8> {
+    let settings =
+        crate::config::Settings::load(config, need_connector).map_err(|e| fail(&e.into()))?;
+    let store = crate::store::Store::open_single(&settings.database_url)
+        .await
+        .map_err(|e| fail(&e.into()))?;
+    Ok((settings, store))
+}
+
+/// As `settings_and_store`, with the full pool: a job renews its lease while it works.
+pub(crate) async fn settings_and_pooled_store(
     config: Option<&std::path::Path>,
     need_connector: bool,
 ) -> Result<(crate::config::Settings, crate::store::Store), u8> {

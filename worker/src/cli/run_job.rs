@@ -27,7 +27,7 @@ pub async fn run(config: Option<&Path>, file: &Path) -> u8 {
             }
         }
     };
-    let (settings, store) = match super::settings_and_store(config, true).await {
+    let (settings, store) = match super::settings_and_pooled_store(config, true).await {
         Ok(both) => both,
         Err(code) => return code,
     };

@@ -143,6 +143,9 @@ impl Store {
         keys: &[String],
         at: Option<i64>,
     ) -> Result<Vec<RecordVersion>, StoreError> {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
         let mut out = Vec::new();
         for chunk in keys.chunks(KEYS_PER_QUERY) {
             let mut q = versions_query(connector, scope)

@@ -77,6 +77,19 @@ impl Store {
     /// Opens the database. SQLite gets WAL, `synchronous = NORMAL`, a 10 s busy timeout and a
     /// single connection (one writer; `sqlite::memory:` is per connection anyway).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_pooled(url, 8).await
+    }
+
+    /// Opens and migrates with a single connection, for a command that asks one question at a
+    /// time: each PostgreSQL connection costs a TLS handshake (about 0.1 s on loopback), and a
+    /// wider pool opens several while migrations are checked.
+    pub async fn open_single(url: &str) -> Result<Self, StoreError> {
+        let s = Self::connect_pooled(url, 1).await?;
+        s.migrate().await?;
+        Ok(s)
+    }
+
+    async fn connect_pooled(url: &str, pool: u32) -> Result<Self, StoreError> {
         let mut opts = ConnectOptions::new(url.to_string());
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
@@ -90,7 +103,7 @@ impl Store {
                     .foreign_keys(true)
             });
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            opts.max_connections(8).min_connections(1);
+            opts.max_connections(pool).min_connections(1);
         } else {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         }

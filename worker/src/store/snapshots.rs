@@ -25,6 +25,9 @@ use super::{Store, StoreError};
 /// Rows per INSERT: 8 columns each keeps every backend well under its bind-parameter limit.
 const INSERT_BATCH: usize = 500;
 const CLOSE_BATCH: usize = 1000;
+/// Rows a snapshot must insert or close for PostgreSQL's statistics to be refreshed after it
+/// (an `ANALYZE` samples a fixed number of rows: well under a second at a million records).
+const ANALYZE_AFTER_ROWS: u64 = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
@@ -182,12 +185,28 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::SnapshotNotFound(header.snapshot_id.clone()))?;
         txn.commit().await?;
+        self.refresh_statistics(written.inserted + rows_closed)
+            .await;
         Ok(StoredSnapshot {
             info: SnapshotInfo::from(&row),
             rows_inserted: written.inserted,
             rows_closed,
             rows_unchanged: written.unchanged,
         })
+    }
+
+    /// After a snapshot that wrote many rows, PostgreSQL's planner statistics are refreshed:
+    /// without them (autovacuum off or not yet run) it takes the record table for a few pages
+    /// and answers a key lookup by reading every row of the scope. Best effort: a failure only
+    /// costs speed.
+    async fn refresh_statistics(&self, rows_written: u64) {
+        if rows_written < ANALYZE_AFTER_ROWS || self.db.get_database_backend() != DbBackend::Postgres
+        {
+            return;
+        }
+        if let Err(e) = self.db.execute_unprepared("ANALYZE snapshot_records").await {
+            tracing::warn!("refreshing the snapshot table's statistics failed: {e}");
+        }
     }
 
     /// Stored snapshots, oldest first, optionally of one connector.
