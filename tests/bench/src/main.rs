@@ -481,7 +481,9 @@ async fn bench_size(
         .as_f64()
         .zip(like_for_like["wall_s"].as_f64())
         .map(|(p, ours)| p / ours);
-    std::fs::remove_dir_all(&tmp).ok();
+    if std::env::var_os("BENCH_KEEP_QUERY_DB").is_none() {
+        std::fs::remove_dir_all(&tmp).ok();
+    }
     Ok(json!({
         "size": size,
         "spec": spec,
