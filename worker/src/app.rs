@@ -314,8 +314,25 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     let subjects = Subjects::new(&settings.nats.subject_prefix);
     let client = nats::connect(&settings.nats, Duration::from_secs(30)).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let max_ack_pending = i64::try_from(settings.concurrency * 64).unwrap_or(1024);
-    let consumer = nats::setup(&js, &subjects, &settings.nats, max_ack_pending).await?;
+    let ack_pending = |n: usize| i64::try_from(n * 64).unwrap_or(1024);
+    let consumers = nats::setup(
+        &js,
+        &subjects,
+        &settings.nats,
+        (
+            ack_pending(settings.pools.provision),
+            ack_pending(settings.pools.sync),
+        ),
+    )
+    .await?;
+    // Every worker using a connector's token draws from one GitLab budget.
+    let budget = nats::budget::bucket(&js, &subjects, settings.nats.stream_replicas).await?;
+    for (id, c) in &connectors {
+        c.client.share_budget(Arc::new(nats::budget::KvBudget::new(
+            budget.clone(),
+            id.as_str(),
+        )));
+    }
 
     let health = Health {
         nats: Some(client.clone()),
@@ -340,10 +357,17 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     let outbox_task = supervise("outbox publisher", background_stop.clone(), move |stop| {
         publisher.clone().run(stop)
     });
-    let watcher = tokio::spawn(nats::serve::watch_consumer(
-        consumer.clone(),
-        background_stop.clone(),
-    ));
+    let watchers = [
+        (nats::Work::Provision, &consumers.provision),
+        (nats::Work::Sync, &consumers.sync),
+    ]
+    .map(|(work, c)| {
+        tokio::spawn(nats::serve::watch_consumer(
+            work,
+            c.clone(),
+            background_stop.clone(),
+        ))
+    });
     // Tasks that end when `background_stop` is cancelled, before the outbox's last flush.
     let mut background: Vec<JoinHandle<()>> = vec![{
         let (handler, wake) = (handler.clone(), wake.clone());
@@ -370,7 +394,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         handler.connectors.values().cloned().collect(),
         background_stop.clone(),
     )));
-    tracing::info!(http = %bound, consumer = %nats::consumer_name(&subjects), jobs = %subjects.jobs_all(), concurrency = settings.concurrency, "serving jobs");
+    tracing::info!(http = %bound, provision = settings.pools.provision, sync = settings.pools.sync, "serving jobs");
     // A stable line for scripts and tests, whatever the log format.
     let hooks = match settings.hooks_listen {
         None => None,
@@ -385,13 +409,23 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         nats::serve::ServeContext {
             handler,
             js,
-            consumer,
-            concurrency: settings.concurrency,
             ack_wait: settings.nats.ack_wait,
             max_deliver: settings.nats.max_deliver,
             shutdown_grace: settings.shutdown_grace,
             outbox_wake: wake.clone(),
         },
+        vec![
+            nats::serve::Pool {
+                work: nats::Work::Provision,
+                consumer: consumers.provision,
+                concurrency: settings.pools.provision,
+            },
+            nats::serve::Pool {
+                work: nats::Work::Sync,
+                consumer: consumers.sync,
+                concurrency: settings.pools.sync,
+            },
+        ],
         shutdown,
     )
     .await;
@@ -402,7 +436,9 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         let _ = task.await;
     }
     let _ = outbox_task.await;
-    let _ = watcher.await;
+    for w in watchers {
+        let _ = w.await;
+    }
     if let Err(e) = client.drain().await {
         tracing::warn!("NATS drain: {e}");
     }

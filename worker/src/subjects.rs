@@ -30,10 +30,6 @@ impl Subjects {
         format!("{}.jobs.{connector}.{kind}", self.prefix)
     }
 
-    pub fn jobs_all(&self) -> String {
-        format!("{}.jobs.>", self.prefix)
-    }
-
     pub fn result(&self, connector: &str, kind: &str) -> String {
         format!(
             "{}.results.{}.{}",

@@ -4,6 +4,7 @@ mod base_url;
 mod pages;
 mod ratelimit;
 mod retry;
+mod shared;
 mod stats;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ pub(crate) use pages::{ListSpec, Resume, items as items_stream};
 pub use pages::{PageItem, Strategy};
 pub use ratelimit::{Limit, LimitClass, RateLimitConfig};
 pub use retry::RetryPolicy;
+pub use shared::{Reservation, SharedBudget};
 pub use stats::{RouteStats, StatsSnapshot};
 
 use crate::error::{Error, Route, TransportKind, classify};
@@ -248,6 +250,12 @@ impl Client {
                 stats: Stats::default(),
             }),
         })
+    }
+
+    /// Shares this client's rate limits with every process drawing from `budget` (workers
+    /// using one token): see `shared`.
+    pub fn share_budget(&self, budget: Arc<dyn SharedBudget>) {
+        self.inner.limiter.share(budget);
     }
 
     /// Uses `token` from the next request on (after a rotation).

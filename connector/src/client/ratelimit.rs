@@ -152,6 +152,9 @@ impl Waited {
 }
 
 pub struct RateLimiter {
+    config: RateLimitConfig,
+    /// The lanes other processes using the same token draw from too (set once, by a worker).
+    shared: std::sync::OnceLock<super::shared::SharedLanes>,
     global: Option<DefaultDirectRateLimiter>,
     endpoints: HashMap<LimitClass, DefaultKeyedRateLimiter<u64>>,
     pacer: Mutex<Pacer>,
@@ -161,6 +164,8 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(config: &RateLimitConfig) -> Self {
         Self {
+            config: config.clone(),
+            shared: std::sync::OnceLock::new(),
             global: config
                 .per_minute
                 .map(|n| governor::RateLimiter::direct(Limit::per_minute(n).quota())),
@@ -177,10 +182,21 @@ impl RateLimiter {
         }
     }
 
+    /// Draws the connector's limits from `budget` too, shared with every process using it
+    /// (the first call wins).
+    pub fn share(&self, budget: std::sync::Arc<dyn super::shared::SharedBudget>) {
+        let _ = self
+            .shared
+            .set(super::shared::SharedLanes::new(budget, &self.config));
+    }
+
     /// Waits until a request of `class` on resource `key` (0 when the limit is not per
     /// resource) may be sent.
     pub async fn acquire(&self, class: Option<LimitClass>, key: u64) -> Waited {
         let mut waited = Waited::default();
+        if let Some(shared) = self.shared.get() {
+            waited.add(shared.take(class).await);
+        }
         if let Some(limiter) = class.and_then(|c| self.endpoints.get(&c))
             && limiter.check_key(&key).is_err()
         {

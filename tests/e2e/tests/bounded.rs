@@ -211,7 +211,7 @@ async fn access_events_go_on_from_the_chunk_after_the_last_one_sent() {
     let js = async_nats::jetstream::new(client);
     let subjects = Subjects::new("gitlab");
     let settings = gitlab_worker::config::NatsSettings::for_url(&nats.url);
-    gitlab_worker::nats::setup(&js, &subjects, &settings, 8)
+    gitlab_worker::nats::setup(&js, &subjects, &settings, (8, 8))
         .await
         .unwrap();
     let spec = AccessEvents {

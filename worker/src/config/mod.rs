@@ -8,7 +8,8 @@
 //! ```toml
 //! database_url = "postgres://worker@db/gitlab"   # every worker-wide key is optional
 //! nats_url = "tls://nats.example.com:4222"
-//! concurrency = 8
+//! concurrency_provision = 8                      # and concurrency_sync (default 2)
+//! stream_replicas = 3                            # on a three-server NATS cluster
 //!
 //! [[connectors]]
 //! id = "corp"
@@ -61,6 +62,8 @@ pub struct NatsSettings {
     pub max_deliver: i64,
     /// Job envelopes larger than this are rejected unread (`NATS_MAX_JOB_BYTES`).
     pub max_job_bytes: usize,
+    /// `NATS_STREAM_REPLICAS`: replicas of every stream and the object store (3 on a cluster).
+    pub stream_replicas: usize,
 }
 
 impl NatsSettings {
@@ -79,6 +82,7 @@ impl NatsSettings {
             ack_wait: Duration::from_secs(defaults::ACK_WAIT_SECONDS),
             max_deliver: defaults::MAX_DELIVER,
             max_job_bytes: defaults::MAX_JOB_BYTES,
+            stream_replicas: defaults::STREAM_REPLICAS,
         }
     }
 }
@@ -92,7 +96,8 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     /// `HOOKS_LISTEN`: the webhook receiver's address (off when unset).
     pub hooks_listen: Option<SocketAddr>,
-    pub concurrency: usize,
+    /// Jobs run at once, per kind of work (`WORKER_CONCURRENCY_PROVISION`/`_SYNC`).
+    pub pools: JobPools,
     /// How long SIGTERM waits for jobs in flight before handing them back to NATS.
     pub shutdown_grace: Duration,
     /// How often `serve` checks the tokens' expiry for automatic rotation.
@@ -142,6 +147,9 @@ struct FileConfig {
     ui_listen: Option<String>,
     ui_token_file: Option<PathBuf>,
     concurrency: Option<usize>,
+    concurrency_provision: Option<usize>,
+    concurrency_sync: Option<usize>,
+    stream_replicas: Option<usize>,
     ack_wait_seconds: Option<u64>,
     max_deliver: Option<i64>,
     max_job_bytes: Option<usize>,
@@ -171,6 +179,7 @@ impl Settings {
         let connectors = connectors(std::mem::take(&mut fc.connectors), need_connector)?;
         let nats = nats_settings(&fc)?;
         let live = LiveIntervals::load(&fc)?;
+        let pools = job_pools(&fc)?;
         let database_url = var("DATABASE_URL")
             .or(fc.database_url)
             .unwrap_or_else(|| defaults::DATABASE_URL.into());
@@ -197,16 +206,6 @@ impl Settings {
         })?;
         let hooks_listen = hooks_listen(fc.hooks_listen.take(), &connectors)?;
         let (ui_listen, ui_token_file) = ui_settings(fc.ui_listen.take(), fc.ui_token_file.take())?;
-        let concurrency = match var("WORKER_CONCURRENCY") {
-            Some(v) => positive::<usize>("WORKER_CONCURRENCY", &v, "jobs")?,
-            None => fc.concurrency.unwrap_or(defaults::CONCURRENCY),
-        };
-        if concurrency == 0 || concurrency > defaults::MAX_CONCURRENCY {
-            return Err(invalid(
-                "WORKER_CONCURRENCY",
-                format!("{concurrency} is outside 1..={}", defaults::MAX_CONCURRENCY),
-            ));
-        }
         let shutdown_grace = Duration::from_secs(match var("SHUTDOWN_GRACE_SECONDS") {
             Some(v) => positive::<u64>("SHUTDOWN_GRACE_SECONDS", &v, "seconds")?,
             None => fc
@@ -248,7 +247,7 @@ impl Settings {
             nats,
             http_listen,
             hooks_listen,
-            concurrency,
+            pools,
             shutdown_grace,
         })
     }
@@ -547,7 +546,21 @@ fn nats_settings(fc: &FileConfig) -> Result<NatsSettings, ConfigError> {
             Some(v) => positive::<usize>("NATS_MAX_JOB_BYTES", &v, "bytes")?,
             None => fc.max_job_bytes.unwrap_or(defaults::MAX_JOB_BYTES),
         },
+        stream_replicas: match var("NATS_STREAM_REPLICAS") {
+            Some(v) => positive::<usize>("NATS_STREAM_REPLICAS", &v, "replicas")?,
+            None => fc.stream_replicas.unwrap_or(defaults::STREAM_REPLICAS),
+        },
     };
+    if !(1..=defaults::MAX_STREAM_REPLICAS).contains(&nats.stream_replicas) {
+        return Err(invalid(
+            "NATS_STREAM_REPLICAS",
+            format!(
+                "{} is outside 1..={} (JetStream's limit; 3 on a three-server cluster)",
+                nats.stream_replicas,
+                defaults::MAX_STREAM_REPLICAS
+            ),
+        ));
+    }
     if nats.tls_cert_file.is_some() != nats.tls_key_file.is_some() {
         return Err(invalid(
             "NATS_TLS_CERT_FILE",
@@ -555,4 +568,49 @@ fn nats_settings(fc: &FileConfig) -> Result<NatsSettings, ConfigError> {
         ));
     }
     Ok(nats)
+}
+
+/// How many jobs of each kind of work one worker runs at once: provisioning (grant, revoke,
+/// invite, deprovision, rotate_token) and syncs (sync, reconcile) are pulled by consumers of
+/// their own, so a grant never waits behind long syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobPools {
+    pub provision: usize,
+    pub sync: usize,
+}
+
+/// `WORKER_CONCURRENCY_PROVISION` (or the older `WORKER_CONCURRENCY`) and
+/// `WORKER_CONCURRENCY_SYNC`, each in 1..=256.
+fn job_pools(fc: &FileConfig) -> Result<JobPools, ConfigError> {
+    let pool = |name: &'static str, env: Option<String>, file: Option<usize>, default: usize| {
+        let n = match env {
+            Some(v) => positive::<usize>(name, &v, "jobs")?,
+            None => file.unwrap_or(default),
+        };
+        if n == 0 || n > defaults::MAX_CONCURRENCY {
+            return Err(invalid(
+                name,
+                format!("{n} is outside 1..={}", defaults::MAX_CONCURRENCY),
+            ));
+        }
+        Ok(n)
+    };
+    let (provision_name, provision_env) = match var("WORKER_CONCURRENCY_PROVISION") {
+        Some(v) => ("WORKER_CONCURRENCY_PROVISION", Some(v)),
+        None => ("WORKER_CONCURRENCY", var("WORKER_CONCURRENCY")),
+    };
+    Ok(JobPools {
+        provision: pool(
+            provision_name,
+            provision_env,
+            fc.concurrency_provision.or(fc.concurrency),
+            defaults::PROVISION_CONCURRENCY,
+        )?,
+        sync: pool(
+            "WORKER_CONCURRENCY_SYNC",
+            var("WORKER_CONCURRENCY_SYNC"),
+            fc.concurrency_sync,
+            defaults::SYNC_JOB_CONCURRENCY,
+        )?,
+    })
 }

@@ -16,7 +16,12 @@ pub mod defaults {
     pub const NATS_URL: &str = "nats://127.0.0.1:4222";
     pub const SUBJECT_PREFIX: &str = "gitlab";
     pub const HTTP_LISTEN: &str = "127.0.0.1:9464";
-    pub const CONCURRENCY: usize = 4;
+    /// Provisioning jobs at once (`WORKER_CONCURRENCY_PROVISION`).
+    pub const PROVISION_CONCURRENCY: usize = 4;
+    /// Syncs and reconciles at once (`WORKER_CONCURRENCY_SYNC`).
+    pub const SYNC_JOB_CONCURRENCY: usize = 2;
+    pub const STREAM_REPLICAS: usize = 1;
+    pub const MAX_STREAM_REPLICAS: usize = 5;
     pub const MAX_CONCURRENCY: usize = 256;
     pub const ACK_WAIT_SECONDS: u64 = 30;
     pub const MAX_DELIVER: i64 = 8;

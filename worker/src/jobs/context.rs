@@ -88,6 +88,8 @@ impl Drop for SpoolFile {
 pub struct PendingSnapshot {
     pub file: SpoolFile,
     pub events: Vec<OutboxMessage>,
+    /// The scope stays this job's until its snapshot is stored.
+    pub scope: super::scope_lock::ScopeLock,
 }
 
 pub struct JobContext<'a> {

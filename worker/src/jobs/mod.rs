@@ -20,6 +20,7 @@ mod guard;
 pub mod handler;
 pub mod outcome;
 pub mod result;
+pub mod scope_lock;
 
 pub mod deprovision;
 pub mod grant;

@@ -16,6 +16,7 @@ use super::events;
 use super::fields::{self, Fail, Fields};
 use super::guard;
 use super::outcome::{Done, JobFailure};
+use super::scope_lock;
 use crate::store::OutboxMessage;
 use crate::subjects::msg_id;
 
@@ -121,6 +122,13 @@ pub async fn execute(
         tracing::info!("dry-run sync: the snapshot is read but not stored");
     }
     let connector_id = ctx.job.connector.as_str();
+    // Taken before the previous snapshot is read: the chain is extended by one sync at a time.
+    let lock = scope_lock::acquire(
+        ctx.store,
+        scope_lock::lease_name(connector_id, &scope_text),
+        format!("{}/{}", connector.lease_holder(), ctx.job.job_id.as_str()),
+    )
+    .await?;
     let prev = ctx
         .store
         .latest_snapshot(connector_id, &scope_text, false)
@@ -184,6 +192,7 @@ pub async fn execute(
     ctx.snapshot = Some(PendingSnapshot {
         file: spool,
         events,
+        scope: lock,
     });
     outcome
 }

@@ -2,6 +2,7 @@
 //! durable consumer, the serve loop, the ack policy, progress acks and the outbox publisher.
 
 pub mod ack;
+pub mod budget;
 pub mod outbox;
 pub mod progress;
 pub mod serve;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, object_store, stream};
 
 use crate::config::NatsSettings;
+use crate::jobs::JobKind;
 use crate::subjects::Subjects;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +33,55 @@ pub enum NatsError {
     ObjectStore { bucket: String, message: String },
 }
 
-/// The durable consumer every worker instance shares.
-pub fn consumer_name(subjects: &Subjects) -> String {
+/// The two kinds of work, each pulled through a durable consumer every worker instance shares,
+/// with its own concurrency: a grant never waits behind long syncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// grant, revoke, invite, deprovision, rotate_token.
+    Provision,
+    /// sync, reconcile: long crawls.
+    Sync,
+}
+
+impl Work {
+    pub const ALL: [Work; 2] = [Work::Provision, Work::Sync];
+
+    pub fn of(kind: JobKind) -> Self {
+        match kind {
+            JobKind::Sync | JobKind::Reconcile => Work::Sync,
+            JobKind::Grant
+            | JobKind::Revoke
+            | JobKind::Invite
+            | JobKind::Deprovision
+            | JobKind::RotateToken => Work::Provision,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Work::Provision => "provision",
+            Work::Sync => "sync",
+        }
+    }
+
+    /// The job subjects this work's consumer takes (`<p>.jobs.*.<kind>`).
+    pub fn subjects(self, subjects: &Subjects) -> Vec<String> {
+        JobKind::ALL
+            .into_iter()
+            .filter(|k| Work::of(*k) == self)
+            .map(|k| subjects.job("*", k.as_str()))
+            .collect()
+    }
+}
+
+/// The durable consumer of one kind of work, shared by every worker instance.
+pub fn consumer_name(subjects: &Subjects, work: Work) -> String {
+    format!("{}-worker-{}", subjects.prefix, work.as_str())
+}
+
+/// The single consumer of releases before the work split; its filter (every job) overlaps both
+/// new ones, which a work-queue stream refuses, so it is removed at start.
+fn legacy_consumer_name(subjects: &Subjects) -> String {
     format!("{}-worker", subjects.prefix)
 }
 
@@ -119,19 +168,38 @@ pub const JOBS_MAX_BYTES: i64 = 1 << 30;
 /// GitLab retries.
 pub const HOOKS_MAX_BYTES: i64 = 1 << 30;
 
-/// Creates or reconciles the streams, the object store bucket and the shared consumer.
+/// The consumers `setup` makes: one per kind of work.
+pub struct Consumers {
+    pub provision: consumer::PullConsumer,
+    pub sync: consumer::PullConsumer,
+}
+
+/// Creates or reconciles the streams, the object store bucket and the shared consumers (jobs
+/// each may hold unacknowledged: `max_ack_pending` of the provisioning and of the sync pool).
 pub async fn setup(
     js: &jetstream::Context,
     subjects: &Subjects,
     s: &NatsSettings,
-    max_ack_pending: i64,
-) -> Result<consumer::PullConsumer, NatsError> {
+    max_ack_pending: (i64, i64),
+) -> Result<Consumers, NatsError> {
     let p = &subjects.prefix;
     let day = Duration::from_secs(86_400);
+    let replicas = s.stream_replicas;
+    // Only the kinds the worker knows: a job on any other subject is refused when published
+    // (no stream takes it) instead of waiting in the queue for a consumer that never comes.
+    let job_subjects = Work::ALL
+        .into_iter()
+        .flat_map(|w| w.subjects(subjects))
+        .collect();
+    // Before the jobs stream's subjects change: its filter covers subjects the stream no
+    // longer takes.
+    if let Ok(jobs) = js.get_stream(subjects.stream("JOBS")).await {
+        remove_legacy_consumer(&jobs, subjects).await?;
+    }
     let streams = [
         stream::Config {
             name: subjects.stream("JOBS"),
-            subjects: vec![format!("{p}.jobs.>")],
+            subjects: job_subjects,
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: Duration::from_secs(120),
             // Bounded, and a full queue refuses new jobs rather than dropping unprocessed ones:
@@ -141,6 +209,7 @@ pub async fn setup(
             max_bytes: JOBS_MAX_BYTES,
             max_age: 7 * day,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         },
         stream::Config {
@@ -149,6 +218,7 @@ pub async fn setup(
             duplicate_window: Duration::from_secs(120),
             max_age: 30 * day,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         },
         stream::Config {
@@ -157,6 +227,7 @@ pub async fn setup(
             duplicate_window: Duration::from_secs(120),
             max_age: 90 * day,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         },
         // GitLab's webhook deliveries, kept until the event processor has read them. The
@@ -169,6 +240,7 @@ pub async fn setup(
             max_bytes: HOOKS_MAX_BYTES,
             discard: stream::DiscardPolicy::New,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         },
         stream::Config {
@@ -177,6 +249,7 @@ pub async fn setup(
             duplicate_window: Duration::from_secs(120),
             max_age: 30 * day,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         },
     ];
@@ -195,20 +268,7 @@ pub async fn setup(
             }
         }
     }
-    let bucket = subjects.snapshot_bucket();
-    if js.get_object_store(&bucket).await.is_err() {
-        js.create_object_store(object_store::Config {
-            bucket: bucket.clone(),
-            description: Some("full access snapshots, named by the snapshot events".into()),
-            max_age: 90 * day,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| NatsError::ObjectStore {
-            bucket: bucket.clone(),
-            message: e.to_string(),
-        })?;
-    }
+    snapshot_bucket(js, subjects, replicas, 90 * day).await?;
     let jobs = js
         .get_stream(subjects.stream("JOBS"))
         .await
@@ -216,16 +276,88 @@ pub async fn setup(
             stream: subjects.stream("JOBS"),
             message: e.to_string(),
         })?;
-    let name = consumer_name(subjects);
-    // create_consumer is create-or-update: configuration changes between releases apply.
+    Ok(Consumers {
+        provision: work_consumer(&jobs, subjects, s, Work::Provision, max_ack_pending.0).await?,
+        sync: work_consumer(&jobs, subjects, s, Work::Sync, max_ack_pending.1).await?,
+    })
+}
+
+async fn remove_legacy_consumer(
+    jobs: &stream::Stream,
+    subjects: &Subjects,
+) -> Result<(), NatsError> {
+    let legacy = legacy_consumer_name(subjects);
+    if jobs.consumer_info(&legacy).await.is_ok() {
+        tracing::info!(consumer = %legacy, "removing the single job consumer of earlier releases: provisioning and syncs now have one each");
+        jobs.delete_consumer(&legacy)
+            .await
+            .map_err(|e| NatsError::Consumer {
+                consumer: legacy.clone(),
+                message: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Creates the snapshot bucket, or reconciles the replicas of the stream behind it.
+async fn snapshot_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<(), NatsError> {
+    let bucket = subjects.snapshot_bucket();
+    let err = |e: &dyn std::fmt::Display| NatsError::ObjectStore {
+        bucket: bucket.clone(),
+        message: e.to_string(),
+    };
+    if js.get_object_store(&bucket).await.is_err() {
+        js.create_object_store(object_store::Config {
+            bucket: bucket.clone(),
+            description: Some("full access snapshots, named by the snapshot events".into()),
+            max_age,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(&e))?;
+        return Ok(());
+    }
+    // An object store is a stream named OBJ_<bucket>: its replicas are reconciled like the
+    // other streams'.
+    let mut backing = js
+        .get_stream(format!("OBJ_{bucket}"))
+        .await
+        .map_err(|e| err(&e))?;
+    let mut config = backing.info().await.map_err(|e| err(&e))?.config.clone();
+    if config.num_replicas != replicas {
+        config.num_replicas = replicas;
+        js.update_stream(&config).await.map_err(|e| err(&e))?;
+    }
+    Ok(())
+}
+
+/// Creates or updates the durable consumer of one kind of work (create_consumer is
+/// create-or-update: configuration changes between releases apply).
+async fn work_consumer(
+    jobs: &stream::Stream,
+    subjects: &Subjects,
+    s: &NatsSettings,
+    work: Work,
+    max_ack_pending: i64,
+) -> Result<consumer::PullConsumer, NatsError> {
+    let name = consumer_name(subjects, work);
     jobs.create_consumer(consumer::pull::Config {
         durable_name: Some(name.clone()),
-        description: Some("gitlab-worker: shared by every worker instance".into()),
+        description: Some(format!(
+            "gitlab-worker: {} jobs, shared by every worker instance",
+            work.as_str()
+        )),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: s.ack_wait,
         max_deliver: s.max_deliver,
         max_ack_pending,
-        filter_subject: subjects.jobs_all(),
+        filter_subjects: work.subjects(subjects),
         ..Default::default()
     })
     .await

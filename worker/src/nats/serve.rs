@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::Work;
 use super::ack;
 use super::progress::ProgressTicker;
 use crate::jobs::{Delivery, Handler, HandlerError};
@@ -20,22 +21,73 @@ use crate::jobs::{Delivery, Handler, HandlerError};
 pub struct ServeContext {
     pub handler: Arc<Handler>,
     pub js: jetstream::Context,
-    pub consumer: PullConsumer,
-    pub concurrency: usize,
     pub ack_wait: Duration,
     pub max_deliver: i64,
     pub shutdown_grace: Duration,
     pub outbox_wake: Arc<Notify>,
 }
 
-/// Pulls and runs jobs until `shutdown` is cancelled; returns when in-flight jobs are done or
-/// handed back.
-pub async fn run(ctx: ServeContext, shutdown: CancellationToken) {
+/// One kind of work: its consumer and how many of its jobs run at once.
+pub struct Pool {
+    pub work: Work,
+    pub consumer: PullConsumer,
+    pub concurrency: usize,
+}
+
+/// Pulls and runs jobs from every pool until `shutdown` is cancelled; returns when in-flight
+/// jobs are done or handed back.
+pub async fn run(ctx: ServeContext, pools: Vec<Pool>, shutdown: CancellationToken) {
     let ctx = Arc::new(ctx);
-    let permits = Arc::new(Semaphore::new(ctx.concurrency));
     let tracker = TaskTracker::new();
     // Cancelled when the shutdown deadline passes: unfinished jobs are NAKed.
     let deadline = CancellationToken::new();
+    let loops: Vec<_> = pools
+        .into_iter()
+        .map(|pool| {
+            let (ctx, tracker, deadline, shutdown) = (
+                ctx.clone(),
+                tracker.clone(),
+                deadline.clone(),
+                shutdown.clone(),
+            );
+            let span = tracing::info_span!("pool", work = pool.work.as_str());
+            tokio::spawn(pull_loop(ctx, pool, tracker, deadline, shutdown).instrument(span))
+        })
+        .collect();
+    for l in loops {
+        let _ = l.await;
+    }
+    tracker.close();
+    let in_flight = tracker.len();
+    if in_flight > 0 {
+        tracing::info!(
+            in_flight,
+            grace_s = ctx.shutdown_grace.as_secs(),
+            "shutting down: no new jobs; waiting for the jobs in flight"
+        );
+    }
+    if tokio::time::timeout(ctx.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = tracker.len(),
+            "shutdown deadline passed: unfinished jobs are handed back to NATS"
+        );
+        deadline.cancel();
+        tracker.wait().await;
+    }
+}
+
+/// One pool's loop: a permit first, then one message.
+async fn pull_loop(
+    ctx: Arc<ServeContext>,
+    pool: Pool,
+    tracker: TaskTracker,
+    deadline: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(pool.concurrency));
     let mut pull_failures = 0u32;
     loop {
         let permit = tokio::select! {
@@ -45,7 +97,7 @@ pub async fn run(ctx: ServeContext, shutdown: CancellationToken) {
         // One message per pull, waiting up to 5 s for one to arrive.
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
-            b = ctx.consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages() => b,
+            b = pool.consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages() => b,
         };
         let mut batch = match batch {
             Ok(b) => b,
@@ -83,26 +135,6 @@ pub async fn run(ctx: ServeContext, shutdown: CancellationToken) {
                 });
             }
         }
-    }
-    tracker.close();
-    let in_flight = tracker.len();
-    if in_flight > 0 {
-        tracing::info!(
-            in_flight,
-            grace_s = ctx.shutdown_grace.as_secs(),
-            "shutting down: no new jobs; waiting for the jobs in flight"
-        );
-    }
-    if tokio::time::timeout(ctx.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            remaining = tracker.len(),
-            "shutdown deadline passed: unfinished jobs are handed back to NATS"
-        );
-        deadline.cancel();
-        tracker.wait().await;
     }
 }
 
@@ -214,13 +246,14 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// Publishes `gitlab_worker_consumer_pending` every few seconds until `stop`.
-pub async fn watch_consumer(mut consumer: PullConsumer, stop: CancellationToken) {
+/// Publishes `gitlab_worker_consumer_pending{work}` every few seconds until `stop`.
+pub async fn watch_consumer(work: Work, mut consumer: PullConsumer, stop: CancellationToken) {
     loop {
         match consumer.info().await {
             Ok(info) => {
-                metrics::gauge!("gitlab_worker_consumer_pending").set(info.num_pending as f64);
-                metrics::gauge!("gitlab_worker_consumer_ack_pending")
+                metrics::gauge!("gitlab_worker_consumer_pending", "work" => work.as_str())
+                    .set(info.num_pending as f64);
+                metrics::gauge!("gitlab_worker_consumer_ack_pending", "work" => work.as_str())
                     .set(info.num_ack_pending as f64);
             }
             Err(e) => tracing::debug!("consumer info: {e}"),

@@ -200,7 +200,8 @@ impl Store {
     /// and answers a key lookup by reading every row of the scope. Best effort: a failure only
     /// costs speed.
     async fn refresh_statistics(&self, rows_written: u64) {
-        if rows_written < ANALYZE_AFTER_ROWS || self.db.get_database_backend() != DbBackend::Postgres
+        if rows_written < ANALYZE_AFTER_ROWS
+            || self.db.get_database_backend() != DbBackend::Postgres
         {
             return;
         }

@@ -1,0 +1,205 @@
+//! One GitLab budget across processes: GitLab counts requests per user (token), not per
+//! process, so workers sharing a connector's token must share its limits.
+//!
+//! The budget is a single timeline per limit, kept by a [`SharedBudget`] (the worker keeps it
+//! in NATS KV): each process reserves a few requests at a time (1% of the limit), each
+//! reservation owning a slot of the timeline in which it may send them. Slots never overlap,
+//! so however many processes draw from it, no window of the limit's length sees more than the
+//! limit. A process spends its own reservation locally: one round trip per reservation, none
+//! per request. The local buckets still apply on top, so a process alone is paced exactly as
+//! without sharing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::ratelimit::{Limit, LimitClass, RateLimitConfig};
+
+/// What a shared budget answers a reservation with.
+pub type Reservation<'a> = Pin<Box<dyn Future<Output = Result<SystemTime, String>> + Send + 'a>>;
+
+/// A budget several processes draw from.
+pub trait SharedBudget: Send + Sync {
+    /// Reserves the next `requests` of the budget named `lane`, which refills one request per
+    /// `interval`: returns when the reservation's slot begins (it lasts `requests * interval`).
+    fn reserve<'a>(&'a self, lane: &'a str, requests: u32, interval: Duration) -> Reservation<'a>;
+}
+
+/// The classes whose limit is per group or project: kept per process (module docs of
+/// `ratelimit`). One sync per scope runs at a time across workers, so no two crawl one group.
+fn per_resource(class: LimitClass) -> bool {
+    matches!(class, LimitClass::MembersAll | LimitClass::MemberDelete)
+}
+
+/// One shared limit as this process sees it: the reservation it is spending.
+struct Lane {
+    name: String,
+    per_claim: u32,
+    interval: Duration,
+    claim: tokio::sync::Mutex<Claim>,
+}
+
+#[derive(Default)]
+struct Claim {
+    left: u32,
+    until: Option<SystemTime>,
+}
+
+impl Lane {
+    /// Requests reserved at a time: 1% of the limit. The slot's sustained rate leaves two
+    /// reservations of headroom, for the two slots a window can cut at its edges.
+    fn new(name: String, limit: Limit) -> Self {
+        let per_claim = (limit.limit / 100).max(1);
+        let sustained = limit.limit.saturating_sub(2 * per_claim).max(1);
+        Self {
+            name,
+            per_claim,
+            interval: limit.period / sustained,
+            claim: tokio::sync::Mutex::new(Claim::default()),
+        }
+    }
+
+    /// Takes one request of the lane, reserving more when this process's reservation is spent
+    /// or its slot has passed. Returns how long it waited.
+    async fn take(&self, budget: &dyn SharedBudget) -> Duration {
+        let mut claim = self.claim.lock().await;
+        let now = SystemTime::now();
+        if claim.left > 0 && claim.until.is_some_and(|u| now < u) {
+            claim.left -= 1;
+            return Duration::ZERO;
+        }
+        match budget
+            .reserve(&self.name, self.per_claim, self.interval)
+            .await
+        {
+            Ok(start) => {
+                let wait = start.duration_since(now).unwrap_or_default();
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                claim.left = self.per_claim - 1;
+                claim.until = start.checked_add(self.interval * self.per_claim);
+                wait
+            }
+            Err(e) => {
+                // The shared store is away: the local limits still hold, and this process
+                // goes on alone rather than stopping every request.
+                tracing::warn!(lane = %self.name, "the shared GitLab budget is unreachable ({e}); this worker paces itself alone until it is back");
+                claim.left = 0;
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+/// The shared lanes of one connector: its overall limit and each endpoint limit that is not
+/// per resource.
+pub(crate) struct SharedLanes {
+    budget: Arc<dyn SharedBudget>,
+    global: Option<Lane>,
+    endpoints: HashMap<LimitClass, Lane>,
+}
+
+impl SharedLanes {
+    pub(crate) fn new(budget: Arc<dyn SharedBudget>, config: &RateLimitConfig) -> Self {
+        Self {
+            budget,
+            global: config
+                .per_minute
+                .map(|n| Lane::new("all".into(), Limit::per_minute(n))),
+            endpoints: config
+                .endpoints
+                .iter()
+                .filter(|(class, _)| !per_resource(**class))
+                .map(|(class, limit)| (*class, Lane::new(format!("{class:?}"), *limit)))
+                .collect(),
+        }
+    }
+
+    /// Takes one request of every shared lane that applies; how long that waited.
+    pub(crate) async fn take(&self, class: Option<LimitClass>) -> Duration {
+        let mut waited = Duration::ZERO;
+        if let Some(lane) = class.and_then(|c| self.endpoints.get(&c)) {
+            waited += lane.take(self.budget.as_ref()).await;
+        }
+        if let Some(lane) = &self.global {
+            waited += lane.take(self.budget.as_ref()).await;
+        }
+        waited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// The budget's timeline in memory, as the NATS KV one keeps it.
+    #[derive(Default)]
+    struct Timeline(Mutex<HashMap<String, SystemTime>>);
+
+    impl SharedBudget for Timeline {
+        fn reserve<'a>(
+            &'a self,
+            lane: &'a str,
+            requests: u32,
+            interval: Duration,
+        ) -> Reservation<'a> {
+            Box::pin(async move {
+                let mut t = self.0.lock().unwrap();
+                let now = SystemTime::now();
+                let next = t.entry(lane.to_string()).or_insert(now);
+                let start = (*next).max(now);
+                *next = start + interval * requests;
+                Ok(start)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn processes_sharing_a_budget_never_exceed_it_in_any_window() {
+        // 600 per second: three "processes" take requests as fast as the budget allows.
+        let limit = Limit::per(600, Duration::from_secs(1));
+        let config = RateLimitConfig {
+            per_minute: None,
+            endpoints: HashMap::from([(LimitClass::GroupsList, limit)]),
+            header_reserve: 1,
+        };
+        let budget: Arc<dyn SharedBudget> = Arc::new(Timeline::default());
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let start = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let lanes = SharedLanes::new(budget.clone(), &config);
+            let sent = sent.clone();
+            tasks.push(tokio::spawn(async move {
+                while start.elapsed() < Duration::from_millis(2_500) {
+                    lanes.take(Some(LimitClass::GroupsList)).await;
+                    sent.lock().unwrap().push(start.elapsed());
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut sent = sent.lock().unwrap().clone();
+        sent.sort();
+        let worst = sent
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                sent[i..]
+                    .iter()
+                    .take_while(|u| **u < *t + limit.period)
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(worst <= 600, "{worst} requests within one 1 s window");
+        // And the budget is used, not starved: over 2.5 s, more than two windows' worth.
+        assert!(sent.len() > 1_200, "only {} requests in 2.5 s", sent.len());
+    }
+}

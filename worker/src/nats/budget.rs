@@ -1,0 +1,147 @@
+//! The shared GitLab budget of workers using one connector's token (docs/scale-out.md), kept in
+//! the NATS KV bucket `<P>_BUDGET`.
+//!
+//! Why NATS and not PostgreSQL: every worker already holds a NATS connection (SQLite-backed
+//! workers have no shared database at all), a reservation is one compare-and-set on one key
+//! with no transaction or row lock, and the bucket is replicated like the streams on a cluster.
+//!
+//! Each key `<connector>.<lane>` holds the budget's timeline: the time (Unix nanoseconds)
+//! from which the next reservation may start. A reservation moves it forward by the requests it
+//! takes times the refill interval, with the key's revision as the guard, so two workers never
+//! get the same slot.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv};
+use gitlab_connector::client::{Reservation, SharedBudget};
+
+use super::NatsError;
+use crate::subjects::Subjects;
+
+/// Compare-and-set attempts before a reservation gives up (and the worker paces itself alone
+/// for that reservation): only reached under heavy contention or a failing server.
+const ATTEMPTS: usize = 32;
+
+/// Opens (or creates, or reconciles the replicas of) the budget bucket.
+pub async fn bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<kv::Store, NatsError> {
+    let name = subjects.stream("BUDGET");
+    let err = |e: &dyn std::fmt::Display| NatsError::ObjectStore {
+        bucket: name.clone(),
+        message: e.to_string(),
+    };
+    let config = kv::Config {
+        bucket: name.clone(),
+        description: "GitLab request budgets shared by the workers using one token".into(),
+        history: 1,
+        // A timeline untouched this long is in the past: forgetting it changes nothing.
+        max_age: Duration::from_secs(3_600),
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    match js.get_key_value(&name).await {
+        Ok(store) => {
+            let mut stream = js
+                .get_stream(format!("KV_{name}"))
+                .await
+                .map_err(|e| err(&e))?;
+            let mut current = stream.info().await.map_err(|e| err(&e))?.config.clone();
+            if current.num_replicas != replicas {
+                current.num_replicas = replicas;
+                js.update_stream(&current).await.map_err(|e| err(&e))?;
+            }
+            Ok(store)
+        }
+        Err(_) => js.create_key_value(config).await.map_err(|e| err(&e)),
+    }
+}
+
+/// One connector's budget in the bucket.
+pub struct KvBudget {
+    kv: kv::Store,
+    connector: String,
+}
+
+impl KvBudget {
+    pub fn new(kv: kv::Store, connector: &str) -> Self {
+        Self {
+            kv,
+            connector: connector.to_string(),
+        }
+    }
+
+    async fn reserve_once(
+        &self,
+        key: &str,
+        requests: u32,
+        interval: Duration,
+    ) -> Result<Option<SystemTime>, String> {
+        let entry = self.kv.entry(key).await.map_err(|e| e.to_string())?;
+        let now = SystemTime::now();
+        let (next, revision) = match &entry {
+            Some(e) if e.operation == kv::Operation::Put => (decode(&e.value), Some(e.revision)),
+            Some(e) => (None, Some(e.revision)),
+            None => (None, None),
+        };
+        let start = next.map_or(now, |t| t.max(now));
+        let value = encode(start + interval * requests);
+        let written = match revision {
+            Some(r) => match self.kv.update(key, value, r).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
+                Err(e) => return Err(e.to_string()),
+            },
+            None => match self.kv.create(key, value).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        Ok(written.then_some(start))
+    }
+}
+
+impl SharedBudget for KvBudget {
+    fn reserve<'a>(&'a self, lane: &'a str, requests: u32, interval: Duration) -> Reservation<'a> {
+        Box::pin(async move {
+            let key = format!("{}.{lane}", self.connector);
+            for _ in 0..ATTEMPTS {
+                if let Some(start) = self.reserve_once(&key, requests, interval).await? {
+                    return Ok(start);
+                }
+                metrics::counter!("gitlab_worker_budget_conflicts_total").increment(1);
+            }
+            Err(format!(
+                "{ATTEMPTS} workers' reservations in a row won the race"
+            ))
+        })
+    }
+}
+
+fn encode(t: SystemTime) -> bytes::Bytes {
+    let nanos = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    bytes::Bytes::from(nanos.to_string())
+}
+
+/// A value another writer left malformed counts as no timeline (the budget starts now).
+fn decode(b: &[u8]) -> Option<SystemTime> {
+    let nanos: u64 = std::str::from_utf8(b).ok()?.trim().parse().ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeline_round_trips_and_garbage_reads_as_none() {
+        let t = UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789);
+        assert_eq!(decode(&encode(t)), Some(t));
+        assert_eq!(decode(b"soon"), None);
+        assert_eq!(decode(b"-5"), None);
+        assert_eq!(decode(&[0xff, 0xfe]), None);
+    }
+}
