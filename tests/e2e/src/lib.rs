@@ -135,6 +135,85 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// Kills the server at once (SIGKILL): no flush, no goodbye to its routes or clients.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a killed or stopped server again with its store.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+}
+
+/// Three JetStream servers routed into one cluster on loopback ports, named `n0`..`n2`.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+    /// Every node's client URL, comma-separated (as `NATS_URL` takes them).
+    pub url: String,
+}
+
+impl NatsCluster {
+    /// Starts the three servers and waits until JetStream has elected its metadata leader.
+    pub async fn start() -> Self {
+        let nodes = tokio::task::spawn_blocking(|| {
+            let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+            let all = routes
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            (0..3)
+                .map(|i| {
+                    let name = format!("n{i}");
+                    let listen = format!("nats://127.0.0.1:{}", routes[i]);
+                    NatsServer::start_with(&[
+                        "-n",
+                        &name,
+                        "--cluster_name",
+                        "gitlab-test",
+                        "--cluster",
+                        &listen,
+                        "--routes",
+                        &all,
+                    ])
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        let url = nodes
+            .iter()
+            .map(|n| n.url.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let js = jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while js.query_account().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster elected no JetStream leader within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Self { nodes, url }
+    }
+
+    /// The index of the node leading `stream` (by server name `n<i>`).
+    pub async fn leader_of(&self, js: &jetstream::Context, stream: &str) -> Option<usize> {
+        let mut s = js.get_stream(stream).await.ok()?;
+        let info = s.info().await.ok()?;
+        let leader = info.cluster.as_ref()?.leader.clone()?;
+        leader.strip_prefix('n')?.parse().ok()
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -35,7 +35,7 @@ pub fn lease_name(connector: &str, scope: &str) -> String {
 }
 
 /// Waits until this job holds the scope, then keeps renewing it until the lock is dropped.
-/// `holder` names this job's attempt uniquely (two syncs in one worker exclude each other).
+/// `holder` names the job (two syncs in one worker exclude each other).
 pub async fn acquire(store: &Store, name: String, holder: String) -> Result<ScopeLock, StoreError> {
     let mut waited = false;
     while !store.try_lease(&name, &holder, LEASE).await? {

@@ -126,7 +126,9 @@ pub async fn execute(
     let lock = scope_lock::acquire(
         ctx.store,
         scope_lock::lease_name(connector_id, &scope_text),
-        format!("{}/{}", connector.lease_holder(), ctx.job.job_id.as_str()),
+        // The job, not the worker, holds it: a redelivery after a crash takes it over at once
+        // (the job's own lease already keeps two attempts of one job apart).
+        format!("job/{}", ctx.job.job_id.as_str()),
     )
     .await?;
     let prev = ctx
