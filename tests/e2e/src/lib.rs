@@ -152,6 +152,13 @@ impl NatsServer {
     }
 }
 
+/// A client of every server in a comma-separated list.
+pub async fn cluster_client(urls: &str) -> async_nats::Client {
+    async_nats::connect(urls.split(',').collect::<Vec<_>>())
+        .await
+        .unwrap()
+}
+
 /// Three JetStream servers routed into one cluster on loopback ports, named `n0`..`n2`.
 pub struct NatsCluster {
     pub nodes: Vec<NatsServer>,
@@ -193,7 +200,7 @@ impl NatsCluster {
             .map(|n| n.url.clone())
             .collect::<Vec<_>>()
             .join(",");
-        let js = jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+        let js = jetstream::new(cluster_client(&url).await);
         let deadline = Instant::now() + Duration::from_secs(60);
         while js.query_account().await.is_err() {
             assert!(

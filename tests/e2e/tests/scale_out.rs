@@ -126,10 +126,12 @@ struct Run {
 impl Run {
     async fn start(world: World, config: SimConfig) -> Self {
         gitlab_connector::client::install_crypto_provider();
-        let sim = gitlab_sim::start(world, config, "127.0.0.1:0").await.unwrap();
+        let sim = gitlab_sim::start(world, config, "127.0.0.1:0")
+            .await
+            .unwrap();
         let cluster = NatsCluster::start().await;
         let db = PgDb::create().await;
-        let js = jetstream::new(async_nats::connect(cluster.url.as_str()).await.unwrap());
+        let js = jetstream::new(gitlab_e2e::cluster_client(&cluster.url).await);
         let mut run = Self {
             cluster,
             sim,
@@ -155,7 +157,10 @@ impl Run {
             ("NATS_ACK_WAIT_SECONDS", "3".into()),
             ("RECONCILE_INTERVAL_SECONDS", "0".into()),
         ];
-        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            env.push((*k, v.to_string()));
+        }
         tokio::task::spawn_blocking(move || Worker::serve(&env))
             .await
             .unwrap()
@@ -183,7 +188,14 @@ impl Run {
     fn logs(&self) -> String {
         self.workers
             .iter()
-            .map(|w| w.stderr().lines().rev().take(30).collect::<Vec<_>>().join("\n"))
+            .map(|w| {
+                w.stderr()
+                    .lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
             .collect::<Vec<_>>()
             .join("\n---\n")
     }
@@ -200,7 +212,11 @@ impl Run {
                 .find(|g| g.full_path == "org/team")
                 .unwrap()
                 .id;
-            let members = w.members.get(&Resource::Group(team)).cloned().unwrap_or_default();
+            let members = w
+                .members
+                .get(&Resource::Group(team))
+                .cloned()
+                .unwrap_or_default();
             let name = |id: &u64| w.users[id].username.clone();
             let by_name: BTreeMap<String, u32> = members
                 .iter()
@@ -221,7 +237,10 @@ impl Run {
                     .map(|m| m.keys().cloned().collect())
                     .unwrap_or_default();
                 for i in 0..10 {
-                    assert!(invited.contains(&format!("new{i:02}@example.com")), "{invited:?}");
+                    assert!(
+                        invited.contains(&format!("new{i:02}@example.com")),
+                        "{invited:?}"
+                    );
                 }
                 return;
             }
@@ -231,7 +250,11 @@ impl Run {
     }
 }
 
-fn assert_every_job_answered_once(jobs: &[(String, String, String)], results: &BTreeMap<String, Value>, logs: &str) {
+fn assert_every_job_answered_once(
+    jobs: &[(String, String, String)],
+    results: &BTreeMap<String, Value>,
+    logs: &str,
+) {
     let wanted: BTreeSet<&str> = jobs.iter().map(|j| j.0.as_str()).collect();
     let got: BTreeSet<&str> = results.keys().map(String::as_str).collect();
     assert_eq!(wanted, got, "{logs}");
@@ -249,7 +272,14 @@ async fn a_three_server_cluster_keeps_every_job_when_the_stream_leader_dies() {
     let mut jobs_stream = run.js.get_stream("GITLAB_JOBS").await.unwrap();
     let info = jobs_stream.info().await.unwrap();
     assert_eq!(info.config.num_replicas, 3, "the jobs stream is replicated");
-    for s in ["GITLAB_RESULTS", "GITLAB_DLQ", "GITLAB_EVENTS", "GITLAB_HOOKS", "OBJ_GITLAB_SNAPSHOTS", "KV_GITLAB_BUDGET"] {
+    for s in [
+        "GITLAB_RESULTS",
+        "GITLAB_DLQ",
+        "GITLAB_EVENTS",
+        "GITLAB_HOOKS",
+        "OBJ_GITLAB_SNAPSHOTS",
+        "KV_GITLAB_BUDGET",
+    ] {
         let mut st = run.js.get_stream(s).await.unwrap();
         assert_eq!(st.info().await.unwrap().config.num_replicas, 3, "{s}");
     }
@@ -258,7 +288,14 @@ async fn a_three_server_cluster_keeps_every_job_when_the_stream_leader_dies() {
     for j in first {
         publish(&run.js, j).await;
     }
-    read_stream(&run.js, "GITLAB_RESULTS", "gitlab.results.>", 5, Duration::from_secs(60)).await;
+    read_stream(
+        &run.js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        5,
+        Duration::from_secs(60),
+    )
+    .await;
     let leader = run
         .cluster
         .leader_of(&run.js, "GITLAB_JOBS")
@@ -285,7 +322,8 @@ async fn workers_killed_every_few_seconds_lose_and_repeat_no_job() {
     }
     let mut victim = 0;
     loop {
-        let answered = gitlab_e2e::count_stream(&run.js, "GITLAB_RESULTS", "gitlab.results.>").await;
+        let answered =
+            gitlab_e2e::count_stream(&run.js, "GITLAB_RESULTS", "gitlab.results.>").await;
         if answered >= jobs.len() {
             break;
         }
@@ -321,7 +359,13 @@ fn three_scopes_world() -> World {
             }
         }
     }
-    w.add_token(root, "connector", TOKEN, &["api"], Some(today + chrono::Duration::days(90)));
+    w.add_token(
+        root,
+        "connector",
+        TOKEN,
+        &["api"],
+        Some(today + chrono::Duration::days(90)),
+    );
     w.reindex();
     w
 }
@@ -332,14 +376,20 @@ async fn three_workers_syncing_under_gitlabs_limit_share_it_and_meet_no_429() {
     // syncs at once need more than that, so only a shared budget keeps them under it.
     let limit = 100u64;
     let mut config = SimConfig::for_mode(Mode::SelfManaged);
-    config.rate_limit = Some(UserRateLimit { limit, period_secs: 60 });
+    config.rate_limit = Some(UserRateLimit {
+        limit,
+        period_secs: 60,
+    });
     let mut run = Run::start(three_scopes_world(), config).await;
     for w in run.workers.drain(..) {
         drop(w);
     }
     for _ in 0..3 {
         let w = run
-            .worker(&[("GITLAB_RATE_LIMIT_PER_MINUTE", "100"), ("GITLAB_SCOPE", "s0")])
+            .worker(&[
+                ("GITLAB_RATE_LIMIT_PER_MINUTE", "100"),
+                ("GITLAB_SCOPE", "instance"),
+            ])
             .await;
         run.workers.push(w);
     }
@@ -355,7 +405,12 @@ async fn three_workers_syncing_under_gitlabs_limit_share_it_and_meet_no_429() {
     assert_every_job_answered_once(&jobs, &results, &run.logs());
     let requests = run.sim.sim.requests();
     let throttled = requests.iter().filter(|r| r.status == 429).count();
-    assert_eq!(throttled, 0, "{throttled} of {} requests were answered 429", requests.len());
+    assert_eq!(
+        throttled,
+        0,
+        "{throttled} of {} requests were answered 429",
+        requests.len()
+    );
     assert!(
         requests.len() as u64 > limit,
         "the syncs sent {} requests: too few to need the limit (make the scopes larger)",
@@ -377,8 +432,12 @@ async fn a_grant_does_not_wait_behind_syncs_and_one_scope_syncs_once_at_a_time()
     // GitLab answers slowly, so each sync of org takes seconds.
     let mut config = SimConfig::for_mode(Mode::SelfManaged);
     config.faults.latency_ms = 150;
-    let sim = gitlab_sim::start(team_world(), config, "127.0.0.1:0").await.unwrap();
-    let nats = tokio::task::spawn_blocking(NatsServer::start).await.unwrap();
+    let sim = gitlab_sim::start(team_world(), config, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .unwrap();
     let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
     let dir = tempdir("grant-first");
     let env: Vec<(&str, String)> = vec![
@@ -391,7 +450,9 @@ async fn a_grant_does_not_wait_behind_syncs_and_one_scope_syncs_once_at_a_time()
         ("WORKER_CONCURRENCY_PROVISION", "1".into()),
         ("RECONCILE_INTERVAL_SECONDS", "0".into()),
     ];
-    let worker = tokio::task::spawn_blocking(move || Worker::serve(&env)).await.unwrap();
+    let worker = tokio::task::spawn_blocking(move || Worker::serve(&env))
+        .await
+        .unwrap();
     let syncs: Vec<_> = (0..3)
         .map(|i| job(&format!("sync-{i}"), "sync", json!({})))
         .collect();
@@ -404,12 +465,29 @@ async fn a_grant_does_not_wait_behind_syncs_and_one_scope_syncs_once_at_a_time()
         json!({"user": {"username": "g00"}, "target": {"group": "org/team"}, "access_level": "developer", "duration_seconds": 600}),
     );
     publish(&js, &grant).await;
-    let results = read_stream(&js, "GITLAB_RESULTS", "gitlab.results.>", 4, Duration::from_secs(180)).await;
+    let results = read_stream(
+        &js,
+        "GITLAB_RESULTS",
+        "gitlab.results.>",
+        4,
+        Duration::from_secs(180),
+    )
+    .await;
     let order: Vec<String> = results
         .iter()
-        .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["job_id"].as_str().unwrap().to_string())
+        .map(|m| {
+            serde_json::from_slice::<Value>(&m.payload).unwrap()["job_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert_eq!(order[0], "grant-urgent", "the grant waited behind the syncs: {order:?}\n{}", worker.stderr());
+    assert_eq!(
+        order[0],
+        "grant-urgent",
+        "the grant waited behind the syncs: {order:?}\n{}",
+        worker.stderr()
+    );
     // Two sync permits, one scope: the syncs ran one after another, each chained to the last.
     let snapshots: Vec<Value> = results
         .iter()
@@ -419,12 +497,17 @@ async fn a_grant_does_not_wait_behind_syncs_and_one_scope_syncs_once_at_a_time()
     assert_eq!(snapshots.len(), 3);
     let mut chained = 0;
     for pair in snapshots.windows(2) {
-        assert_eq!(pair[1]["snapshot"]["prev_sha256"], pair[0]["snapshot"]["sha256"], "{pair:?}");
+        assert_eq!(
+            pair[1]["snapshot"]["prev_sha256"], pair[0]["snapshot"]["sha256"],
+            "{pair:?}"
+        );
         chained += 1;
     }
     assert_eq!(chained, 2);
     assert!(
-        worker.stderr().contains("another sync of this scope is running"),
+        worker
+            .stderr()
+            .contains("another sync of this scope is running"),
         "{}",
         worker.stderr()
     );

@@ -112,7 +112,14 @@ pub async fn connect(
     if let (Some(c), Some(k)) = (&s.tls_cert_file, &s.tls_key_file) {
         opts = opts.add_client_certificate(c.clone(), k.clone());
     }
-    if s.url.starts_with("tls://") {
+    // NATS_URL may name every server of a cluster, comma-separated.
+    let servers: Vec<&str> = s
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if servers.iter().any(|u| u.starts_with("tls://")) {
         opts = opts.require_tls(true);
     }
     let opts = opts
@@ -132,7 +139,7 @@ pub async fn connect(
         });
     let url = s.url.clone();
     let client = opts
-        .connect(url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| NatsError::Connect {
             url: crate::redact::redact_url(&url),
