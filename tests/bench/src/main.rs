@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 mod live;
 mod queries;
+mod throughput;
 mod worker_job;
 
 #[derive(Parser)]
@@ -76,6 +77,20 @@ struct Args {
     /// single-threaded anyway). With 2, the simulator competes with the sync for both cores.
     #[arg(long, default_value_t = 1)]
     sim_threads: usize,
+    /// Also measure provisioning throughput and latency (1, 2 and 3 workers on PostgreSQL,
+    /// without and with four large syncs): bench/results/throughput.json.
+    #[arg(long)]
+    throughput: bool,
+    /// Grant and revoke jobs per throughput run.
+    #[arg(long, default_value_t = 10_000)]
+    throughput_jobs: usize,
+    /// Jobs published per second in the throughput runs (a steady offered load; the target's
+    /// 500 by default).
+    #[arg(long, default_value_t = 500)]
+    throughput_rate: u64,
+    /// WORKER_CONCURRENCY_PROVISION of each worker in the throughput runs.
+    #[arg(long, default_value_t = 8)]
+    throughput_concurrency: usize,
     /// Python interpreter with python-gitlab (default: .tools/venv/bin/python).
     #[arg(long)]
     python: Option<PathBuf>,
@@ -560,6 +575,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let path = args.out.join(format!("{size}.json"));
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
         eprintln!("== wrote {}", path.display());
+    }
+    if args.throughput {
+        let tmp = std::env::temp_dir().join(format!("gitlab-bench-{}-tp", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        let opts = throughput::Options {
+            jobs: args.throughput_jobs,
+            rate: args.throughput_rate,
+            postgres: args.postgres_url.clone(),
+            provision_concurrency: args.throughput_concurrency,
+        };
+        let mut report = throughput::measure(&root, &worker, &tmp, &opts).await?;
+        report["machine"] = json!({"cpus": std::thread::available_parallelism().map_or(0, usize::from)});
+        let path = args.out.join("throughput.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+        eprintln!("== wrote {}", path.display());
+        std::fs::remove_dir_all(&tmp).ok();
     }
     Ok(())
 }

@@ -1,0 +1,311 @@
+//! Provisioning throughput and latency (docs/benchmark.md, "Provisioning throughput"): grant
+//! and revoke jobs published at a steady rate to 1, 2 and 3 `gitlab-worker serve` processes
+//! sharing one PostgreSQL database and one NATS server, against the simulator. Measured: jobs
+//! answered per second and each job's time from publish to its result; then the same with four
+//! large syncs running at once, to see whether grants wait behind them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use gitlab_sim::{Mode, Resource, SimConfig, UserKind, World};
+use serde_json::{Value, json};
+
+use crate::worker_job::{Killed, nats_server};
+
+const TOKEN: &str = "sim-throughput-root-token-0001";
+
+pub struct Options {
+    pub jobs: usize,
+    pub rate: u64,
+    pub postgres: String,
+    pub provision_concurrency: usize,
+}
+
+/// `org/team` with `half` members to revoke (r…) and `half` users to grant (g…), plus four
+/// scopes big0..big3 of 100 groups and 400 projects each for the syncs.
+fn world(half: usize) -> World {
+    let mut w = World::new(Mode::SelfManaged);
+    let today = w.today();
+    let root = w.add_user("root", UserKind::Human);
+    w.users.get_mut(&root).unwrap().is_admin = true;
+    let org = w.add_group("org", None);
+    let team = w.add_group("team", Some(org));
+    for i in 0..half {
+        w.add_user(&format!("g{i:05}"), UserKind::Human);
+        let r = w.add_user(&format!("r{i:05}"), UserKind::Human);
+        w.set_member(Resource::Group(team), r, 30, None);
+    }
+    let people: Vec<u64> = (0..2_000)
+        .map(|i| w.add_user(&format!("p{i:04}"), UserKind::Human))
+        .collect();
+    for s in 0..4 {
+        let top = w.add_group(&format!("big{s}"), None);
+        for g in 0..100 {
+            let sub = w.add_group(&format!("g{g}"), Some(top));
+            for m in 0..10 {
+                w.set_member(Resource::Group(sub), people[(g * 10 + m + s * 7) % 2_000], 30, None);
+            }
+            for p in 0..4 {
+                let project = w.add_project(&format!("p{p}"), sub);
+                for m in 0..5 {
+                    let who = people[(g * 20 + p * 5 + m + s * 13) % 2_000];
+                    w.set_member(Resource::Project(project), who, 20, None);
+                }
+            }
+        }
+    }
+    w.add_token(root, "connector", TOKEN, &["api"], Some(today + chrono::Duration::days(90)));
+    w.reindex();
+    w
+}
+
+fn job(id: String, kind: &str, params: Value) -> (String, String, String) {
+    let body = json!({
+        "schema": "gitlab-connector.job.v1",
+        "job_id": id,
+        "connector": "default",
+        "kind": kind,
+        "params": params,
+    });
+    (id, format!("gitlab.jobs.default.{kind}"), body.to_string())
+}
+
+/// Grants and revokes, alternating.
+fn provisioning_jobs(n: usize) -> Vec<(String, String, String)> {
+    let team = json!({"group": "org/team"});
+    (0..n)
+        .map(|i| {
+            let u = i / 2;
+            if i % 2 == 0 {
+                job(
+                    format!("grant-{u:05}"),
+                    "grant",
+                    json!({"user": {"username": format!("g{u:05}")}, "target": team, "access_level": 30}),
+                )
+            } else {
+                job(
+                    format!("revoke-{u:05}"),
+                    "revoke",
+                    json!({"user": {"username": format!("r{u:05}")}, "target": team}),
+                )
+            }
+        })
+        .collect()
+}
+
+fn psql(admin: &str, sql: &str) -> anyhow::Result<()> {
+    let out = Command::new("psql")
+        .args([admin, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// user + system CPU seconds of a process so far (Linux /proc).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// One run: `workers` workers, the provisioning jobs at the steady rate, optionally with four
+/// large syncs published just before them.
+async fn run_once(
+    root: &Path,
+    worker: &Path,
+    tmp: &Path,
+    opts: &Options,
+    workers: usize,
+    with_syncs: bool,
+) -> anyhow::Result<Value> {
+    let dir = tmp.join(format!("tp-{workers}-{with_syncs}"));
+    std::fs::create_dir_all(&dir)?;
+    let sim = gitlab_sim::start(
+        world(opts.jobs / 2),
+        SimConfig::for_mode(Mode::SelfManaged),
+        "127.0.0.1:0",
+    )
+    .await?;
+    let (_nats, nats_url) = nats_server(root, &dir)?;
+    let name = format!("bench_tp_{}_{workers}_{with_syncs}", std::process::id());
+    psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
+    psql(&opts.postgres, &format!("CREATE DATABASE {name}"))?;
+    let base = opts.postgres.rsplit_once('/').map_or(opts.postgres.as_str(), |(b, _)| b);
+    let db = format!("{base}/{name}");
+    let mut procs = Vec::new();
+    for i in 0..workers {
+        let log = dir.join(format!("worker-{i}.log"));
+        let child = Command::new(worker)
+            .arg("serve")
+            .env_clear()
+            .env("GITLAB_URL", &sim.url)
+            .env("GITLAB_TOKEN", TOKEN)
+            .env("GITLAB_SCOPE", "instance")
+            .env("DATABASE_URL", &db)
+            .env("NATS_URL", &nats_url)
+            .env("HTTP_LISTEN", "127.0.0.1:0")
+            .env("SPOOL_DIR", dir.join(format!("spool-{i}")))
+            .env("WORKER_CONCURRENCY_PROVISION", opts.provision_concurrency.to_string())
+            .env("RECONCILE_INTERVAL_SECONDS", "0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting gitlab-worker serve")?;
+        procs.push((Killed(child), log));
+    }
+    for (_, log) in &procs {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(log)?.contains("gitlab-worker: ready") {
+            if Instant::now() > deadline {
+                bail!("a worker did not start: {}", std::fs::read_to_string(log)?);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let client = async_nats::connect(&nats_url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut results = client.subscribe("gitlab.results.>").await?;
+    client.flush().await?;
+    let jobs = provisioning_jobs(opts.jobs);
+    let syncs: Vec<_> = if with_syncs {
+        (0..4)
+            .map(|s| job(format!("sync-big{s}"), "sync", json!({"scope": format!("big{s}")})))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let cpu_before: Vec<f64> = procs.iter().map(|(p, _)| cpu_seconds(p.0.id())).collect();
+    let expected = jobs.len() + syncs.len();
+    let collector = tokio::spawn(async move {
+        let mut at: HashMap<String, (Instant, String)> = HashMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+        while at.len() < expected {
+            match tokio::time::timeout_at(deadline, results.next()).await {
+                Ok(Some(m)) => {
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                    if let Some(id) = v["job_id"].as_str() {
+                        let status = v["status"].as_str().unwrap_or("").to_string();
+                        at.entry(id.to_string()).or_insert((Instant::now(), status));
+                    }
+                }
+                _ => break,
+            }
+        }
+        at
+    });
+    for s in &syncs {
+        js.publish(s.1.clone(), s.2.clone().into()).await?.await?;
+    }
+    let start = Instant::now();
+    let gap = Duration::from_secs_f64(1.0 / opts.rate as f64);
+    let mut published: HashMap<String, Instant> = HashMap::new();
+    let mut acks = Vec::new();
+    for (i, (id, subject, body)) in jobs.iter().enumerate() {
+        let due = start + gap * u32::try_from(i)?;
+        tokio::time::sleep_until(due.into()).await;
+        published.insert(id.clone(), Instant::now());
+        let msg = async_nats::jetstream::message::PublishMessage::build()
+            .payload(body.clone().into())
+            .message_id(id);
+        acks.push(js.send_publish(subject.clone(), msg).await?);
+        if acks.len() >= 256 {
+            for a in acks.drain(..) {
+                a.await?;
+            }
+        }
+    }
+    for a in acks {
+        a.await?;
+    }
+    let answered = collector.await?;
+    let cpu_workers: f64 = procs
+        .iter()
+        .zip(&cpu_before)
+        .map(|((p, _), before)| cpu_seconds(p.0.id()) - before)
+        .sum();
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut last = start;
+    let mut statuses: HashMap<String, usize> = HashMap::new();
+    for (id, sent) in &published {
+        if let Some((got, status)) = answered.get(id) {
+            latencies.push(got.duration_since(*sent).as_secs_f64() * 1000.0);
+            last = last.max(*got);
+            *statuses.entry(status.clone()).or_default() += 1;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let wall = last.duration_since(start).as_secs_f64();
+    let syncs_done = syncs
+        .iter()
+        .filter(|s| answered.get(&s.0).is_some_and(|(_, st)| st == "succeeded"))
+        .count();
+    let requests: u64 = sim.sim.counts().values().map(|c| c.requests).sum();
+    drop(procs);
+    sim.stop().await;
+    psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
+    let out = json!({
+        "workers": workers,
+        "with_four_syncs": with_syncs,
+        "syncs_succeeded": syncs_done,
+        "jobs": jobs.len(),
+        "answered": latencies.len(),
+        "statuses": statuses,
+        "offered_rate_per_s": opts.rate,
+        "jobs_per_s": latencies.len() as f64 / wall.max(1e-9),
+        "wall_s": wall,
+        "latency_ms": {
+            "p50": percentile(&latencies, 0.50),
+            "p95": percentile(&latencies, 0.95),
+            "p99": percentile(&latencies, 0.99),
+            "max": latencies.last().copied().unwrap_or(0.0),
+        },
+        "worker_cpu_s": cpu_workers,
+        "gitlab_requests": requests,
+    });
+    eprintln!("   {out}");
+    Ok(out)
+}
+
+pub async fn measure(root: &Path, worker: &Path, tmp: &Path, opts: &Options) -> anyhow::Result<Value> {
+    let mut runs = Vec::new();
+    for with_syncs in [false, true] {
+        for workers in 1..=3 {
+            eprintln!("== throughput: {workers} worker(s){}", if with_syncs { ", four large syncs at once" } else { "" });
+            runs.push(run_once(root, worker, tmp, opts, workers, with_syncs).await?);
+        }
+    }
+    let p99 = |w: u64, s: bool| {
+        runs.iter()
+            .find(|r| r["workers"] == w && r["with_four_syncs"] == s)
+            .and_then(|r| r["latency_ms"]["p99"].as_f64())
+    };
+    let ratio: Vec<Value> = (1..=3)
+        .map(|w| json!({"workers": w, "p99_with_syncs_over_without": p99(w, true).zip(p99(w, false)).map(|(a, b)| a / b)}))
+        .collect();
+    Ok(json!({
+        "jobs": opts.jobs,
+        "offered_rate_per_s": opts.rate,
+        "provision_concurrency": opts.provision_concurrency,
+        "database": "postgresql",
+        "runs": runs,
+        "grant_p99_ratio": ratio,
+    }))
+}
