@@ -586,7 +586,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             provision_concurrency: args.throughput_concurrency,
         };
         let mut report = throughput::measure(&root, &worker, &tmp, &opts).await?;
-        report["machine"] = json!({"cpus": std::thread::available_parallelism().map_or(0, usize::from)});
+        report["machine"] =
+            json!({"cpus": std::thread::available_parallelism().map_or(0, usize::from)});
         let path = args.out.join("throughput.json");
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
         eprintln!("== wrote {}", path.display());

@@ -47,7 +47,12 @@ fn world(half: usize) -> World {
         for g in 0..100 {
             let sub = w.add_group(&format!("g{g}"), Some(top));
             for m in 0..10 {
-                w.set_member(Resource::Group(sub), people[(g * 10 + m + s * 7) % 2_000], 30, None);
+                w.set_member(
+                    Resource::Group(sub),
+                    people[(g * 10 + m + s * 7) % 2_000],
+                    30,
+                    None,
+                );
             }
             for p in 0..4 {
                 let project = w.add_project(&format!("p{p}"), sub);
@@ -58,7 +63,13 @@ fn world(half: usize) -> World {
             }
         }
     }
-    w.add_token(root, "connector", TOKEN, &["api"], Some(today + chrono::Duration::days(90)));
+    w.add_token(
+        root,
+        "connector",
+        TOKEN,
+        &["api"],
+        Some(today + chrono::Duration::days(90)),
+    );
     w.reindex();
     w
 }
@@ -111,8 +122,18 @@ fn psql(admin: &str, sql: &str) -> anyhow::Result<()> {
 /// user + system CPU seconds of a process so far (Linux /proc).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -146,7 +167,10 @@ async fn run_once(
     let name = format!("bench_tp_{}_{workers}_{with_syncs}", std::process::id());
     psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
     psql(&opts.postgres, &format!("CREATE DATABASE {name}"))?;
-    let base = opts.postgres.rsplit_once('/').map_or(opts.postgres.as_str(), |(b, _)| b);
+    let base = opts
+        .postgres
+        .rsplit_once('/')
+        .map_or(opts.postgres.as_str(), |(b, _)| b);
     let db = format!("{base}/{name}");
     let mut procs = Vec::new();
     for i in 0..workers {
@@ -161,7 +185,10 @@ async fn run_once(
             .env("NATS_URL", &nats_url)
             .env("HTTP_LISTEN", "127.0.0.1:0")
             .env("SPOOL_DIR", dir.join(format!("spool-{i}")))
-            .env("WORKER_CONCURRENCY_PROVISION", opts.provision_concurrency.to_string())
+            .env(
+                "WORKER_CONCURRENCY_PROVISION",
+                opts.provision_concurrency.to_string(),
+            )
             .env("RECONCILE_INTERVAL_SECONDS", "0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn")
@@ -187,7 +214,13 @@ async fn run_once(
     let jobs = provisioning_jobs(opts.jobs);
     let syncs: Vec<_> = if with_syncs {
         (0..4)
-            .map(|s| job(format!("sync-big{s}"), "sync", json!({"scope": format!("big{s}")})))
+            .map(|s| {
+                job(
+                    format!("sync-big{s}"),
+                    "sync",
+                    json!({"scope": format!("big{s}")}),
+                )
+            })
             .collect()
     } else {
         Vec::new()
@@ -284,11 +317,23 @@ async fn run_once(
     Ok(out)
 }
 
-pub async fn measure(root: &Path, worker: &Path, tmp: &Path, opts: &Options) -> anyhow::Result<Value> {
+pub async fn measure(
+    root: &Path,
+    worker: &Path,
+    tmp: &Path,
+    opts: &Options,
+) -> anyhow::Result<Value> {
     let mut runs = Vec::new();
     for with_syncs in [false, true] {
         for workers in 1..=3 {
-            eprintln!("== throughput: {workers} worker(s){}", if with_syncs { ", four large syncs at once" } else { "" });
+            eprintln!(
+                "== throughput: {workers} worker(s){}",
+                if with_syncs {
+                    ", four large syncs at once"
+                } else {
+                    ""
+                }
+            );
             runs.push(run_once(root, worker, tmp, opts, workers, with_syncs).await?);
         }
     }

@@ -107,3 +107,53 @@ fn a_database_url_that_does_not_parse_is_not_printed_with_its_password() {
     assert!(err.contains("DATABASE_URL"), "{err}");
     assert!(!err.contains("w0rd-db-secret"), "{err}");
 }
+
+#[test]
+fn scale_out_settings_are_shown_and_bad_ones_are_usage_errors() {
+    let show = |env: &[(&str, &str)]| {
+        let mut cmd = worker();
+        cmd.args(["config", "show"])
+            .env("GITLAB_URL", "https://gitlab.example.com")
+            .env("GITLAB_TOKEN", "glpat-FAKE-cfg-03");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = show(&[]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["concurrency"],
+        serde_json::json!({"provision": 4, "sync": 2})
+    );
+    assert_eq!(v["nats"]["stream_replicas"], 1);
+    // The older WORKER_CONCURRENCY still sets the provisioning pool; the new name wins.
+    let out = show(&[
+        ("WORKER_CONCURRENCY", "6"),
+        ("WORKER_CONCURRENCY_SYNC", "3"),
+        ("NATS_STREAM_REPLICAS", "3"),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["concurrency"],
+        serde_json::json!({"provision": 6, "sync": 3})
+    );
+    assert_eq!(v["nats"]["stream_replicas"], 3);
+    let out = show(&[
+        ("WORKER_CONCURRENCY", "6"),
+        ("WORKER_CONCURRENCY_PROVISION", "9"),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["concurrency"]["provision"], 9);
+    for (name, value) in [
+        ("WORKER_CONCURRENCY_SYNC", "0"),
+        ("WORKER_CONCURRENCY_PROVISION", "many"),
+        ("NATS_STREAM_REPLICAS", "7"),
+        ("NATS_STREAM_REPLICAS", "0"),
+    ] {
+        let out = show(&[(name, value)]);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(name), "{name}={value}: {err}");
+    }
+}

@@ -205,23 +205,10 @@ impl Run {
     async fn assert_final_state(&self, expiry: Duration) {
         let deadline = Instant::now() + expiry;
         loop {
-            let w = self.sim.sim.world.read().unwrap();
-            let team = w
-                .groups
-                .values()
-                .find(|g| g.full_path == "org/team")
-                .unwrap()
-                .id;
-            let members = w
-                .members
-                .get(&Resource::Group(team))
-                .cloned()
-                .unwrap_or_default();
-            let name = |id: &u64| w.users[id].username.clone();
-            let by_name: BTreeMap<String, u32> = members
-                .iter()
-                .map(|(id, m)| (name(id), u32::from(m.access_level)))
-                .collect();
+            let (by_name, invited) = {
+                let w = self.sim.sim.world.read().unwrap();
+                team_state(&w)
+            };
             let jit_gone = (0..10).all(|i| !by_name.contains_key(&format!("g{i:02}")));
             if jit_gone || Instant::now() > deadline {
                 assert!(jit_gone, "a JIT grant was left behind: {by_name:?}");
@@ -231,11 +218,6 @@ impl Run {
                 for i in 0..20 {
                     assert!(!by_name.contains_key(&format!("r{i:02}")), "{by_name:?}");
                 }
-                let invited: BTreeSet<String> = w
-                    .invitations
-                    .get(&Resource::Group(team))
-                    .map(|m| m.keys().cloned().collect())
-                    .unwrap_or_default();
                 for i in 0..10 {
                     assert!(
                         invited.contains(&format!("new{i:02}@example.com")),
@@ -244,10 +226,34 @@ impl Run {
                 }
                 return;
             }
-            drop(w);
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// `org/team`'s direct members (username → level) and invited emails.
+fn team_state(w: &World) -> (BTreeMap<String, u32>, BTreeSet<String>) {
+    let team = w
+        .groups
+        .values()
+        .find(|g| g.full_path == "org/team")
+        .unwrap()
+        .id;
+    let by_name = w
+        .members
+        .get(&Resource::Group(team))
+        .map(|m| {
+            m.iter()
+                .map(|(id, m)| (w.users[id].username.clone(), u32::from(m.access_level)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let invited = w
+        .invitations
+        .get(&Resource::Group(team))
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    (by_name, invited)
 }
 
 fn assert_every_job_answered_once(
