@@ -301,6 +301,51 @@ async fn serve_health(
         .map_err(|source| AppError::Http { addr, source })
 }
 
+/// Creates or reconciles the streams, buckets and consumers, and shares every connector's
+/// GitLab budget with the other workers using its token.
+async fn setup_nats(
+    settings: &Settings,
+    js: &async_nats::jetstream::Context,
+    subjects: &Subjects,
+    connectors: &BTreeMap<ConnectorId, Arc<Connector>>,
+) -> Result<nats::Consumers, AppError> {
+    let ack_pending = |n: usize| i64::try_from(n * 64).unwrap_or(1024);
+    let consumers = nats::setup(
+        js,
+        subjects,
+        &settings.nats,
+        (
+            ack_pending(settings.pools.provision),
+            ack_pending(settings.pools.sync),
+        ),
+    )
+    .await?;
+    let budget = nats::budget::bucket(js, subjects, settings.nats.stream_replicas).await?;
+    for (id, c) in connectors {
+        c.client.share_budget(Arc::new(nats::budget::KvBudget::new(
+            budget.clone(),
+            id.as_str(),
+        )));
+    }
+    Ok(consumers)
+}
+
+/// The job pools: provisioning and syncs, each pulled through its own consumer.
+fn pools(settings: &Settings, consumers: nats::Consumers) -> Vec<nats::serve::Pool> {
+    vec![
+        nats::serve::Pool {
+            work: nats::Work::Provision,
+            consumer: consumers.provision,
+            concurrency: settings.pools.provision,
+        },
+        nats::serve::Pool {
+            work: nats::Work::Sync,
+            consumer: consumers.sync,
+            concurrency: settings.pools.sync,
+        },
+    ]
+}
+
 /// `gitlab-worker serve`: runs until `shutdown` is cancelled, then drains.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<(), AppError> {
     settings.check_webhook_secrets()?;
@@ -314,25 +359,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     let subjects = Subjects::new(&settings.nats.subject_prefix);
     let client = nats::connect(&settings.nats, Duration::from_secs(30)).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let ack_pending = |n: usize| i64::try_from(n * 64).unwrap_or(1024);
-    let consumers = nats::setup(
-        &js,
-        &subjects,
-        &settings.nats,
-        (
-            ack_pending(settings.pools.provision),
-            ack_pending(settings.pools.sync),
-        ),
-    )
-    .await?;
-    // Every worker using a connector's token draws from one GitLab budget.
-    let budget = nats::budget::bucket(&js, &subjects, settings.nats.stream_replicas).await?;
-    for (id, c) in &connectors {
-        c.client.share_budget(Arc::new(nats::budget::KvBudget::new(
-            budget.clone(),
-            id.as_str(),
-        )));
-    }
+    let consumers = setup_nats(&settings, &js, &subjects, &connectors).await?;
 
     let health = Health {
         nats: Some(client.clone()),
@@ -414,18 +441,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
             shutdown_grace: settings.shutdown_grace,
             outbox_wake: wake.clone(),
         },
-        vec![
-            nats::serve::Pool {
-                work: nats::Work::Provision,
-                consumer: consumers.provision,
-                concurrency: settings.pools.provision,
-            },
-            nats::serve::Pool {
-                work: nats::Work::Sync,
-                consumer: consumers.sync,
-                concurrency: settings.pools.sync,
-            },
-        ],
+        pools(&settings, consumers),
         shutdown,
     )
     .await;

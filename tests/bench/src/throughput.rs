@@ -25,19 +25,25 @@ pub struct Options {
     pub provision_concurrency: usize,
 }
 
-/// `org/team` with `half` members to revoke (r…) and `half` users to grant (g…), plus four
-/// scopes big0..big3 of 100 groups and 400 projects each for the syncs.
+/// Groups the grants and revokes are spread over: GitLab allows 60 member deletions per minute
+/// per group, so 250 revokes a second need at least 250 groups.
+const TEAMS: usize = 500;
+
+/// `org/t000..t499` with `half` members to revoke (r…, spread over the teams) and `half` users
+/// to grant (g…), plus four scopes big0..big3 of 100 groups and 400 projects each for the syncs.
 fn world(half: usize) -> World {
     let mut w = World::new(Mode::SelfManaged);
     let today = w.today();
     let root = w.add_user("root", UserKind::Human);
     w.users.get_mut(&root).unwrap().is_admin = true;
     let org = w.add_group("org", None);
-    let team = w.add_group("team", Some(org));
+    let teams: Vec<u64> = (0..TEAMS)
+        .map(|t| w.add_group(&format!("t{t:03}"), Some(org)))
+        .collect();
     for i in 0..half {
         w.add_user(&format!("g{i:05}"), UserKind::Human);
         let r = w.add_user(&format!("r{i:05}"), UserKind::Human);
-        w.set_member(Resource::Group(team), r, 30, None);
+        w.set_member(Resource::Group(teams[i % TEAMS]), r, 30, None);
     }
     let people: Vec<u64> = (0..2_000)
         .map(|i| w.add_user(&format!("p{i:04}"), UserKind::Human))
@@ -85,12 +91,12 @@ fn job(id: String, kind: &str, params: Value) -> (String, String, String) {
     (id, format!("gitlab.jobs.default.{kind}"), body.to_string())
 }
 
-/// Grants and revokes, alternating.
+/// Grants and revokes, alternating, each on user `u`'s team.
 fn provisioning_jobs(n: usize) -> Vec<(String, String, String)> {
-    let team = json!({"group": "org/team"});
     (0..n)
         .map(|i| {
             let u = i / 2;
+            let team = json!({"group": format!("org/t{:03}", u % TEAMS)});
             if i % 2 == 0 {
                 job(
                     format!("grant-{u:05}"),
