@@ -518,3 +518,17 @@ async fn a_grant_does_not_wait_behind_syncs_and_one_scope_syncs_once_at_a_time()
         worker.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_starting_together_on_a_new_database_migrate_it_once() {
+    let db = PgDb::create().await;
+    let env = vec![("DATABASE_URL".to_string(), db.url.clone())];
+    let runs = (0..4).map(|_| gitlab_e2e::run_worker(&["migrate"], &env));
+    for out in futures::future::join_all(runs).await {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -18,7 +18,10 @@ mod snapshots;
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    TransactionTrait,
+};
 use sea_orm_migration::MigratorTrait;
 
 pub use audit::{AuditEntry, AuditRow};
@@ -67,6 +70,9 @@ pub enum StoreError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
+
+/// Held (PostgreSQL, per transaction) while migrations are read or applied.
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7207310001)";
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -124,12 +130,31 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            // Workers starting together on a new database would race to create the same
+            // tables: one migrates at a time, the others then find nothing pending.
+            let txn = self.db.begin().await?;
+            txn.execute_unprepared(MIGRATION_LOCK).await?;
+            migration::Migrator::up(&txn, None).await?;
+            txn.commit().await?;
+            return Ok(());
+        }
         migration::Migrator::up(&self.db, None).await?;
         Ok(())
     }
 
     /// Migrations not yet applied.
     pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            // Reading them creates the migrations table: under the same lock as `migrate`.
+            let txn = self.db.begin().await?;
+            txn.execute_unprepared(MIGRATION_LOCK).await?;
+            let n = migration::Migrator::get_pending_migrations(&txn)
+                .await?
+                .len();
+            txn.commit().await?;
+            return Ok(n);
+        }
         Ok(migration::Migrator::get_pending_migrations(&self.db)
             .await?
             .len())
