@@ -271,7 +271,7 @@ fn measure_db(
     }))
 }
 
-fn psql(admin: &str, sql: &str) -> anyhow::Result<()> {
+pub(crate) fn psql(admin: &str, sql: &str) -> anyhow::Result<()> {
     let out = Command::new("psql")
         .args([admin, "-q", "-c", sql])
         .output()
@@ -280,6 +280,14 @@ fn psql(admin: &str, sql: &str) -> anyhow::Result<()> {
         bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+/// Creates database `name` afresh beside the admin URL's database; its URL.
+pub(crate) fn fresh_database(admin: &str, name: &str) -> anyhow::Result<String> {
+    psql(admin, &format!("DROP DATABASE IF EXISTS {name}"))?;
+    psql(admin, &format!("CREATE DATABASE {name}"))?;
+    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+    Ok(format!("{base}/{name}"))
 }
 
 pub fn measure(
@@ -292,13 +300,7 @@ pub fn measure(
     let targets = biggest(&src)?;
     let sqlite = format!("sqlite://{}?mode=rwc", dir.join("queries.db").display());
     let name = format!("bench_queries_{}", std::process::id());
-    psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
-    psql(&opts.postgres, &format!("CREATE DATABASE {name}"))?;
-    let base = opts
-        .postgres
-        .rsplit_once('/')
-        .map_or(opts.postgres.as_str(), |(b, _)| b);
-    let pg = format!("{base}/{name}");
+    let pg = fresh_database(&opts.postgres, &name)?;
     let result = (|| {
         let (mut on_sqlite, mut on_pg) = (Vec::new(), Vec::new());
         let changed = build_history(&src, opts, dir, |f| {

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use gitlab_sim::{Mode, Resource, SimConfig, UserKind, World};
 use serde_json::{Value, json};
 
+use crate::queries::{fresh_database, psql};
 use crate::worker_job::{Killed, nats_server};
 
 const TOKEN: &str = "sim-throughput-root-token-0001";
@@ -114,17 +115,6 @@ fn provisioning_jobs(n: usize) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn psql(admin: &str, sql: &str) -> anyhow::Result<()> {
-    let out = Command::new("psql")
-        .args([admin, "-v", "ON_ERROR_STOP=1", "-qc", sql])
-        .output()
-        .context("running psql")?;
-    if !out.status.success() {
-        bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
 /// user + system CPU seconds of a process so far (Linux /proc).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -171,13 +161,7 @@ async fn run_once(
     .await?;
     let (_nats, nats_url) = nats_server(root, &dir)?;
     let name = format!("bench_tp_{}_{workers}_{with_syncs}", std::process::id());
-    psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
-    psql(&opts.postgres, &format!("CREATE DATABASE {name}"))?;
-    let base = opts
-        .postgres
-        .rsplit_once('/')
-        .map_or(opts.postgres.as_str(), |(b, _)| b);
-    let db = format!("{base}/{name}");
+    let db = fresh_database(&opts.postgres, &name)?;
     let mut procs = Vec::new();
     for i in 0..workers {
         let log = dir.join(format!("worker-{i}.log"));
