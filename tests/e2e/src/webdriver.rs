@@ -81,13 +81,23 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
             .to_string();
-        Self {
+        let browser = Self {
             driver,
             base,
             session,
             http,
             downloads: downloads.to_path_buf(),
-        }
+        };
+        // Finding an element waits up to 10 s for it: a page that a click or a form
+        // submission is still loading is waited for instead of searched too early.
+        browser
+            .call(
+                reqwest::Method::POST,
+                "/timeouts",
+                Some(json!({"implicit": 10_000, "pageLoad": 30_000})),
+            )
+            .await;
+        browser
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {

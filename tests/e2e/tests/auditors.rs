@@ -116,10 +116,12 @@ impl History {
             .write()
             .unwrap()
             .set_member(Resource::Group(ids["a"]), ids["dave"], 30, None);
+        // 8 s: long enough that snapshot 2 (taken right after the grant) finishes well before the
+        // grant ends, even on a loaded machine; the browser test asks about a time between them.
         let r = run(
             "jit-alice",
             "grant",
-            json!({"user": {"username": "alice"}, "target": {"group": "org/a"}, "access_level": 40, "duration_seconds": 4}),
+            json!({"user": {"username": "alice"}, "target": {"group": "org/a"}, "access_level": 40, "duration_seconds": 8}),
         )
         .await;
         assert_eq!(r["status"], "succeeded", "{r}");
