@@ -13,8 +13,18 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "sim-scale-out-root-token-0001";
 
-/// `org/team` with 20 members to revoke (r00..r19) and 40 users to grant (g00..g39); `root`
-/// is an administrator and owns the token.
+/// Rounds of mixed jobs (4 grants, 2 revokes, 1 invitation, a sync every third round): 10 in
+/// the suite (74 jobs); `SCALE_OUT_ROUNDS=137` runs the 1,000-job version on demand.
+fn rounds() -> usize {
+    std::env::var("SCALE_OUT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 3)
+        .unwrap_or(10)
+}
+
+/// `org/team` with 2 members to revoke (r…) and 4 users to grant (g…) per round (20 and 40 in
+/// the suite); `root` is an administrator and owns the token.
 fn team_world() -> World {
     let mut w = World::new(Mode::SelfManaged);
     let today = w.today();
@@ -23,11 +33,11 @@ fn team_world() -> World {
     let org = w.add_group("org", None);
     let team = w.add_group("team", Some(org));
     w.add_project("app", team);
-    for i in 0..20 {
+    for i in 0..2 * rounds() {
         let u = w.add_user(&format!("r{i:02}"), UserKind::Human);
         w.set_member(Resource::Group(team), u, 30, None);
     }
-    for i in 0..40 {
+    for i in 0..4 * rounds() {
         w.add_user(&format!("g{i:02}"), UserKind::Human);
     }
     w.add_token(
@@ -58,24 +68,25 @@ fn job(id: &str, kind: &str, params: Value) -> (String, String, String) {
     )
 }
 
-/// 40 grants (the first 10 for 4 s), 20 revokes, 10 invitations and 4 syncs, interleaved.
+/// Per round 4 grants (the first 10 of all for 4 s), 2 revokes, 1 invitation, and a sync every
+/// third round, interleaved: 40, 20, 10 and 4 in the suite.
 fn mixed_jobs() -> Vec<(String, String, String)> {
     let team = json!({"group": "org/team"});
-    let mut grants = (0..40).map(|i| {
+    let mut grants = (0..4 * rounds()).map(|i| {
         let mut p = json!({"user": {"username": format!("g{i:02}")}, "target": team, "access_level": "developer"});
         if i < 10 {
             p["duration_seconds"] = json!(4);
         }
         job(&format!("grant-{i:02}"), "grant", p)
     });
-    let mut revokes = (0..20).map(|i| {
+    let mut revokes = (0..2 * rounds()).map(|i| {
         job(
             &format!("revoke-{i:02}"),
             "revoke",
             json!({"user": {"username": format!("r{i:02}")}, "target": team}),
         )
     });
-    let mut invites = (0..10).map(|i| {
+    let mut invites = (0..rounds()).map(|i| {
         job(
             &format!("invite-{i:02}"),
             "invite",
@@ -83,7 +94,7 @@ fn mixed_jobs() -> Vec<(String, String, String)> {
         )
     });
     let mut out = Vec::new();
-    for round in 0..10 {
+    for round in 0..rounds() {
         out.extend(grants.by_ref().take(4));
         out.extend(revokes.by_ref().take(2));
         out.extend(invites.by_ref().take(1));
@@ -166,21 +177,44 @@ impl Run {
             .unwrap()
     }
 
-    /// Every result, once all `n` are in (and a moment later, none more).
+    /// Every result, once all `n` are in. Reading retries while the cluster fails over (a
+    /// consumer cannot be created while the stream elects a leader).
     async fn results(&self, n: usize) -> BTreeMap<String, Value> {
-        let msgs = read_stream(
-            &self.js,
-            "GITLAB_RESULTS",
-            "gitlab.results.>",
-            n,
-            Duration::from_secs(240),
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(120 + 12 * rounds() as u64);
         let mut out = BTreeMap::new();
-        for m in &msgs {
-            let v: Value = serde_json::from_slice(&m.payload).unwrap();
-            let id = v["job_id"].as_str().unwrap().to_string();
-            assert!(out.insert(id.clone(), v).is_none(), "two results for {id}");
+        while out.len() < n && Instant::now() < deadline {
+            out.clear();
+            let Ok(stream) = self.js.get_stream("GITLAB_RESULTS").await else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            let consumer = stream
+                .create_consumer(jetstream::consumer::pull::Config {
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    ack_policy: jetstream::consumer::AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(60),
+                    ..Default::default()
+                })
+                .await;
+            let Ok(consumer) = consumer else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            let Ok(mut msgs) = consumer.messages().await else {
+                continue;
+            };
+            while out.len() < n {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(wait, futures::StreamExt::next(&mut msgs)).await {
+                    Ok(Some(Ok(m))) => {
+                        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                        let id = v["job_id"].as_str().unwrap().to_string();
+                        assert!(out.insert(id.clone(), v).is_none(), "two results for {id}");
+                    }
+                    Ok(Some(Err(_))) => break,
+                    Ok(None) | Err(_) => break,
+                }
+            }
         }
         out
     }
@@ -212,13 +246,13 @@ impl Run {
             let jit_gone = (0..10).all(|i| !by_name.contains_key(&format!("g{i:02}")));
             if jit_gone || Instant::now() > deadline {
                 assert!(jit_gone, "a JIT grant was left behind: {by_name:?}");
-                for i in 10..40 {
+                for i in 10..4 * rounds() {
                     assert_eq!(by_name.get(&format!("g{i:02}")), Some(&30), "{by_name:?}");
                 }
-                for i in 0..20 {
+                for i in 0..2 * rounds() {
                     assert!(!by_name.contains_key(&format!("r{i:02}")), "{by_name:?}");
                 }
-                for i in 0..10 {
+                for i in 0..rounds() {
                     assert!(
                         invited.contains(&format!("new{i:02}@example.com")),
                         "{invited:?}"
