@@ -522,9 +522,12 @@ async fn a_grant_does_not_wait_behind_syncs_and_one_scope_syncs_once_at_a_time()
                 .to_string()
         })
         .collect();
-    assert_eq!(
-        order[0],
-        "grant-urgent",
+    // Both sync permits are taken (one sync runs, one waits for the scope) and one sync is
+    // queued; the grant has a consumer and a permit of its own, so at most the sync already
+    // running can finish before it. A single shared pool of two would answer it third.
+    let grant_at = order.iter().position(|id| id == "grant-urgent").unwrap();
+    assert!(
+        grant_at <= 1,
         "the grant waited behind the syncs: {order:?}\n{}",
         worker.stderr()
     );
