@@ -23,13 +23,32 @@ fn rounds() -> usize {
         .unwrap_or(10)
 }
 
+/// A self-managed world whose administrator `root` will own the connector's token.
+fn with_admin() -> (World, u64) {
+    let mut w = World::new(Mode::SelfManaged);
+    let root = w.add_user("root", UserKind::Human);
+    w.users.get_mut(&root).unwrap().is_admin = true;
+    (w, root)
+}
+
+/// Gives `root` the connector's token (valid 90 days) and indexes the world.
+fn with_token(mut w: World, root: u64) -> World {
+    let today = w.today();
+    w.add_token(
+        root,
+        "connector",
+        TOKEN,
+        &["api"],
+        Some(today + chrono::Duration::days(90)),
+    );
+    w.reindex();
+    w
+}
+
 /// `org/team` with 2 members to revoke (r…) and 4 users to grant (g…) per round (20 and 40 in
 /// the suite); `root` is an administrator and owns the token.
 fn team_world() -> World {
-    let mut w = World::new(Mode::SelfManaged);
-    let today = w.today();
-    let root = w.add_user("root", UserKind::Human);
-    w.users.get_mut(&root).unwrap().is_admin = true;
+    let (mut w, root) = with_admin();
     let org = w.add_group("org", None);
     let team = w.add_group("team", Some(org));
     w.add_project("app", team);
@@ -40,15 +59,7 @@ fn team_world() -> World {
     for i in 0..4 * rounds() {
         w.add_user(&format!("g{i:02}"), UserKind::Human);
     }
-    w.add_token(
-        root,
-        "connector",
-        TOKEN,
-        &["api"],
-        Some(today + chrono::Duration::days(90)),
-    );
-    w.reindex();
-    w
+    with_token(w, root)
 }
 
 fn job(id: &str, kind: &str, params: Value) -> (String, String, String) {
@@ -379,10 +390,7 @@ async fn workers_killed_every_few_seconds_lose_and_repeat_no_job() {
 
 /// Three top-level groups, each a scope of its own with 6 subgroups, 8 projects and members.
 fn three_scopes_world() -> World {
-    let mut w = World::new(Mode::SelfManaged);
-    let today = w.today();
-    let root = w.add_user("root", UserKind::Human);
-    w.users.get_mut(&root).unwrap().is_admin = true;
+    let (mut w, root) = with_admin();
     let users: Vec<u64> = (0..30)
         .map(|i| w.add_user(&format!("u{i:02}"), UserKind::Human))
         .collect();
@@ -399,15 +407,7 @@ fn three_scopes_world() -> World {
             }
         }
     }
-    w.add_token(
-        root,
-        "connector",
-        TOKEN,
-        &["api"],
-        Some(today + chrono::Duration::days(90)),
-    );
-    w.reindex();
-    w
+    with_token(w, root)
 }
 
 #[tokio::test(flavor = "multi_thread")]

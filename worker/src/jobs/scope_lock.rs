@@ -5,7 +5,6 @@
 //! first has stored its snapshot, then runs: it was asked for after the first began, so the
 //! first's answer may predate what it was asked to see.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -48,7 +47,6 @@ pub async fn acquire(store: &Store, name: String, holder: String) -> Result<Scop
     }
     let stop = CancellationToken::new();
     let (store, stopped) = (store.clone(), stop.clone());
-    let (name, holder) = (Arc::new(name), Arc::new(holder));
     tokio::spawn(async move {
         loop {
             tokio::select! {
