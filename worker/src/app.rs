@@ -126,6 +126,9 @@ pub fn handler(
         spool_dir: settings.spool_dir(),
         publish,
         lease: settings.nats.ack_wait,
+        // Two leases: time for a dead holder's lease to lapse, and for a live one to finish
+        // a provisioning job; a longer run (a sync) hands the duplicate message back.
+        busy_wait: (settings.nats.ack_wait * 2).max(Duration::from_secs(10)),
         clock: Clock::system(),
         max_job_bytes: settings.nats.max_job_bytes,
         timeouts: settings.job_timeouts.clone(),

@@ -36,6 +36,11 @@ pub struct Handler {
     /// third of it). `serve` uses the consumer's `ack_wait`, so a dead worker's job is taken
     /// over when NATS redelivers it.
     pub lease: Duration,
+    /// How long a delivery that finds its job id running in another delivery waits in place
+    /// (its message kept alive) for that delivery to end or its lease to lapse, before it
+    /// hands its message back. Waiting in place spends no delivery: a job whose runs are cut
+    /// short by crashes keeps its deliveries for the runs.
+    pub busy_wait: Duration,
     pub clock: Clock,
     /// Envelopes larger than this are rejected without being parsed or echoed.
     pub max_job_bytes: usize,
@@ -227,19 +232,15 @@ impl Handler {
         };
         let request = String::from_utf8_lossy(payload);
         let begun = self
-            .store
-            .begin_job(
-                &NewJob {
-                    job_id: job.job_id.as_str(),
-                    connector: job.connector.as_str(),
-                    kind: job.kind().as_str(),
-                    request: &request,
-                    payload_sha256: &job.payload_sha256,
-                    stream_seq: delivery.stream_seq,
-                    last_delivery: delivery.last_attempt,
-                },
-                self.lease,
-            )
+            .begin(&NewJob {
+                job_id: job.job_id.as_str(),
+                connector: job.connector.as_str(),
+                kind: job.kind().as_str(),
+                request: &request,
+                payload_sha256: &job.payload_sha256,
+                stream_seq: delivery.stream_seq,
+                last_delivery: delivery.last_attempt,
+            })
             .await?;
         let attempt = match begun {
             Begin::Busy => return self.busy(&job, started, delivery).await,
@@ -284,17 +285,40 @@ impl Handler {
         self.commit(&job, started, attempt, ending, delivery).await
     }
 
-    /// The same job id is running in another delivery: come back when it is done (its result
-    /// is then published again). On this message's last delivery it is answered `failed` and
-    /// dead-lettered under a message id of its own: the platform learns that this message was
-    /// not executed, and the running delivery still publishes the job's result.
+    /// Takes the job id for this delivery. While another delivery holds it, waits in place
+    /// (up to `busy_wait`): the holder either ends (its result is then published again) or
+    /// dies and its lease lapses (this delivery resumes the job).
+    async fn begin(&self, new: &NewJob<'_>) -> Result<Begin, HandlerError> {
+        let until = tokio::time::Instant::now() + self.busy_wait;
+        let poll = (self.lease / 6).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut waiting = false;
+        loop {
+            let begun = self.store.begin_job(new, self.lease).await?;
+            if begun != Begin::Busy || tokio::time::Instant::now() + poll > until {
+                return Ok(begun);
+            }
+            if !waiting {
+                tracing::info!(
+                    "the job id is running in another delivery; this one waits for it to end or for its lease to lapse"
+                );
+                waiting = true;
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// The same job id is still running in another delivery after `busy_wait`: come back
+    /// later (its result is then published again). On this message's last delivery it is
+    /// answered `failed` and dead-lettered under a message id of its own: the platform learns
+    /// that this message was not executed, and the running delivery still publishes the job's
+    /// result.
     async fn busy(
         &self,
         job: &Job,
         started: DateTime<Utc>,
         delivery: &Delivery,
     ) -> Result<Handled, HandlerError> {
-        tracing::info!("the job id is running in another delivery");
+        tracing::info!("the job id is still running in another delivery");
         let mut result = JobResult::for_job(job, started, delivery.attempt);
         if delivery.last_attempt {
             result.status = JobStatus::Failed;

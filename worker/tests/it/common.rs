@@ -66,6 +66,7 @@ pub async fn env_with(policy: Policy) -> Env {
         spool_dir: spool,
         publish: true,
         lease: Duration::from_secs(30),
+        busy_wait: Duration::from_millis(1_500),
         clock: Clock::system(),
         max_job_bytes: 256 * 1024,
         timeouts: Default::default(),

@@ -138,6 +138,47 @@ async fn a_job_running_in_another_delivery_is_handed_back_until_its_last_deliver
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_waits_in_place_for_a_dead_holders_lease_and_runs_the_job_without_spending_a_delivery()
+ {
+    let e = env().await;
+    let (group, user) = e.group_and_outsider();
+    let grant = job(
+        "dead-holder-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": 30}),
+    );
+    // A delivery took the job id and died: its 300 ms lease is not renewed. The handler
+    // waits up to 1.5 s (common::env) in place.
+    e.handler
+        .store
+        .begin_job(
+            &NewJob {
+                job_id: "dead-holder-1",
+                connector: "default",
+                kind: "grant",
+                request: "{}",
+                payload_sha256: &sha(&grant),
+                stream_seq: 7,
+                last_delivery: false,
+            },
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+    e.sim.sim.reset_log();
+    let h = e
+        .handler
+        .handle(&grant, delivery(2, false, 7))
+        .await
+        .unwrap();
+    // Answered by this very delivery: no hand-back, which would spend one of its deliveries.
+    assert_eq!(h.disposition, Disposition::Done { dead_letter: false });
+    assert_eq!(h.status, JobStatus::Succeeded, "{}", h.result);
+    assert_eq!(e.level(group, user), Some(30));
+    assert_eq!(e.writes().len(), 1, "{:?}", e.writes());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_grant_resumed_after_a_crash_keeps_the_prior_state_written_ahead() {
     let e = env().await;
     let (group, user) = e.group_and_outsider();

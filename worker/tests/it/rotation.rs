@@ -63,6 +63,7 @@ fn worker(sim: &SeededSim, store: Store, token_file: &Path, spool: &Path) -> Han
         spool_dir: spool.to_path_buf(),
         publish: true,
         lease: Duration::from_secs(30),
+        busy_wait: Duration::from_millis(1_500),
         clock: Clock::system(),
         max_job_bytes: 256 * 1024,
         timeouts: Default::default(),
