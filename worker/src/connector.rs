@@ -1,9 +1,13 @@
 //! One configured GitLab as the jobs see it: its settings, its client, what its token allows, and
-//! the two facts its policy needs from GitLab (the scope's path, the token's own user), read once.
+//! the two facts its policy needs from GitLab (the scope's path, the token's own user), read once,
+//! and the SAML links a grant warns about, read at most once a minute.
 
 use gitlab_connector::Client;
 use gitlab_connector::api::Capability;
 use gitlab_connector::client::IdOrPath;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use tokio::sync::OnceCell;
 
 use crate::config::ConnectorSettings;
@@ -15,6 +19,8 @@ pub struct Connector {
     pub capability: Option<Capability>,
     scope_path: OnceCell<Option<String>>,
     token_user: OnceCell<u64>,
+    /// SAML group links per top-level group, with when they were read.
+    saml_links: std::sync::Mutex<HashMap<String, (Instant, usize)>>,
     rotation: tokio::sync::Mutex<()>,
     last_rotation: std::sync::Mutex<Option<std::time::Instant>>,
     /// This connector instance's name as the holder of database leases: unique per worker
@@ -34,6 +40,7 @@ impl Connector {
             capability,
             scope_path: OnceCell::new(),
             token_user: OnceCell::new(),
+            saml_links: std::sync::Mutex::new(HashMap::new()),
             rotation: tokio::sync::Mutex::new(()),
             last_rotation: std::sync::Mutex::new(None),
             lease_holder: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()),
@@ -101,4 +108,29 @@ impl Connector {
             .await
             .copied()
     }
+
+    /// How many SAML group links the top-level group has (a grant only warns about them),
+    /// read at most once per [`SAML_LINKS_FOR`] per group; `None` when GitLab did not say
+    /// (no licence, no permission, an error: not remembered).
+    pub async fn saml_link_count(&self, top: &IdOrPath) -> Option<usize> {
+        let key = top.segment();
+        let cached = |links: &HashMap<String, (Instant, usize)>| {
+            links
+                .get(&key)
+                .filter(|(read, _)| read.elapsed() < SAML_LINKS_FOR)
+                .map(|(_, n)| *n)
+        };
+        if let Some(n) = cached(&self.saml_links.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Some(n);
+        }
+        let n = self.client.saml_group_links(top).await.ok()?.len();
+        self.saml_links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (Instant::now(), n));
+        Some(n)
+    }
 }
+
+/// How long a top-level group's SAML links count is reused.
+const SAML_LINKS_FOR: Duration = Duration::from_secs(60);

@@ -108,19 +108,20 @@ pub struct Target {
     pub kind: TargetKind,
     pub id: u64,
     pub full_path: String,
-    /// The groups above it, nearest first (for a project: its namespace group first).
+    /// The group right above it (for a project: its namespace, when that is a group). The
+    /// groups further up are read only when an access view needs them.
     #[serde(skip)]
-    pub ancestors: Vec<Group>,
+    pub parent: Option<u64>,
 }
 
 impl Target {
-    /// A target known only by its stored kind, id and path (no ancestors read).
+    /// A target known only by its stored kind, id and path (its parent not read).
     pub fn known(kind: TargetKind, id: u64, full_path: String) -> Self {
         Self {
             kind,
             id,
             full_path,
-            ancestors: Vec::new(),
+            parent: None,
         }
     }
 
@@ -136,12 +137,20 @@ impl Target {
         serde_json::json!({"type": self.kind.as_str(), "id": self.id})
     }
 
-    /// The top-level group (for SAML links), when the target lives in one.
-    pub fn top_level_group(&self) -> Option<u64> {
-        if self.kind == TargetKind::Group && self.ancestors.is_empty() {
-            return Some(self.id);
+    /// The top-level group (for SAML links), when the target lives in one: the first segment
+    /// of its path (groups nest only in groups), read from the path rather than from GitLab.
+    pub fn top_level_group(&self) -> Option<IdOrPath> {
+        match (self.kind, self.parent) {
+            (TargetKind::Group, None) => Some(IdOrPath::Id(self.id)),
+            (_, Some(_)) => self
+                .full_path
+                .split('/')
+                .next()
+                .filter(|top| !top.is_empty())
+                .map(|top| IdOrPath::Path(top.to_string())),
+            // A project in a user's namespace.
+            (TargetKind::Project, None) => None,
         }
-        self.ancestors.last().map(|g| g.id)
     }
 }
 
@@ -220,7 +229,7 @@ pub async fn resolve_target(client: &Client, t: &TargetRef) -> Result<Target, Pr
                 kind: TargetKind::Group,
                 id: g.id,
                 full_path: g.full_path.clone(),
-                ancestors: ancestors(client, g.parent_id).await?,
+                parent: g.parent_id,
             })
         }
         TargetRef::Project(r) => {
@@ -239,11 +248,7 @@ pub async fn resolve_target(client: &Client, t: &TargetRef) -> Result<Target, Pr
                 kind: TargetKind::Project,
                 id: p.id,
                 full_path: p.path_with_namespace.clone(),
-                ancestors: if in_group {
-                    ancestors(client, Some(p.namespace.id)).await?
-                } else {
-                    Vec::new()
-                },
+                parent: in_group.then_some(p.namespace.id),
             })
         }
     }
@@ -300,9 +305,19 @@ pub async fn access_on(
     target: &Target,
     user_id: u64,
 ) -> Result<AccessView, ProvisionError> {
-    let source = target.source();
-    let direct = client.direct_member(&source, user_id).await?;
-    let effective = client.effective_member(&source, user_id).await?;
+    let direct = client.direct_member(&target.source(), user_id).await?;
+    access_with_direct(client, target, user_id, direct).await
+}
+
+/// [`access_on`] when the direct membership is known already (read, or just removed), so it is
+/// not read again. The groups above the target are read only when the user has access there.
+pub async fn access_with_direct(
+    client: &Client,
+    target: &Target,
+    user_id: u64,
+    direct: Option<Member>,
+) -> Result<AccessView, ProvisionError> {
+    let effective = client.effective_member(&target.source(), user_id).await?;
     let mut paths = Vec::new();
     if let Some(d) = &direct
         && !d.is_awaiting()
@@ -324,7 +339,7 @@ pub async fn access_on(
         .filter(|m| !m.is_awaiting())
         .map_or(0, |m| m.access_level.0);
     if effective_level > 0 {
-        for g in &target.ancestors {
+        for g in &ancestors(client, target.parent).await? {
             if let Some(m) = client
                 .direct_member(&Source::Group(IdOrPath::Id(g.id)), user_id)
                 .await?
@@ -372,4 +387,37 @@ pub async fn pending_invitations(
         .into_iter()
         .filter(|i| i.invite_email.eq_ignore_ascii_case(email))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(kind: TargetKind, full_path: &str, parent: Option<u64>) -> Target {
+        Target {
+            kind,
+            id: 7,
+            full_path: full_path.into(),
+            parent,
+        }
+    }
+
+    #[test]
+    fn the_top_level_group_is_read_from_the_path() {
+        let top = |t: Target| t.top_level_group().map(|g| g.segment());
+        assert_eq!(
+            top(target(TargetKind::Group, "org", None)),
+            Some("7".into())
+        );
+        assert_eq!(
+            top(target(TargetKind::Group, "org/a/b", Some(3))),
+            Some("org".into())
+        );
+        assert_eq!(
+            top(target(TargetKind::Project, "org/a/p", Some(3))),
+            Some("org".into())
+        );
+        // A project in a user's namespace lives in no group.
+        assert_eq!(top(target(TargetKind::Project, "alice/p", None)), None);
+    }
 }

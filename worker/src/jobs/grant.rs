@@ -7,7 +7,6 @@
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, NaiveTime, Utc};
 use gitlab_connector::InstanceKind;
 use gitlab_connector::api::{AccessLevel, AddMember, CreateUser, EditMember};
-use gitlab_connector::client::IdOrPath;
 use gitlab_connector::provision::{
     self, AccessView, MemberState, ProvisionError, Target, TargetRef, UserRef,
 };
@@ -188,12 +187,11 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
     let view = provision::access_on(client, &target, user.id).await?;
     // SAML group links may rewrite the membership at the user's next sign-in.
     if let Some(top) = target.top_level_group()
-        && let Ok(links) = client.saml_group_links(&IdOrPath::Id(top)).await
-        && !links.is_empty()
+        && let Some(links) = connector.saml_link_count(&top).await
+        && links > 0
     {
         ctx.report.warnings.push(format!(
-            "the top-level group has {} SAML group link(s): a SAML sign-in may change this membership",
-            links.len()
+            "the top-level group has {links} SAML group link(s): a SAML sign-in may change this membership"
         ));
     }
     if view.effective_level >= params.access_level.0 && params.member_role_id.is_none() {

@@ -3,7 +3,7 @@
 //! reported as `residual_access`: inherited- or shared-only access is a `noop`, never a fake
 //! success.
 
-use gitlab_connector::provision::{self, AccessView, TargetRef, UserRef};
+use gitlab_connector::provision::{self, AccessView, MemberState, TargetRef, UserRef};
 use serde_json::json;
 
 use super::codes::Code;
@@ -192,14 +192,14 @@ async fn by_membership(
         }
         return Ok(Done::by_changes(!ctx.report.changes.is_empty()));
     };
-    let view = provision::access_on(client, &target, user.id).await?;
-    if let Some(direct) = &view.direct {
+    let direct = client.direct_member(&target.source(), user.id).await?;
+    if let Some(direct) = &direct {
         let change = Change {
             action: "remove_member".into(),
             target: target.reference(),
             user_id: Some(user.id),
             email: None,
-            before: Some(to_value(direct)),
+            before: Some(to_value(&MemberState::of(direct))),
             after: None,
             note: None,
         };
@@ -227,12 +227,16 @@ async fn by_membership(
         }
         ctx.report.changes.push(change);
     }
-    // What is left through other paths, read after the removal.
-    let after = if ctx.job.dry_run || view.direct.is_none() {
-        view
-    } else {
-        provision::access_on(client, &target, user.id).await?
-    };
+    // What is left through other paths, read after the removal (the direct membership is
+    // gone: GitLab answered the removal).
+    let removed = !ctx.job.dry_run && direct.is_some();
+    let after = provision::access_with_direct(
+        client,
+        &target,
+        user.id,
+        if removed { None } else { direct },
+    )
+    .await?;
     let residual: Vec<_> = after
         .paths
         .iter()

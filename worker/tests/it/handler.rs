@@ -422,3 +422,116 @@ async fn an_oversized_job_is_rejected_unread_and_the_next_job_runs() {
         vec!["rejected 40".to_string(), "small-1".to_string()]
     );
 }
+
+/// The GitLab requests of the handled jobs, as routes, in order.
+fn routes(e: &crate::common::Env) -> Vec<String> {
+    e.sim
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| !r.path.starts_with("/_sim"))
+        .map(|r| r.route)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_and_a_revoke_read_only_what_they_decide_from() {
+    let e = env().await;
+    let (subgroup, user) = {
+        let world = e.sim.sim.world.read().unwrap();
+        let sub = world
+            .groups
+            .values()
+            .find(|g| g.parent_id.is_some() && g.full_path.starts_with(&e.sim.scope))
+            .expect("a subgroup of the scope")
+            .clone();
+        // A user with no membership on it or above it: no access to explain.
+        let above: Vec<Resource> = world
+            .groups
+            .values()
+            .filter(|g| sub.full_path.starts_with(&format!("{}/", g.full_path)) || g.id == sub.id)
+            .map(|g| Resource::Group(g.id))
+            .collect();
+        let user = world
+            .users
+            .values()
+            .filter(|u| !u.is_admin && !u.is_bot() && u.state == "active")
+            .map(|u| u.id)
+            .find(|id| {
+                above
+                    .iter()
+                    .all(|r| world.members.get(r).is_none_or(|m| !m.contains_key(id)))
+            })
+            .expect("a user with no access to the subgroup");
+        (sub, user)
+    };
+    let target = json!({"group": subgroup.full_path});
+    let grant = |id: &str| {
+        job(
+            id,
+            "grant",
+            json!({"user": {"id": user}, "target": target, "access_level": 30}),
+        )
+    };
+    e.sim.sim.reset_log();
+    let first = e
+        .handler
+        .handle(&grant("lean-1"), delivery(1, false, 1))
+        .await
+        .unwrap();
+    assert_eq!(first.status, JobStatus::Succeeded, "{}", first.result);
+    // The group's parent is not read (nothing is inherited to explain); the top-level
+    // group's SAML links are read once.
+    assert_eq!(
+        routes(&e),
+        [
+            "GET /groups/:id",
+            "GET /users/:id",
+            "GET /groups/:id/members/:user_id",
+            "GET /groups/:id/members/all/:user_id",
+            "GET /groups/:id/saml_group_links",
+            "POST /groups/:id/members",
+        ]
+    );
+
+    let revoke = job(
+        "lean-revoke-1",
+        "revoke",
+        json!({"user": {"id": user}, "target": target}),
+    );
+    e.sim.sim.reset_log();
+    let revoked = e
+        .handler
+        .handle(&revoke, delivery(1, false, 2))
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, JobStatus::Succeeded, "{}", revoked.result);
+    assert_eq!(parsed(&revoked.result).residual_access, Some(json!([])));
+    // The direct membership is read once, before its removal; after it only what is left.
+    assert_eq!(
+        routes(&e),
+        [
+            "GET /groups/:id",
+            "GET /users/:id",
+            // The token's own user (never revoked): read once per worker.
+            "GET /user",
+            "GET /groups/:id/members/:user_id",
+            "DELETE /groups/:id/members/:user_id",
+            "GET /groups/:id/members/all/:user_id",
+        ]
+    );
+
+    // A second grant under the same top-level group reuses its SAML links.
+    e.sim.sim.reset_log();
+    let again = e
+        .handler
+        .handle(&grant("lean-2"), delivery(1, false, 3))
+        .await
+        .unwrap();
+    assert_eq!(again.status, JobStatus::Succeeded, "{}", again.result);
+    assert!(
+        !routes(&e).iter().any(|r| r.contains("saml")),
+        "{:?}",
+        routes(&e)
+    );
+}
