@@ -91,6 +91,12 @@ struct Args {
     /// WORKER_CONCURRENCY_PROVISION of each worker in the throughput runs.
     #[arg(long, default_value_t = 8)]
     throughput_concurrency: usize,
+    /// Worker counts of the throughput runs, comma-separated.
+    #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
+    throughput_workers: Vec<usize>,
+    /// Only the throughput runs without the four syncs (a quicker look).
+    #[arg(long)]
+    throughput_no_syncs: bool,
     /// Python interpreter with python-gitlab (default: .tools/venv/bin/python).
     #[arg(long)]
     python: Option<PathBuf>,
@@ -584,6 +590,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             rate: args.throughput_rate,
             postgres: args.postgres_url.clone(),
             provision_concurrency: args.throughput_concurrency,
+            workers: args.throughput_workers.clone(),
+            with_syncs: !args.throughput_no_syncs,
         };
         let mut report = throughput::measure(&root, &worker, &tmp, &opts).await?;
         report["machine"] =

@@ -24,6 +24,10 @@ pub struct Options {
     pub rate: u64,
     pub postgres: String,
     pub provision_concurrency: usize,
+    /// Worker counts to run (1, 2, 3 by default).
+    pub workers: Vec<usize>,
+    /// Also run each with four large syncs.
+    pub with_syncs: bool,
 }
 
 /// Groups the grants and revokes are spread over: GitLab allows 60 member deletions per minute
@@ -113,6 +117,23 @@ fn provisioning_jobs(n: usize) -> Vec<(String, String, String)> {
             }
         })
         .collect()
+}
+
+/// Transactions committed in database `name` so far (pg_stat_database; the statistics are
+/// flushed at each transaction's end, so a few may still be on their way).
+fn commits(admin: &str, name: &str) -> anyhow::Result<i64> {
+    let out = Command::new("psql")
+        .args([
+            admin,
+            "-Atc",
+            &format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{name}'"),
+        ])
+        .output()
+        .context("running psql")?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("reading pg_stat_database.xact_commit")
 }
 
 /// user + system CPU seconds of a process so far (Linux /proc).
@@ -216,6 +237,7 @@ async fn run_once(
         Vec::new()
     };
     let cpu_before: Vec<f64> = procs.iter().map(|(p, _)| cpu_seconds(p.0.id())).collect();
+    let commits_before = commits(&opts.postgres, &name)?;
     let expected = jobs.len() + syncs.len();
     let collector = tokio::spawn(async move {
         let mut at: HashMap<String, (Instant, String)> = HashMap::new();
@@ -281,6 +303,7 @@ async fn run_once(
         .filter(|s| answered.get(&s.0).is_some_and(|(_, st)| st == "succeeded"))
         .count();
     let requests: u64 = sim.sim.counts().values().map(|c| c.requests).sum();
+    let db_commits = commits(&opts.postgres, &name)? - commits_before;
     drop(procs);
     sim.stop().await;
     psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
@@ -302,6 +325,7 @@ async fn run_once(
         },
         "worker_cpu_s": cpu_workers,
         "gitlab_requests": requests,
+        "postgres_commits": db_commits,
     });
     eprintln!("   {out}");
     Ok(out)
@@ -314,8 +338,13 @@ pub async fn measure(
     opts: &Options,
 ) -> anyhow::Result<Value> {
     let mut runs = Vec::new();
-    for with_syncs in [false, true] {
-        for workers in 1..=3 {
+    let sync_runs: &[bool] = if opts.with_syncs {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &with_syncs in sync_runs {
+        for &workers in &opts.workers {
             eprintln!(
                 "== throughput: {workers} worker(s){}",
                 if with_syncs {
@@ -332,7 +361,10 @@ pub async fn measure(
             .find(|r| r["workers"] == w && r["with_four_syncs"] == s)
             .and_then(|r| r["latency_ms"]["p99"].as_f64())
     };
-    let ratio: Vec<Value> = (1..=3)
+    let ratio: Vec<Value> = opts
+        .workers
+        .iter()
+        .map(|&w| w as u64)
         .map(|w| json!({"workers": w, "p99_with_syncs_over_without": p99(w, true).zip(p99(w, false)).map(|(a, b)| a / b)}))
         .collect();
     Ok(json!({
