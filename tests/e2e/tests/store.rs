@@ -62,6 +62,10 @@ on_both!(
 );
 on_both!(audit, the_audit_log_keeps_every_write);
 on_both!(
+    outbox_owners,
+    workers_sharing_a_database_publish_their_own_outbox_rows_and_take_over_stale_ones
+);
+on_both!(
     changes,
     change_batches_are_chained_and_laid_over_their_snapshot
 );
@@ -77,7 +81,7 @@ on_both!(backfill, record_lookup_columns_are_backfilled_as_written);
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
-    assert_eq!(store.pending_migrations().await.unwrap(), 8);
+    assert_eq!(store.pending_migrations().await.unwrap(), 9);
     store.migrate().await.unwrap();
     assert_eq!(store.pending_migrations().await.unwrap(), 0);
     // Opening again (every command migrates on start) changes nothing.
@@ -177,7 +181,7 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
     let rows = store.unsent_outbox(10).await.unwrap();
     let ids: Vec<&str> = rows.iter().map(|(_, m)| m.msg_id()).collect();
     assert_eq!(ids, ["a", "b", "c"], "in commit order");
-    store.mark_sent(rows[0].0).await.unwrap();
+    store.mark_sent(&[rows[0].0]).await.unwrap();
     let left: Vec<String> = store
         .unsent_outbox(10)
         .await
@@ -187,6 +191,54 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
         .collect();
     assert_eq!(left, ["b", "c"]);
     assert_eq!(rows[1].1, msg("b"));
+}
+
+async fn workers_sharing_a_database_publish_their_own_outbox_rows_and_take_over_stale_ones(
+    b: Backend,
+) {
+    use sea_orm::{ConnectionTrait, Statement};
+    // Two workers (two stores: two owners) on one database.
+    let first = Store::open(&b.url()).await.unwrap();
+    let second = Store::open(&b.url()).await.unwrap();
+    let msg = |id: &str| OutboxMessage::Publish {
+        msg_id: id.into(),
+        subject: "gitlab.results.default.grant".into(),
+        payload: "{}".into(),
+    };
+    first.enqueue(vec![msg("first-1")]).await.unwrap();
+    second.enqueue(vec![msg("second-1")]).await.unwrap();
+    first.enqueue(vec![msg("first-2")]).await.unwrap();
+    let ids = |rows: Vec<(i64, OutboxMessage)>| {
+        rows.into_iter()
+            .map(|(_, m)| m.msg_id().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(first.unsent_outbox(10).await.unwrap()),
+        ["first-1", "first-2"]
+    );
+    assert_eq!(ids(second.unsent_outbox(10).await.unwrap()), ["second-1"]);
+    // The first worker dies; its rows wait past the takeover time: the second publishes them,
+    // in order, before its own newer ones.
+    let db = sea_orm::Database::connect(b.url()).await.unwrap();
+    let old = chrono::Utc::now()
+        - chrono::Duration::from_std(gitlab_worker::store::OUTBOX_TAKEOVER).unwrap()
+        - chrono::Duration::seconds(1);
+    let old = match db.get_database_backend() {
+        sea_orm::DbBackend::Sqlite => old.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+        _ => old.to_rfc3339(),
+    };
+    db.execute_raw(Statement::from_string(
+        db.get_database_backend(),
+        format!("UPDATE outbox SET created_at = '{old}' WHERE msg_id LIKE 'first-%'"),
+    ))
+    .await
+    .unwrap();
+    second.enqueue(vec![msg("second-2")]).await.unwrap();
+    assert_eq!(
+        ids(second.unsent_outbox(10).await.unwrap()),
+        ["first-1", "second-1", "first-2", "second-2"]
+    );
 }
 
 async fn the_audit_log_keeps_every_write(b: Backend) {
@@ -531,7 +583,7 @@ async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
         .await
         .unwrap();
     let (row, _) = store.unsent_outbox(10).await.unwrap().remove(0);
-    store.mark_sent(row).await.unwrap();
+    store.mark_sent(&[row]).await.unwrap();
 
     let pruned = store
         .apply_retention(chrono::Utc::now() + chrono::Duration::seconds(5))

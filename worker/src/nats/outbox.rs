@@ -78,6 +78,27 @@ fn refused(kind: PublishErrorKind) -> bool {
     )
 }
 
+/// Rows read from the outbox at a time.
+const OUTBOX_BATCH: u64 = 200;
+
+fn publish_error(subject: &str, kind: PublishErrorKind, e: &dyn std::fmt::Display) -> PublishError {
+    PublishError::Publish {
+        subject: subject.to_string(),
+        message: e.to_string(),
+        permanent: refused(kind),
+    }
+}
+
+fn message_subject(m: &OutboxMessage) -> &str {
+    match m {
+        OutboxMessage::Publish { subject, .. } | OutboxMessage::AccessEvents { subject, .. } => {
+            subject
+        }
+        OutboxMessage::SnapshotObject { object_name, .. }
+        | OutboxMessage::Object { object_name, .. } => object_name,
+    }
+}
+
 impl OutboxPublisher {
     /// Publishes every unsent row; returns how many were sent.
     pub async fn flush(&self) -> Result<usize, PublishError> {
@@ -86,15 +107,27 @@ impl OutboxPublisher {
         // snapshot exported: it is exported once.
         let mut exported = None;
         loop {
-            let rows = self.store.unsent_outbox(100).await?;
+            let rows = self.store.unsent_outbox(OUTBOX_BATCH).await?;
             if rows.is_empty() {
                 return Ok(sent);
             }
-            for (id, message) in rows {
+            let mut rows = rows.into_iter().peekable();
+            while let Some((id, message)) = rows.next() {
+                if matches!(message, OutboxMessage::Publish { .. }) {
+                    // A run of plain messages is sent together and acknowledged together.
+                    let mut run = vec![(id, message)];
+                    while let Some(next) =
+                        rows.next_if(|(_, m)| matches!(m, OutboxMessage::Publish { .. }))
+                    {
+                        run.push(next);
+                    }
+                    sent += self.publish_run(run).await?;
+                    continue;
+                }
                 match self.send(id, &message, &mut exported).await {
                     Ok(()) => {
-                        self.store.mark_sent(id).await?;
-                        metrics::counter!("gitlab_worker_outbox_published_total").increment(1);
+                        self.store.mark_sent(&[id]).await?;
+                        self.count_sent(1);
                         sent += 1;
                     }
                     Err(e) if e.is_permanent() => self.park(id, &message, &e).await?,
@@ -102,6 +135,65 @@ impl OutboxPublisher {
                 }
             }
         }
+    }
+
+    /// Publishes a run of plain messages without waiting for each acknowledgement before the
+    /// next (one round trip for the run, not one per message), then marks the acknowledged
+    /// ones sent in one statement. A message NATS refuses for good is parked; a passing
+    /// failure stops the flush, and the rows from it on are sent again later (their message
+    /// ids make JetStream drop what it already has).
+    async fn publish_run(&self, run: Vec<(i64, OutboxMessage)>) -> Result<usize, PublishError> {
+        let mut acks = Vec::with_capacity(run.len());
+        for (id, message) in &run {
+            let OutboxMessage::Publish {
+                msg_id,
+                subject,
+                payload,
+            } = message
+            else {
+                continue;
+            };
+            let built = jetstream::message::PublishMessage::build()
+                .payload(payload.clone().into())
+                .message_id(msg_id);
+            match self.js.send_publish(subject.clone(), built).await {
+                Ok(ack) => acks.push((*id, message, Ok(ack))),
+                Err(e) => {
+                    acks.push((*id, message, Err(publish_error(subject, e.kind(), &e))));
+                    break;
+                }
+            }
+        }
+        let mut done = Vec::with_capacity(acks.len());
+        let mut failed = None;
+        for (id, message, ack) in acks {
+            let subject = message_subject(message);
+            let answer = match ack {
+                Ok(ack) => ack
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| publish_error(subject, e.kind(), &e)),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(()) => done.push(id),
+                Err(e) if e.is_permanent() => self.park(id, message, &e).await?,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        self.store.mark_sent(&done).await?;
+        self.count_sent(done.len());
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(done.len()),
+        }
+    }
+
+    fn count_sent(&self, n: usize) {
+        metrics::counter!("gitlab_worker_outbox_published_total").increment(n as u64);
     }
 
     async fn park(
@@ -191,11 +283,8 @@ impl OutboxPublisher {
         msg_id: &str,
         payload: String,
     ) -> Result<(), PublishError> {
-        let err = |kind: PublishErrorKind, e: &dyn std::fmt::Display| PublishError::Publish {
-            subject: subject.to_string(),
-            message: e.to_string(),
-            permanent: refused(kind),
-        };
+        let err =
+            |kind: PublishErrorKind, e: &dyn std::fmt::Display| publish_error(subject, kind, e);
         let ack = self
             .js
             .send_publish(
@@ -355,6 +444,7 @@ impl OutboxPublisher {
     /// Runs until `stop` is cancelled, then flushes once more.
     pub async fn run(self, stop: CancellationToken) {
         let mut failures = 0u32;
+        let mut counted: Option<std::time::Instant> = None;
         loop {
             match self.flush().await {
                 Ok(_) => failures = 0,
@@ -363,8 +453,12 @@ impl OutboxPublisher {
                     tracing::warn!("outbox: {e}; retrying");
                 }
             }
-            if let Ok(n) = self.store.parked_count().await {
+            // Counted every few seconds, not on every wake-up (one per committed job).
+            if counted.is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+                && let Ok(n) = self.store.parked_count().await
+            {
                 metrics::gauge!("gitlab_worker_outbox_parked").set(n as f64);
+                counted = Some(std::time::Instant::now());
             }
             // Backoff on failures (NATS down); otherwise wait for new rows, with a periodic
             // sweep in case a wake-up was missed.

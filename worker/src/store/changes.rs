@@ -269,7 +269,7 @@ impl Store {
                 id: format!("change batch {}", inserted.last_insert_id),
                 message: "not found right after it was written".into(),
             })?;
-        insert_outbox(&txn, outbox(&row)).await?;
+        insert_outbox(&txn, &self.owner, outbox(&row)).await?;
         txn.commit().await?;
         Ok(Append::Stored(Box::new(row)))
     }

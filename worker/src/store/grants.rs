@@ -262,7 +262,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
         end_in(&txn, job_id, state, note).await?;
-        super::jobs::insert_outbox(&txn, outbox).await?;
+        super::jobs::insert_outbox(&txn, &self.owner, outbox).await?;
         txn.commit().await?;
         Ok(())
     }

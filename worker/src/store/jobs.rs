@@ -3,13 +3,13 @@
 use chrono::Utc;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter,
     QueryOrder, QuerySelect, TransactionTrait,
 };
 
 use super::entity::{job, outbox};
 use super::records::{JobRecord, JobState};
-use super::{Store, StoreError};
+use super::{OUTBOX_TAKEOVER, Store, StoreError};
 
 /// What the store knows about a job id when a delivery arrives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,10 +153,13 @@ impl OutboxMessage {
 
 pub(super) async fn insert_outbox<C: ConnectionTrait>(
     db: &C,
+    owner: &str,
     messages: Vec<OutboxMessage>,
 ) -> Result<(), StoreError> {
     for m in messages {
-        outbox::Entity::insert(m.into_active())
+        let mut row = m.into_active();
+        row.owner = Set(Some(owner.to_string()));
+        outbox::Entity::insert(row)
             .on_conflict(
                 OnConflict::column(outbox::Column::MsgId)
                     .do_nothing()
@@ -310,16 +313,27 @@ impl Store {
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
         finish_in(&txn, job_id, status, result).await?;
-        insert_outbox(&txn, outbox).await?;
+        insert_outbox(&txn, &self.owner, outbox).await?;
         txn.commit().await?;
         Ok(())
     }
 
-    /// Outbox messages not yet sent, oldest first, with the row id [`Store::mark_sent`] takes.
+    /// Outbox messages for this process to send, oldest first, with the row id
+    /// [`Store::mark_sent`] takes: its own, and any other process's that waited longer than
+    /// [`OUTBOX_TAKEOVER`] (that process died or cannot reach NATS; a message sent twice is
+    /// dropped by JetStream by its id).
     pub async fn unsent_outbox(&self, limit: u64) -> Result<Vec<(i64, OutboxMessage)>, StoreError> {
+        let stale = Utc::now()
+            - chrono::Duration::from_std(OUTBOX_TAKEOVER).unwrap_or(chrono::Duration::seconds(10));
         Ok(outbox::Entity::find()
             .filter(outbox::Column::SentAt.is_null())
             .filter(outbox::Column::ParkedAt.is_null())
+            .filter(
+                Condition::any()
+                    .add(outbox::Column::Owner.eq(self.owner.as_ref()))
+                    .add(outbox::Column::Owner.is_null())
+                    .add(outbox::Column::CreatedAt.lt(stale)),
+            )
             .order_by_asc(outbox::Column::Id)
             .limit(limit)
             .all(&self.db)
@@ -329,10 +343,14 @@ impl Store {
             .collect())
     }
 
-    pub async fn mark_sent(&self, id: i64) -> Result<(), StoreError> {
+    /// Marks rows sent, in one statement.
+    pub async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         outbox::Entity::update_many()
             .col_expr(outbox::Column::SentAt, Expr::value(Utc::now()))
-            .filter(outbox::Column::Id.eq(id))
+            .filter(outbox::Column::Id.is_in(ids.iter().copied()))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -380,14 +398,14 @@ impl Store {
         if r.rows_affected != 1 {
             return Ok(false);
         }
-        insert_outbox(&txn, outbox).await?;
+        insert_outbox(&txn, &self.owner, outbox).await?;
         txn.commit().await?;
         Ok(true)
     }
 
     /// Messages for the outbox alone (e.g. a result published again).
     pub async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
-        insert_outbox(&self.db, messages).await
+        insert_outbox(&self.db, &self.owner, messages).await
     }
 
     pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {

@@ -77,7 +77,13 @@ const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7207310001)";
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// This process's name as the owner of the outbox rows it commits.
+    owner: std::sync::Arc<str>,
 }
+
+/// How long an outbox row waits for the process that committed it before any process
+/// publishes it.
+pub const OUTBOX_TAKEOVER: Duration = Duration::from_secs(10);
 
 impl Store {
     /// Opens the database. SQLite gets WAL, `synchronous = NORMAL`, a 10 s busy timeout and a
@@ -119,7 +125,10 @@ impl Store {
                 url: redact_url(url),
                 source,
             })?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            owner: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()).into(),
+        })
     }
 
     /// Opens and migrates.

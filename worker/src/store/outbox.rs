@@ -50,7 +50,7 @@ impl Store {
             .filter(outbox::Column::Id.eq(id))
             .exec(&txn)
             .await?;
-        insert_outbox(&txn, vec![notice]).await?;
+        insert_outbox(&txn, &self.owner, vec![notice]).await?;
         txn.commit().await?;
         Ok(())
     }

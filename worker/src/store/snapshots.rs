@@ -178,7 +178,7 @@ impl Store {
         }
         if let Some(c) = completion {
             finish_in(&txn, c.job_id, c.status, c.result).await?;
-            insert_outbox(&txn, c.outbox).await?;
+            insert_outbox(&txn, &self.owner, c.outbox).await?;
         }
         let row = snapshot::Entity::find_by_id(seq)
             .one(&txn)

@@ -23,6 +23,9 @@ pub struct Model {
     pub parked_at: Option<DateTimeUtc>,
     #[sea_orm(column_type = "Text", nullable)]
     pub parked_reason: Option<String>,
+    /// The process that committed it and publishes it (`Store::owner`); any process
+    /// publishes it once it has waited `OUTBOX_TAKEOVER`.
+    pub owner: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}
