@@ -145,8 +145,11 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
     let connector = ctx.connector.clone();
     let client = &connector.client;
     // An earlier delivery wrote the grant ahead: it is completed (or, its expiry passed,
-    // undone) from that record, never decided again from the job's parameters.
+    // undone) from that record, never decided again from the job's parameters. A first
+    // delivery has no earlier one to look for (and finds out at the write-ahead below if a
+    // record outlived its job's row).
     if !ctx.job.dry_run
+        && ctx.job.attempt > 1
         && let Some(ahead) = ctx.store.grant(ctx.job.job_id.as_str()).await?
     {
         return resume(ctx, ahead).await;
@@ -228,7 +231,11 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
     }
     // Written ahead: from here a crash leaves a record that the redelivery completes, or that
     // the scheduler undoes at the expiry when no delivery comes back.
-    ctx.store.record_grant(record.clone()).await?;
+    if !ctx.store.record_grant(record.clone()).await?
+        && let Some(ahead) = ctx.store.grant(ctx.job.job_id.as_str()).await?
+    {
+        return resume(ctx, ahead).await;
+    }
     complete(ctx, &record, view.direct.as_ref()).await
 }
 

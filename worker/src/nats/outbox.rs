@@ -111,6 +111,9 @@ impl OutboxPublisher {
             if rows.is_empty() {
                 return Ok(sent);
             }
+            // A short batch was all there was: rows committed meanwhile wake the publisher
+            // again (`notify_one` keeps the wake-up), so no second look is needed now.
+            let last_batch = (rows.len() as u64) < OUTBOX_BATCH;
             let mut rows = rows.into_iter().peekable();
             while let Some((id, message)) = rows.next() {
                 if matches!(message, OutboxMessage::Publish { .. }) {
@@ -133,6 +136,9 @@ impl OutboxPublisher {
                     Err(e) if e.is_permanent() => self.park(id, &message, &e).await?,
                     Err(e) => return Err(e),
                 }
+            }
+            if last_batch {
+                return Ok(sent);
             }
         }
     }

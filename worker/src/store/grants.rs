@@ -57,9 +57,10 @@ fn records(models: Vec<grant::Model>) -> Result<Vec<GrantRecord>, StoreError> {
 }
 
 impl Store {
-    /// Records a grant (idempotent: a redelivered job keeps the first record).
-    pub async fn record_grant(&self, g: GrantRecord) -> Result<(), StoreError> {
-        grant::Entity::insert(grant::ActiveModel {
+    /// Records a grant (idempotent: a redelivered job keeps the first record); whether this
+    /// call recorded it.
+    pub async fn record_grant(&self, g: GrantRecord) -> Result<bool, StoreError> {
+        let inserted = grant::Entity::insert(grant::ActiveModel {
             job_id: Set(g.job_id),
             connector: Set(g.connector),
             target_type: Set(g.target_kind.as_str().into()),
@@ -85,7 +86,7 @@ impl Store {
         )
         .exec_without_returning(&self.db)
         .await?;
-        Ok(())
+        Ok(inserted == 1)
     }
 
     pub async fn grant(&self, job_id: &str) -> Result<Option<GrantRecord>, StoreError> {

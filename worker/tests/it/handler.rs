@@ -535,3 +535,33 @@ async fn a_grant_and_a_revoke_read_only_what_they_decide_from() {
         routes(&e)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_delivery_that_finds_its_grant_already_recorded_completes_that_record() {
+    let e = env().await;
+    let (group, user) = e.group_and_outsider();
+    // A grant record under this job id outlived its job's row: the record is the grant, not
+    // what this delivery would plan from its parameters (level 40).
+    e.handler
+        .store
+        .record_grant(crate::common::pending_grant(
+            "orphan-1", group, user, None, 30, None,
+        ))
+        .await
+        .unwrap();
+    let grant = job(
+        "orphan-1",
+        "grant",
+        json!({"user": {"id": user}, "target": {"group": group}, "access_level": 40}),
+    );
+    let h = e
+        .handler
+        .handle(&grant, delivery(1, false, 1))
+        .await
+        .unwrap();
+    assert_eq!(h.status, JobStatus::Succeeded, "{}", h.result);
+    assert_eq!(e.level(group, user), Some(30), "{}", h.result);
+    let g = e.handler.store.grant("orphan-1").await.unwrap().unwrap();
+    assert_eq!(g.state, gitlab_worker::store::GrantState::Active);
+    assert_eq!(g.applied.access_level, 30);
+}
