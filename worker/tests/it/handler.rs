@@ -24,6 +24,33 @@ fn sha(job: &[u8]) -> String {
     canonical_sha256(&serde_json::from_slice(job).unwrap())
 }
 
+/// A delivery (stream message `stream_seq`) takes the grant job `job_id` with `lease`, as
+/// another worker's would.
+async fn taken_by_a_delivery(
+    e: &crate::common::Env,
+    job_id: &str,
+    grant: &[u8],
+    stream_seq: u64,
+    lease: Duration,
+) {
+    e.handler
+        .store
+        .begin_job(
+            &NewJob {
+                job_id,
+                connector: "default",
+                kind: "grant",
+                request: "{}",
+                payload_sha256: &sha(grant),
+                stream_seq,
+                last_delivery: false,
+            },
+            lease,
+        )
+        .await
+        .unwrap();
+}
+
 fn parsed(result: &str) -> JobResult {
     serde_json::from_str(result).unwrap()
 }
@@ -86,22 +113,7 @@ async fn a_job_running_in_another_delivery_is_handed_back_until_its_last_deliver
         json!({"user": {"id": user}, "target": {"group": group}, "access_level": 30}),
     );
     // Another delivery holds a current lease on the job id.
-    e.handler
-        .store
-        .begin_job(
-            &NewJob {
-                job_id: "busy-1",
-                connector: "default",
-                kind: "grant",
-                request: "{}",
-                payload_sha256: &sha(&grant),
-                stream_seq: 5,
-                last_delivery: false,
-            },
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    taken_by_a_delivery(&e, "busy-1", &grant, 5, Duration::from_secs(60)).await;
     e.sim.sim.reset_log();
     let h = e
         .handler
@@ -149,22 +161,7 @@ async fn a_delivery_waits_in_place_for_a_dead_holders_lease_and_runs_the_job_wit
     );
     // A delivery took the job id and died: its 300 ms lease is not renewed. The handler
     // waits up to 1.5 s (common::env) in place.
-    e.handler
-        .store
-        .begin_job(
-            &NewJob {
-                job_id: "dead-holder-1",
-                connector: "default",
-                kind: "grant",
-                request: "{}",
-                payload_sha256: &sha(&grant),
-                stream_seq: 7,
-                last_delivery: false,
-            },
-            Duration::from_millis(300),
-        )
-        .await
-        .unwrap();
+    taken_by_a_delivery(&e, "dead-holder-1", &grant, 7, Duration::from_millis(300)).await;
     e.sim.sim.reset_log();
     let h = e
         .handler
@@ -189,22 +186,7 @@ async fn a_grant_resumed_after_a_crash_keeps_the_prior_state_written_ahead() {
     );
     // The first delivery wrote the grant ahead (the Reporter membership before, Maintainer
     // intended), wrote to GitLab and died before the answer; its lease has run out.
-    e.handler
-        .store
-        .begin_job(
-            &NewJob {
-                job_id: "crash-1",
-                connector: "default",
-                kind: "grant",
-                request: "{}",
-                payload_sha256: &sha(&grant),
-                stream_seq: 1,
-                last_delivery: false,
-            },
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    taken_by_a_delivery(&e, "crash-1", &grant, 1, Duration::ZERO).await;
     let expires = chrono::Utc::now() + chrono::Duration::hours(1);
     let date = gitlab_worker::jobs::grant::gitlab_date(expires);
     e.handler
