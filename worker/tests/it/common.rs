@@ -12,7 +12,7 @@ use gitlab_worker::connector::Connector;
 use gitlab_worker::ids::ConnectorId;
 use gitlab_worker::jobs::{Clock, Handler};
 use gitlab_worker::policy::Policy;
-use gitlab_worker::store::Store;
+use gitlab_worker::store::{NewJob, Store};
 use gitlab_worker::subjects::Subjects;
 use serde_json::{Value, json};
 
@@ -198,4 +198,27 @@ pub fn pending_grant(
         note: None,
         undo_attempts: 0,
     }
+}
+
+/// A delivery of `payload` took job `job_id` with `lease`, as another worker's would (`last`:
+/// it was its message's last delivery); with a lapsed lease, one that died.
+pub async fn begun(e: &Env, job_id: &str, kind: &str, payload: &[u8], lease: Duration, last: bool) {
+    e.handler
+        .store
+        .begin_job(
+            &NewJob {
+                job_id,
+                connector: "default",
+                kind,
+                request: std::str::from_utf8(payload).unwrap(),
+                payload_sha256: &gitlab_worker::jobs::envelope::canonical_sha256(
+                    &serde_json::from_slice(payload).unwrap(),
+                ),
+                stream_seq: 1,
+                last_delivery: last,
+            },
+            lease,
+        )
+        .await
+        .unwrap();
 }

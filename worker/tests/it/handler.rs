@@ -3,12 +3,10 @@
 use std::time::Duration;
 
 use gitlab_sim::{FaultRule, Resource};
-use gitlab_worker::jobs::envelope::canonical_sha256;
 use gitlab_worker::jobs::{Delivery, Disposition, JobResult, JobStatus};
-use gitlab_worker::store::NewJob;
 use serde_json::json;
 
-use crate::common::{env, job};
+use crate::common::{begun, env, job};
 
 fn delivery(attempt: u32, last_attempt: bool, stream_seq: u64) -> Delivery {
     Delivery {
@@ -17,38 +15,6 @@ fn delivery(attempt: u32, last_attempt: bool, stream_seq: u64) -> Delivery {
         stream_seq,
         subject: None,
     }
-}
-
-/// The payload hash the handler keeps for a job.
-fn sha(job: &[u8]) -> String {
-    canonical_sha256(&serde_json::from_slice(job).unwrap())
-}
-
-/// A delivery (stream message `stream_seq`) takes the grant job `job_id` with `lease`, as
-/// another worker's would.
-async fn taken_by_a_delivery(
-    e: &crate::common::Env,
-    job_id: &str,
-    grant: &[u8],
-    stream_seq: u64,
-    lease: Duration,
-) {
-    e.handler
-        .store
-        .begin_job(
-            &NewJob {
-                job_id,
-                connector: "default",
-                kind: "grant",
-                request: "{}",
-                payload_sha256: &sha(grant),
-                stream_seq,
-                last_delivery: false,
-            },
-            lease,
-        )
-        .await
-        .unwrap();
 }
 
 fn parsed(result: &str) -> JobResult {
@@ -113,7 +79,15 @@ async fn a_job_running_in_another_delivery_is_handed_back_until_its_last_deliver
         json!({"user": {"id": user}, "target": {"group": group}, "access_level": 30}),
     );
     // Another delivery holds a current lease on the job id.
-    taken_by_a_delivery(&e, "busy-1", &grant, 5, Duration::from_secs(60)).await;
+    begun(
+        &e,
+        "busy-1",
+        "grant",
+        &grant,
+        Duration::from_secs(60),
+        false,
+    )
+    .await;
     e.sim.sim.reset_log();
     let h = e
         .handler
@@ -161,7 +135,15 @@ async fn a_delivery_waits_in_place_for_a_dead_holders_lease_and_runs_the_job_wit
     );
     // A delivery took the job id and died: its 300 ms lease is not renewed. The handler
     // waits up to 1.5 s (common::env) in place.
-    taken_by_a_delivery(&e, "dead-holder-1", &grant, 7, Duration::from_millis(300)).await;
+    begun(
+        &e,
+        "dead-holder-1",
+        "grant",
+        &grant,
+        Duration::from_millis(300),
+        false,
+    )
+    .await;
     e.sim.sim.reset_log();
     let h = e
         .handler
@@ -186,7 +168,7 @@ async fn a_grant_resumed_after_a_crash_keeps_the_prior_state_written_ahead() {
     );
     // The first delivery wrote the grant ahead (the Reporter membership before, Maintainer
     // intended), wrote to GitLab and died before the answer; its lease has run out.
-    taken_by_a_delivery(&e, "crash-1", &grant, 1, Duration::ZERO).await;
+    begun(&e, "crash-1", "grant", &grant, Duration::ZERO, false).await;
     let expires = chrono::Utc::now() + chrono::Duration::hours(1);
     let date = gitlab_worker::jobs::grant::gitlab_date(expires);
     e.handler

@@ -8,10 +8,10 @@ use chrono::Utc;
 use gitlab_sim::Resource;
 use gitlab_worker::jobs::{Delivery, JobResult, JobStatus};
 use gitlab_worker::scheduler::run_due;
-use gitlab_worker::store::{AuditEntry, GrantState, NewJob, Store};
+use gitlab_worker::store::{AuditEntry, GrantState, Store};
 use serde_json::json;
 
-use crate::common::{Env, env, job, pending_grant};
+use crate::common::{begun, env, job, pending_grant};
 
 fn delivery(attempt: u32, stream_seq: u64) -> Delivery {
     Delivery {
@@ -24,28 +24,6 @@ fn delivery(attempt: u32, stream_seq: u64) -> Delivery {
 
 fn parsed(result: &str) -> JobResult {
     serde_json::from_str(result).unwrap()
-}
-
-/// A first delivery of `payload` that began (lease `lease`) and is not running any more.
-async fn begun(e: &Env, job_id: &str, kind: &str, payload: &[u8], lease: Duration, last: bool) {
-    e.handler
-        .store
-        .begin_job(
-            &NewJob {
-                job_id,
-                connector: "default",
-                kind,
-                request: std::str::from_utf8(payload).unwrap(),
-                payload_sha256: &gitlab_worker::jobs::envelope::canonical_sha256(
-                    &serde_json::from_slice(payload).unwrap(),
-                ),
-                stream_seq: 1,
-                last_delivery: last,
-            },
-            lease,
-        )
-        .await
-        .unwrap();
 }
 
 /// The audit entry a first delivery wrote ahead of its GitLab write.
