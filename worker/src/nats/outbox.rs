@@ -89,16 +89,6 @@ fn publish_error(subject: &str, kind: PublishErrorKind, e: &dyn std::fmt::Displa
     }
 }
 
-fn message_subject(m: &OutboxMessage) -> &str {
-    match m {
-        OutboxMessage::Publish { subject, .. } | OutboxMessage::AccessEvents { subject, .. } => {
-            subject
-        }
-        OutboxMessage::SnapshotObject { object_name, .. }
-        | OutboxMessage::Object { object_name, .. } => object_name,
-    }
-}
-
 impl OutboxPublisher {
     /// Publishes every unsent row; returns how many were sent.
     pub async fn flush(&self) -> Result<usize, PublishError> {
@@ -163,17 +153,17 @@ impl OutboxPublisher {
                 .payload(payload.clone().into())
                 .message_id(msg_id);
             match self.js.send_publish(subject.clone(), built).await {
-                Ok(ack) => acks.push((*id, message, Ok(ack))),
+                Ok(ack) => acks.push((*id, message, subject, Ok(ack))),
                 Err(e) => {
-                    acks.push((*id, message, Err(publish_error(subject, e.kind(), &e))));
+                    let failed = Err(publish_error(subject, e.kind(), &e));
+                    acks.push((*id, message, subject, failed));
                     break;
                 }
             }
         }
         let mut done = Vec::with_capacity(acks.len());
         let mut failed = None;
-        for (id, message, ack) in acks {
-            let subject = message_subject(message);
+        for (id, message, subject, ack) in acks {
             let answer = match ack {
                 Ok(ack) => ack
                     .await
