@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 mod live;
 mod queries;
+mod shared_budget;
 mod throughput;
 mod worker_job;
 
@@ -97,6 +98,16 @@ struct Args {
     /// Only the throughput runs without the four syncs (a quicker look).
     #[arg(long)]
     throughput_no_syncs: bool,
+    /// Also measure the GitLab budget shared by workers (three large syncs under the
+    /// simulator's per-user limit, 1 and 3 workers): bench/results/shared-budget.json.
+    #[arg(long)]
+    shared_budget: bool,
+    /// GitLab's per-user limit in the shared-budget runs (requests per minute).
+    #[arg(long, default_value_t = 6_000)]
+    budget_per_minute: u64,
+    /// Worker counts of the shared-budget runs, comma-separated.
+    #[arg(long, default_value = "1,3", value_delimiter = ',')]
+    budget_workers: Vec<usize>,
     /// Python interpreter with python-gitlab (default: .tools/venv/bin/python).
     #[arg(long)]
     python: Option<PathBuf>,
@@ -597,6 +608,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report["machine"] =
             json!({"cpus": std::thread::available_parallelism().map_or(0, usize::from)});
         let path = args.out.join("throughput.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+        eprintln!("== wrote {}", path.display());
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+    if args.shared_budget {
+        let tmp = std::env::temp_dir().join(format!("gitlab-bench-{}-budget", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        let opts = shared_budget::Options {
+            per_minute: args.budget_per_minute,
+            postgres: args.postgres_url.clone(),
+            workers: args.budget_workers.clone(),
+        };
+        let mut report = shared_budget::measure(&root, &worker, &tmp, &opts).await?;
+        report["machine"] =
+            json!({"cpus": std::thread::available_parallelism().map_or(0, usize::from)});
+        let path = args.out.join("shared-budget.json");
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
         eprintln!("== wrote {}", path.display());
         std::fs::remove_dir_all(&tmp).ok();

@@ -36,7 +36,7 @@ const TEAMS: usize = 500;
 
 /// `org/t000..t499` with `half` members to revoke (r…, spread over the teams) and `half` users
 /// to grant (g…), plus four scopes big0..big3 of 100 groups and 400 projects each for the syncs.
-fn world(half: usize) -> World {
+pub(crate) fn world(half: usize) -> World {
     let mut w = World::new(Mode::SelfManaged);
     let today = w.today();
     let root = w.add_user("root", UserKind::Human);
@@ -85,7 +85,7 @@ fn world(half: usize) -> World {
     w
 }
 
-fn job(id: String, kind: &str, params: Value) -> (String, String, String) {
+pub(crate) fn job(id: String, kind: &str, params: Value) -> (String, String, String) {
     let body = json!({
         "schema": "gitlab-connector.job.v1",
         "job_id": id,
@@ -137,7 +137,7 @@ fn commits(admin: &str, name: &str) -> anyhow::Result<i64> {
 }
 
 /// user + system CPU seconds of a process so far (Linux /proc).
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -162,6 +162,47 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Starts `n` `gitlab-worker serve` processes on the simulator's token, scope `instance`,
+/// with `env` on top (GITLAB_URL, DATABASE_URL, NATS_URL at least), and waits until each is
+/// ready. Each logs (JSON, warnings) to `dir/worker-N.log`.
+pub(crate) async fn start_workers(
+    worker: &Path,
+    dir: &Path,
+    n: usize,
+    env: &[(&str, String)],
+) -> anyhow::Result<Vec<(Killed, std::path::PathBuf)>> {
+    let mut procs = Vec::new();
+    for i in 0..n {
+        let log = dir.join(format!("worker-{i}.log"));
+        let child = Command::new(worker)
+            .arg("serve")
+            .env_clear()
+            .env("GITLAB_TOKEN", TOKEN)
+            .env("GITLAB_SCOPE", "instance")
+            .env("HTTP_LISTEN", "127.0.0.1:0")
+            .env("SPOOL_DIR", dir.join(format!("spool-{i}")))
+            .env("RECONCILE_INTERVAL_SECONDS", "0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting gitlab-worker serve")?;
+        procs.push((Killed(child), log));
+    }
+    for (_, log) in &procs {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(log)?.contains("gitlab-worker: ready") {
+            if Instant::now() > deadline {
+                bail!("a worker did not start: {}", std::fs::read_to_string(log)?);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(procs)
+}
+
 /// One run: `workers` workers, the provisioning jobs at the steady rate, optionally with four
 /// large syncs published just before them.
 async fn run_once(
@@ -183,41 +224,21 @@ async fn run_once(
     let (_nats, nats_url) = nats_server(root, &dir)?;
     let name = format!("bench_tp_{}_{workers}_{with_syncs}", std::process::id());
     let db = fresh_database(&opts.postgres, &name)?;
-    let mut procs = Vec::new();
-    for i in 0..workers {
-        let log = dir.join(format!("worker-{i}.log"));
-        let child = Command::new(worker)
-            .arg("serve")
-            .env_clear()
-            .env("GITLAB_URL", &sim.url)
-            .env("GITLAB_TOKEN", TOKEN)
-            .env("GITLAB_SCOPE", "instance")
-            .env("DATABASE_URL", &db)
-            .env("NATS_URL", &nats_url)
-            .env("HTTP_LISTEN", "127.0.0.1:0")
-            .env("SPOOL_DIR", dir.join(format!("spool-{i}")))
-            .env(
+    let procs = start_workers(
+        worker,
+        &dir,
+        workers,
+        &[
+            ("GITLAB_URL", sim.url.clone()),
+            ("DATABASE_URL", db.clone()),
+            ("NATS_URL", nats_url.clone()),
+            (
                 "WORKER_CONCURRENCY_PROVISION",
                 opts.provision_concurrency.to_string(),
-            )
-            .env("RECONCILE_INTERVAL_SECONDS", "0")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting gitlab-worker serve")?;
-        procs.push((Killed(child), log));
-    }
-    for (_, log) in &procs {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(log)?.contains("gitlab-worker: ready") {
-            if Instant::now() > deadline {
-                bail!("a worker did not start: {}", std::fs::read_to_string(log)?);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+            ),
+        ],
+    )
+    .await?;
     let client = async_nats::connect(&nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let mut results = client.subscribe("gitlab.results.>").await?;

@@ -269,6 +269,29 @@ impl PgDb {
             name,
         }
     }
+
+    /// Ends every server process connected to this database, as a PostgreSQL restart or a
+    /// proxy dropping idle connections would; returns how many it ended.
+    pub async fn terminate_connections(&self) -> i64 {
+        let admin = sea_orm::Database::connect(&postgres_admin_url())
+            .await
+            .expect("PostgreSQL is reachable");
+        let row = sea_orm::ConnectionTrait::query_one_raw(
+            &admin,
+            sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!(
+                    "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE datname = '{}'",
+                    self.name
+                ),
+            ),
+        )
+        .await
+        .unwrap()
+        .expect("one row");
+        let _ = admin.close().await;
+        row.try_get::<i64>("", "n").unwrap()
+    }
 }
 
 impl Drop for PgDb {

@@ -13,7 +13,9 @@ use gitlab_connector::model::{Record, ResourceRef};
 use gitlab_connector::sync::{self, Scope, SnapshotMeta, SyncOptions};
 use gitlab_e2e::{PgDb, sqlite_url, tempdir};
 use gitlab_sim::{Mode, SeedSpec};
-use gitlab_worker::store::{AuditEntry, Begin, NewJob, OutboxMessage, Store};
+use gitlab_worker::store::{
+    AuditEntry, Begin, GrantState, NewJob, OutboxMessage, Settlement, Store,
+};
 
 enum Backend {
     Sqlite(PathBuf),
@@ -62,6 +64,10 @@ on_both!(
 );
 on_both!(audit, the_audit_log_keeps_every_write);
 on_both!(
+    settlement,
+    a_jobs_end_commits_its_result_messages_and_settlement_together
+);
+on_both!(
     outbox_owners,
     workers_sharing_a_database_publish_their_own_outbox_rows_and_take_over_stale_ones
 );
@@ -78,6 +84,31 @@ on_both!(
     answers_at_a_time_include_the_live_batches_before_it
 );
 on_both!(backfill, record_lookup_columns_are_backfilled_as_written);
+
+/// The pool does not ping a connection on every checkout (a round trip per statement), yet a
+/// connection the server dropped while it sat idle is found out and replaced before a
+/// statement is sent on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_connections_dropped_while_idle_are_replaced_before_use() {
+    let db = PgDb::create().await;
+    let store = Store::open(&db.url).await.unwrap();
+    assert!(store.job("none").await.unwrap().is_none());
+    assert!(
+        db.terminate_connections().await >= 1,
+        "the store's connection was open"
+    );
+    // The condition under test is the connections' idle time itself.
+    tokio::time::sleep(
+        gitlab_worker::store::POOL_PING_AFTER_IDLE + std::time::Duration::from_millis(200),
+    )
+    .await;
+    for n in 0..3 {
+        store
+            .job("none")
+            .await
+            .unwrap_or_else(|e| panic!("statement {n} after the server dropped the pool: {e}"));
+    }
+}
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
@@ -132,7 +163,13 @@ async fn a_job_id_is_recorded_once_and_its_result_kept(b: Backend) {
     store.renew_lease("job-1", lease).await.unwrap();
     assert_eq!(begin(14).await, Begin::Busy);
     store
-        .finish_job("job-1", "succeeded", "{\"status\":\"succeeded\"}", vec![])
+        .finish_job(
+            "job-1",
+            "succeeded",
+            "{\"status\":\"succeeded\"}",
+            vec![],
+            &Default::default(),
+        )
         .await
         .unwrap();
     match begin(15).await {
@@ -173,7 +210,13 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
         payload: format!("{{\"id\":\"{id}\"}}"),
     };
     store
-        .finish_job("j", "succeeded", "{}", vec![msg("a"), msg("b")])
+        .finish_job(
+            "j",
+            "succeeded",
+            "{}",
+            vec![msg("a"), msg("b")],
+            &Default::default(),
+        )
         .await
         .unwrap();
     // The same message again (a retried commit) is not queued twice.
@@ -270,6 +313,147 @@ async fn the_audit_log_keeps_every_write(b: Backend) {
     assert_eq!(entries[0].action, "add_member");
     assert_eq!(entries[1].before.as_deref(), Some("{\"access_level\":30}"));
     assert!(store.audit_entries(Some("other")).await.unwrap().is_empty());
+}
+
+/// A job's end commits its result, the messages announcing it, the outcomes of its audited
+/// writes and its grant's activation together (one statement on PostgreSQL); a job handed
+/// back commits its outcomes alone.
+async fn a_jobs_end_commits_its_result_messages_and_settlement_together(b: Backend) {
+    let store = Store::open(&b.url()).await.unwrap();
+    let entry = |job: &str, action: &str| AuditEntry {
+        at: chrono::Utc::now(),
+        connector: "default".into(),
+        job_id: Some(job.into()),
+        action: action.into(),
+        target: serde_json::json!({"type": "group", "id": 42}),
+        user_id: Some(7),
+        before: None,
+        after: Some(serde_json::json!({"access_level": 30})),
+        outcome: "pending".into(),
+    };
+    let begin = |job: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .begin_job(
+                    &NewJob {
+                        job_id: job,
+                        connector: "default",
+                        kind: "grant",
+                        request: "{}",
+                        payload_sha256: job,
+                        stream_seq: 1,
+                        last_delivery: false,
+                    },
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let grant = |job: &str| gitlab_worker::store::GrantRecord {
+        job_id: job.into(),
+        connector: "default".into(),
+        target_kind: gitlab_connector::provision::TargetKind::Group,
+        target_id: 42,
+        target_path: "org".into(),
+        user_id: 7,
+        created: true,
+        prior: None,
+        applied: gitlab_connector::provision::MemberState {
+            access_level: 30,
+            expires_at: None,
+            member_role_id: None,
+        },
+        expires_at: None,
+        state: GrantState::Pending,
+        ended_at: None,
+        note: None,
+        undo_attempts: 0,
+    };
+    let result_msg = |id: &str| OutboxMessage::Publish {
+        msg_id: id.into(),
+        subject: "gitlab.results.default.grant".into(),
+        payload: "{}".into(),
+    };
+
+    assert_eq!(begin("g-1").await, Begin::New);
+    assert!(store.record_grant(grant("g-1")).await.unwrap());
+    let add = store.audit_begin(entry("g-1", "add_member")).await.unwrap();
+    let edit = store
+        .audit_begin(entry("g-1", "update_member"))
+        .await
+        .unwrap();
+    // A message id already in the outbox (a result published again) is kept, not an error.
+    store.enqueue(vec![result_msg("already")]).await.unwrap();
+    store
+        .finish_job(
+            "g-1",
+            "succeeded",
+            "{\"status\":\"succeeded\"}",
+            vec![result_msg("already"), result_msg("result-g-1")],
+            &Settlement {
+                audit_outcomes: vec![(add, "ok".into()), (edit, "conflict".into())],
+                grant_active: true,
+            },
+        )
+        .await
+        .unwrap();
+    let outcomes: Vec<_> = store
+        .audit_entries(Some("g-1"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("add_member".to_string(), "ok".to_string()),
+            ("update_member".to_string(), "conflict".to_string())
+        ]
+    );
+    assert_eq!(
+        store.grant("g-1").await.unwrap().unwrap().state,
+        GrantState::Active
+    );
+    let job = store.job("g-1").await.unwrap().unwrap();
+    assert_eq!(job.status.as_deref(), Some("succeeded"));
+    assert_eq!(job.result.as_deref(), Some("{\"status\":\"succeeded\"}"));
+    let queued: Vec<_> = store
+        .unsent_outbox(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.msg_id().to_string())
+        .collect();
+    assert_eq!(queued, ["already", "result-g-1"]);
+
+    // Handed back: the outcomes are stored, the job is not finished, its grant stays pending.
+    assert_eq!(begin("g-2").await, Begin::New);
+    assert!(store.record_grant(grant("g-2")).await.unwrap());
+    let add = store.audit_begin(entry("g-2", "add_member")).await.unwrap();
+    store
+        .settle(
+            "g-2",
+            &Settlement {
+                audit_outcomes: vec![(add, "unavailable".into())],
+                grant_active: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.audit_entries(Some("g-2")).await.unwrap()[0].outcome,
+        "unavailable"
+    );
+    assert_eq!(
+        store.grant("g-2").await.unwrap().unwrap().state,
+        GrantState::Pending
+    );
+    assert!(store.job("g-2").await.unwrap().unwrap().result.is_none());
+    // Nothing to settle is nothing written.
+    store.settle("g-2", &Settlement::default()).await.unwrap();
 }
 
 async fn sync_to(client: &Client, dir: &Path, name: &str, prev: Option<String>) -> PathBuf {
@@ -549,7 +733,7 @@ async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
             .await
             .unwrap();
         store
-            .finish_job(id, "succeeded", "{}", vec![])
+            .finish_job(id, "succeeded", "{}", vec![], &Default::default())
             .await
             .unwrap();
     }

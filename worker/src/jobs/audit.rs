@@ -1,11 +1,13 @@
 //! Every write in GitLab goes into the audit log, whoever makes it (a job or the JIT
 //! scheduler), and ahead of the write: the entry is stored `pending` before the request is
-//! sent and completed with the outcome (`ok` or an error code) after. A write whose entry
+//! sent and completed with the outcome (`ok` or an error code) after — for a job, in the
+//! commit of its result (one statement with it on PostgreSQL). A write whose entry
 //! cannot be stored is not made. An entry left `pending` says the worker stopped between the
 //! two: the write may or may not have reached GitLab (the job's redelivery or the scheduler
 //! reads the state and completes the work).
 
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 
 use chrono::Utc;
 use gitlab_connector::Client;
@@ -16,7 +18,7 @@ use serde_json::Value;
 use super::codes::Code;
 use super::outcome::JobFailure;
 use super::result::Change;
-use crate::store::{AuditEntry, Store, StoreError};
+use crate::store::{AuditEntry, Settlement, Store, StoreError};
 
 /// The outcome of an audited entry before its write is answered.
 pub const PENDING: &str = "pending";
@@ -56,6 +58,9 @@ pub struct Audit<'a> {
     store: &'a Store,
     connector: &'a str,
     job_id: Option<&'a str>,
+    /// A job's: the outcomes are committed with its result. `None` (the scheduler): each
+    /// outcome is stored as soon as the write is answered.
+    settlement: Option<&'a Mutex<Settlement>>,
 }
 
 impl<'a> Audit<'a> {
@@ -64,7 +69,15 @@ impl<'a> Audit<'a> {
             store,
             connector,
             job_id,
+            settlement: None,
         }
+    }
+
+    /// A job's audit: the outcomes of its writes go into `settlement`, committed with the
+    /// job's result (or on their own when the job is handed back).
+    pub fn settled_with(mut self, settlement: &'a Mutex<Settlement>) -> Self {
+        self.settlement = Some(settlement);
+        self
     }
 
     fn entry(&self, change: &Change, outcome: &str) -> AuditEntry {
@@ -102,9 +115,18 @@ impl<'a> Audit<'a> {
         answer.map_err(AuditedError::GitLab)
     }
 
-    /// Completes an entry; a failure leaves it `pending` (outcome unknown), which is logged:
-    /// the write already happened and its result is not thrown away for the log.
+    /// Completes an entry, or leaves that to the job's commit. A failure leaves it `pending`
+    /// (outcome unknown), which is logged: the write already happened and its result is not
+    /// thrown away for the log.
     async fn finish(&self, id: i64, outcome: &str) {
+        if let Some(settlement) = self.settlement {
+            settlement
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .audit_outcomes
+                .push((id, outcome.to_string()));
+            return;
+        }
         if let Err(e) = self.store.audit_finish(id, outcome).await {
             tracing::error!(
                 audit_id = id,

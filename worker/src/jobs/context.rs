@@ -3,7 +3,7 @@
 //! handler that dispatches them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -12,7 +12,7 @@ use super::audit::Audit;
 use super::result::Change;
 use crate::connector::Connector;
 use crate::ids::{ConnectorId, JobId};
-use crate::store::{OutboxMessage, Store, StoreError};
+use crate::store::{OutboxMessage, Settlement, Store, StoreError};
 use crate::subjects::Subjects;
 
 /// Where "now" comes from: the system clock, or a fixed instant in tests.
@@ -104,6 +104,9 @@ pub struct JobContext<'a> {
     pub report: Report,
     /// Set by a sync whose snapshot must be stored with the job's result.
     pub snapshot: Option<PendingSnapshot>,
+    /// Store writes committed with the job's result (see [`Settlement`]). A lock only so that
+    /// an [`Audit`] borrowed from the context can add to it; never held across an await.
+    pub settlement: Mutex<Settlement>,
 }
 
 impl JobContext<'_> {
@@ -113,6 +116,14 @@ impl JobContext<'_> {
             self.job.connector.as_str(),
             Some(self.job.job_id.as_str()),
         )
+        .settled_with(&self.settlement)
+    }
+
+    /// What the job leaves to be committed with its result.
+    pub fn settlement(&mut self) -> &mut Settlement {
+        self.settlement
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The checkpoint an earlier attempt of this job stored, if any.

@@ -289,7 +289,8 @@ async fn complete(
             return Err(failure);
         }
     }
-    ctx.store.activate_grant(&g.job_id).await?;
+    // Active from the commit of the job's result, in the same statement.
+    ctx.settlement().grant_active = true;
     ctx.report.changes.push(change);
     Ok(Done::Succeeded)
 }

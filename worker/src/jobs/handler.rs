@@ -21,7 +21,7 @@ use super::result::{JobError, JobResult, JobStatus};
 use super::{audit, bounded, deprovision, grant, invite, revoke, rotate, sync};
 use crate::connector::Connector;
 use crate::ids::ConnectorId;
-use crate::store::{Begin, JobCompletion, NewJob, OutboxMessage, Store, StoreError};
+use crate::store::{Begin, JobCompletion, NewJob, OutboxMessage, Settlement, Store, StoreError};
 use crate::subjects::{Subjects, msg_id};
 
 pub struct Handler {
@@ -53,6 +53,7 @@ struct Ending {
     outcome: Result<Done, JobFailure>,
     report: Report,
     snapshot: Option<PendingSnapshot>,
+    settlement: Settlement,
 }
 
 fn to_json(result: &JobResult) -> String {
@@ -373,6 +374,7 @@ impl Handler {
             },
             report: Report::default(),
             snapshot: None,
+            settlement: Default::default(),
         };
         let limit = self.timeouts.for_kind(job.kind().as_str());
         let run = async {
@@ -435,6 +437,10 @@ impl Handler {
             outcome,
             report: ctx.report,
             snapshot: ctx.snapshot,
+            settlement: ctx
+                .settlement
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         }
     }
 
@@ -478,6 +484,7 @@ impl Handler {
             mut outcome,
             report,
             snapshot,
+            settlement,
         } = ending;
         let hand_back = |o: &Result<Done, JobFailure>| {
             matches!(o, Err(f) if f.hand_back) && !delivery.last_attempt
@@ -490,6 +497,9 @@ impl Handler {
             None
         };
         if let Some(pending) = snapshot.filter(|_| !hand_back(&outcome)) {
+            // A sync writes nothing in GitLab; should a job ever both write and store a
+            // snapshot, its outcomes are committed first.
+            self.store.settle(job.job_id.as_str(), &settlement).await?;
             match self
                 .store_with_snapshot(job, &result, object.clone(), pending)
                 .await
@@ -508,6 +518,7 @@ impl Handler {
         }
         if hand_back(&outcome) {
             let delay = retry_delay(delivery.attempt);
+            self.store.settle(job.job_id.as_str(), &settlement).await?;
             self.store.release_lease(job.job_id.as_str()).await?;
             tracing::warn!(
                 delay_s = delay.as_secs(),
@@ -535,7 +546,13 @@ impl Handler {
             Vec::new()
         };
         self.store
-            .finish_job(job.job_id.as_str(), result.status.as_str(), &json, outbox)
+            .finish_job(
+                job.job_id.as_str(),
+                result.status.as_str(),
+                &json,
+                outbox,
+                &settlement,
+            )
             .await?;
         Ok(self.handled(job, &result))
     }

@@ -208,21 +208,20 @@ async fn by_membership(
                 .remove_direct(client, &target.source(), user.id, &change)
                 .await?;
             // A JIT grant on this membership is over: the scheduler must not restore it.
-            if let Ok(active) = ctx
+            if let Err(e) = ctx
                 .store
-                .active_grants_on(ctx.job.connector.as_str(), target.kind, target.id, user.id)
+                .end_live_grants_on(
+                    ctx.job.connector.as_str(),
+                    target.kind,
+                    target.id,
+                    user.id,
+                    format!("revoked by job {}", ctx.job.job_id),
+                )
                 .await
             {
-                for g in active {
-                    let _ = ctx
-                        .store
-                        .end_grant(
-                            &g.job_id,
-                            GrantState::Ended,
-                            Some(format!("revoked by job {}", ctx.job.job_id)),
-                        )
-                        .await;
-                }
+                tracing::warn!(
+                    "the grants on the removed membership could not be marked ended: {e}"
+                );
             }
         }
         ctx.report.changes.push(change);

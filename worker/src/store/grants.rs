@@ -97,38 +97,6 @@ impl Store {
             .transpose()
     }
 
-    /// A grant written ahead ([`GrantState::Pending`]) whose GitLab write was answered.
-    pub async fn activate_grant(&self, job_id: &str) -> Result<(), StoreError> {
-        grant::Entity::update_many()
-            .col_expr(grant::Column::State, Expr::value(GrantState::Active))
-            .col_expr(grant::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(grant::Column::JobId.eq(job_id))
-            .filter(grant::Column::State.eq(GrantState::Pending))
-            .exec(&self.db)
-            .await?;
-        Ok(())
-    }
-
-    /// Live grants (pending or active) of a user on a target (a revoke ends them).
-    pub async fn active_grants_on(
-        &self,
-        connector: &str,
-        target_kind: TargetKind,
-        target_id: u64,
-        user_id: u64,
-    ) -> Result<Vec<GrantRecord>, StoreError> {
-        records(
-            grant::Entity::find()
-                .filter(grant::Column::Connector.eq(connector))
-                .filter(grant::Column::TargetType.eq(target_kind.as_str()))
-                .filter(grant::Column::TargetId.eq(i64::try_from(target_id).unwrap_or(i64::MAX)))
-                .filter(grant::Column::UserId.eq(i64::try_from(user_id).unwrap_or(i64::MAX)))
-                .filter(grant::Column::State.is_in([GrantState::Pending, GrantState::Active]))
-                .all(&self.db)
-                .await?,
-        )
-    }
-
     /// JIT grants whose expiry has passed and that no worker holds: active ones (not waiting
     /// for a retry), pending ones whose job no delivery runs (it died between the write-ahead
     /// record and the answer), and claimed ones whose claim has lapsed (the worker died).
@@ -266,6 +234,36 @@ impl Store {
         super::jobs::insert_outbox(&txn, &self.owner, outbox).await?;
         txn.commit().await?;
         Ok(())
+    }
+
+    /// Ends every live grant (pending or active) of a user on a target, in one statement (a
+    /// revoke removed the membership: the scheduler must not restore it); how many it ended.
+    pub async fn end_live_grants_on(
+        &self,
+        connector: &str,
+        target_kind: TargetKind,
+        target_id: u64,
+        user_id: u64,
+        note: String,
+    ) -> Result<u64, StoreError> {
+        let now = Utc::now();
+        let r = grant::Entity::update_many()
+            .col_expr(grant::Column::State, Expr::value(GrantState::Ended))
+            .col_expr(grant::Column::EndedAt, Expr::value(now))
+            .col_expr(grant::Column::Note, Expr::value(note))
+            .col_expr(grant::Column::UpdatedAt, Expr::value(now))
+            .col_expr(
+                grant::Column::ClaimedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(grant::Column::Connector.eq(connector))
+            .filter(grant::Column::TargetType.eq(target_kind.as_str()))
+            .filter(grant::Column::TargetId.eq(i64::try_from(target_id).unwrap_or(i64::MAX)))
+            .filter(grant::Column::UserId.eq(i64::try_from(user_id).unwrap_or(i64::MAX)))
+            .filter(grant::Column::State.is_in([GrantState::Pending, GrantState::Active]))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected)
     }
 
     /// Ends a grant: `state` is [`GrantState::Ended`] or [`GrantState::Conflict`].

@@ -88,7 +88,7 @@ impl OutboxMessage {
         }
     }
 
-    fn into_active(self) -> outbox::ActiveModel {
+    pub(super) fn into_active(self) -> outbox::ActiveModel {
         let (msg_id, kind, subject, payload) = match self {
             OutboxMessage::Publish {
                 msg_id,
@@ -156,17 +156,8 @@ pub(super) async fn insert_outbox<C: ConnectionTrait>(
     owner: &str,
     messages: Vec<OutboxMessage>,
 ) -> Result<(), StoreError> {
-    for m in messages {
-        let mut row = m.into_active();
-        row.owner = Set(Some(owner.to_string()));
-        outbox::Entity::insert(row)
-            .on_conflict(
-                OnConflict::column(outbox::Column::MsgId)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(db)
-            .await?;
+    for insert in super::finish::outbox_inserts(owner, messages) {
+        db.execute(&insert).await?;
     }
     Ok(())
 }
@@ -303,21 +294,6 @@ impl Store {
         Ok(())
     }
 
-    /// Commits the result and the messages announcing it, together.
-    pub async fn finish_job(
-        &self,
-        job_id: &str,
-        status: &str,
-        result: &str,
-        outbox: Vec<OutboxMessage>,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin().await?;
-        finish_in(&txn, job_id, status, result).await?;
-        insert_outbox(&txn, &self.owner, outbox).await?;
-        txn.commit().await?;
-        Ok(())
-    }
-
     /// Outbox messages for this process to send, oldest first, with the row id
     /// [`Store::mark_sent`] takes: its own, and any other process's that waited longer than
     /// [`OUTBOX_TAKEOVER`] (that process died or cannot reach NATS; a message sent twice is
@@ -429,21 +405,4 @@ fn record(m: job::Model) -> JobRecord {
         progress: m.progress,
         stream_seq: u64::try_from(m.stream_seq).unwrap_or(0),
     }
-}
-
-pub(super) async fn finish_in<C: ConnectionTrait>(
-    db: &C,
-    job_id: &str,
-    status: &str,
-    result: &str,
-) -> Result<(), StoreError> {
-    job::Entity::update_many()
-        .col_expr(job::Column::State, Expr::value(JobState::Finished))
-        .col_expr(job::Column::Status, Expr::value(status.to_string()))
-        .col_expr(job::Column::Result, Expr::value(result.to_string()))
-        .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(job::Column::JobId.eq(job_id))
-        .exec(db)
-        .await?;
-    Ok(())
 }

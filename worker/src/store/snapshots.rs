@@ -19,7 +19,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::entity::{snapshot, snapshot_record};
-use super::jobs::{OutboxMessage, finish_in, insert_outbox};
+use super::finish::finish_in;
+use super::jobs::{OutboxMessage, insert_outbox};
 use super::{Store, StoreError};
 
 /// Rows per INSERT: 8 columns each keeps every backend well under its bind-parameter limit.

@@ -457,6 +457,26 @@ async fn a_grant_and_a_revoke_read_only_what_they_decide_from() {
             "POST /groups/:id/members",
         ]
     );
+    // Its write's outcome and the grant's activation were committed with the result.
+    let store = &e.handler.store;
+    let outcomes = |job: &'static str| async move {
+        store
+            .audit_entries(Some(job))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.action, a.outcome))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        outcomes("lean-1").await,
+        [("add_member".to_string(), "ok".to_string())]
+    );
+    let state = |job: &'static str| async move { store.grant(job).await.unwrap().unwrap().state };
+    assert_eq!(
+        state("lean-1").await,
+        gitlab_worker::store::GrantState::Active
+    );
 
     let revoke = job(
         "lean-revoke-1",
@@ -483,6 +503,15 @@ async fn a_grant_and_a_revoke_read_only_what_they_decide_from() {
             "DELETE /groups/:id/members/:user_id",
             "GET /groups/:id/members/all/:user_id",
         ]
+    );
+    assert_eq!(
+        outcomes("lean-revoke-1").await,
+        [("remove_member".to_string(), "ok".to_string())]
+    );
+    assert_eq!(
+        state("lean-1").await,
+        gitlab_worker::store::GrantState::Ended,
+        "the revoke ended the grant on the membership it removed"
     );
 
     // A second grant under the same top-level group reuses its SAML links.
