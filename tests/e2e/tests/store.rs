@@ -454,6 +454,34 @@ async fn a_jobs_end_commits_its_result_messages_and_settlement_together(b: Backe
     assert!(store.job("g-2").await.unwrap().unwrap().result.is_none());
     // Nothing to settle is nothing written.
     store.settle("g-2", &Settlement::default()).await.unwrap();
+
+    // A deprovision's many writes: more outcomes than one statement binds at a time.
+    assert_eq!(begin("d-1").await, Begin::New);
+    let mut outcomes = Vec::new();
+    for n in 0..1_001 {
+        let id = store
+            .audit_begin(entry("d-1", "remove_member"))
+            .await
+            .unwrap();
+        outcomes.push((id, if n == 500 { "not_found" } else { "ok" }.to_string()));
+    }
+    store
+        .finish_job(
+            "d-1",
+            "succeeded",
+            "{}",
+            vec![],
+            &Settlement {
+                audit_outcomes: outcomes,
+                grant_active: false,
+            },
+        )
+        .await
+        .unwrap();
+    let stored = store.audit_entries(Some("d-1")).await.unwrap();
+    assert_eq!(stored.len(), 1_001);
+    assert_eq!(stored.iter().filter(|e| e.outcome == "ok").count(), 1_000);
+    assert_eq!(stored[500].outcome, "not_found");
 }
 
 async fn sync_to(client: &Client, dir: &Path, name: &str, prev: Option<String>) -> PathBuf {

@@ -4,6 +4,8 @@
 //! `WITH` clause): at hundreds of jobs a second the round trips, not the statements, are
 //! PostgreSQL's work. SQLite, in-process, runs the same statements in one transaction.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use sea_orm::sea_query::{
     Alias, CommonTableExpression, Expr, InsertStatement, OnConflict, SubQueryStatement,
@@ -37,16 +39,28 @@ impl Settlement {
     }
 
     fn writes(&self, job_id: &str) -> Vec<Write> {
-        let mut writes: Vec<Write> = self
-            .audit_outcomes
-            .iter()
-            .map(|(id, outcome)| {
-                Write::Update(
-                    audit_log::Entity::update_many()
-                        .col_expr(audit_log::Column::Outcome, Expr::value(outcome.clone()))
-                        .filter(audit_log::Column::Id.eq(*id))
-                        .into_query(),
-                )
+        // One UPDATE per outcome (a deprovision's hundreds of writes are mostly `ok`), a
+        // bounded number of ids each.
+        let mut by_outcome: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for (id, outcome) in &self.audit_outcomes {
+            by_outcome.entry(outcome).or_default().push(*id);
+        }
+        let mut writes: Vec<Write> = by_outcome
+            .into_iter()
+            .flat_map(|(outcome, ids)| {
+                ids.chunks(IDS_PER_UPDATE)
+                    .map(|ids| {
+                        Write::Update(
+                            audit_log::Entity::update_many()
+                                .col_expr(
+                                    audit_log::Column::Outcome,
+                                    Expr::value(outcome.to_string()),
+                                )
+                                .filter(audit_log::Column::Id.is_in(ids.iter().copied()))
+                                .into_query(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
         if self.grant_active {
@@ -77,6 +91,9 @@ impl From<Write> for SubQueryStatement {
         }
     }
 }
+
+/// Audit entries per outcome update: far inside both databases' limits on bound values.
+const IDS_PER_UPDATE: usize = 1_000;
 
 /// Rows per outbox insert: far inside both databases' limits on bound values.
 const OUTBOX_ROWS_PER_INSERT: usize = 500;
