@@ -13,9 +13,7 @@ use futures::StreamExt;
 use gitlab_sim::{Mode, SimConfig, UserRateLimit};
 use serde_json::{Value, json};
 
-use crate::queries::{fresh_database, psql};
-use crate::throughput::{job, start_workers, world};
-use crate::worker_job::nats_server;
+use crate::throughput::{Stack, job, world};
 
 pub struct Options {
     /// GitLab's limit (requests per minute per user), told to each worker as well.
@@ -42,18 +40,16 @@ async fn run_once(
         limit: opts.per_minute,
         period_secs: 60,
     });
-    let sim = gitlab_sim::start(world(0), config, "127.0.0.1:0").await?;
-    let (_nats, nats_url) = nats_server(root, &dir)?;
     let name = format!("bench_budget_{}_{workers}", std::process::id());
-    let db = fresh_database(&opts.postgres, &name)?;
-    let procs = start_workers(
+    let stack = Stack::start(
+        root,
         worker,
         &dir,
+        (world(0), config),
+        &opts.postgres,
+        &name,
         workers,
         &[
-            ("GITLAB_URL", sim.url.clone()),
-            ("DATABASE_URL", db.clone()),
-            ("NATS_URL", nats_url.clone()),
             ("GITLAB_RATE_LIMIT_PER_MINUTE", opts.per_minute.to_string()),
             ("WORKER_CONCURRENCY_SYNC", "2".into()),
             // Info, for the "snapshot stored" lines that say which worker ran a sync.
@@ -61,11 +57,11 @@ async fn run_once(
         ],
     )
     .await?;
-    let client = async_nats::connect(&nats_url).await?;
+    let client = async_nats::connect(&stack.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let mut results = client.subscribe("gitlab.results.>").await?;
     client.flush().await?;
-    sim.sim.reset_log();
+    stack.sim.sim.reset_log();
     let start = Instant::now();
     for scope in SCOPES {
         let (_, subject, body) = job(format!("sync-{scope}"), "sync", json!({"scope": scope}));
@@ -87,22 +83,21 @@ async fn run_once(
         }
     }
     let wall = start.elapsed().as_secs_f64();
-    let log = sim.sim.requests();
+    let log = stack.sim.sim.requests();
     let requests = log.len() as f64;
     let throttled = log.iter().filter(|r| r.status == 429).count();
     // The shortest time the limit allows for that many requests: the workers pace them
     // evenly (no burst at the start), so the wall time can only come close to it from above.
     let rate = opts.per_minute as f64 / 60.0;
     let ideal = requests / rate;
-    let ran_on = procs
+    let ran_on = stack
+        .workers
         .iter()
         .filter(|(_, log)| {
             std::fs::read_to_string(log).is_ok_and(|l| l.contains("snapshot stored"))
         })
         .count();
-    drop(procs);
-    sim.stop().await;
-    psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
+    stack.stop().await?;
     let out = json!({
         "workers": workers,
         "limit_per_minute": opts.per_minute,

@@ -203,6 +203,60 @@ pub(crate) async fn start_workers(
     Ok(procs)
 }
 
+/// What a run stands on: the simulator, a NATS server, a fresh PostgreSQL database, and the
+/// workers on them (started last, with `env` on top of the three URLs).
+pub(crate) struct Stack {
+    pub sim: gitlab_sim::Running,
+    pub nats_url: String,
+    pub workers: Vec<(Killed, std::path::PathBuf)>,
+    _nats: Killed,
+    postgres: String,
+    database: String,
+}
+
+impl Stack {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start(
+        root: &Path,
+        worker: &Path,
+        dir: &Path,
+        (world, config): (World, SimConfig),
+        postgres: &str,
+        database: &str,
+        workers: usize,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let sim = gitlab_sim::start(world, config, "127.0.0.1:0").await?;
+        let (nats, nats_url) = nats_server(root, dir)?;
+        let db = fresh_database(postgres, database)?;
+        let mut all = vec![
+            ("GITLAB_URL", sim.url.clone()),
+            ("DATABASE_URL", db),
+            ("NATS_URL", nats_url.clone()),
+        ];
+        all.extend(env.iter().cloned());
+        let workers = start_workers(worker, dir, workers, &all).await?;
+        Ok(Self {
+            sim,
+            nats_url,
+            workers,
+            _nats: nats,
+            postgres: postgres.to_string(),
+            database: database.to_string(),
+        })
+    }
+
+    /// Stops the workers and the simulator and drops the database.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        drop(self.workers);
+        self.sim.stop().await;
+        psql(
+            &self.postgres,
+            &format!("DROP DATABASE IF EXISTS {}", self.database),
+        )
+    }
+}
+
 /// One run: `workers` workers, the provisioning jobs at the steady rate, optionally with four
 /// large syncs published just before them.
 async fn run_once(
@@ -215,31 +269,23 @@ async fn run_once(
 ) -> anyhow::Result<Value> {
     let dir = tmp.join(format!("tp-{workers}-{with_syncs}"));
     std::fs::create_dir_all(&dir)?;
-    let sim = gitlab_sim::start(
-        world(opts.jobs / 2),
-        SimConfig::for_mode(Mode::SelfManaged),
-        "127.0.0.1:0",
-    )
-    .await?;
-    let (_nats, nats_url) = nats_server(root, &dir)?;
     let name = format!("bench_tp_{}_{workers}_{with_syncs}", std::process::id());
-    let db = fresh_database(&opts.postgres, &name)?;
-    let procs = start_workers(
+    let stack = Stack::start(
+        root,
         worker,
         &dir,
+        (world(opts.jobs / 2), SimConfig::for_mode(Mode::SelfManaged)),
+        &opts.postgres,
+        &name,
         workers,
-        &[
-            ("GITLAB_URL", sim.url.clone()),
-            ("DATABASE_URL", db.clone()),
-            ("NATS_URL", nats_url.clone()),
-            (
-                "WORKER_CONCURRENCY_PROVISION",
-                opts.provision_concurrency.to_string(),
-            ),
-        ],
+        &[(
+            "WORKER_CONCURRENCY_PROVISION",
+            opts.provision_concurrency.to_string(),
+        )],
     )
     .await?;
-    let client = async_nats::connect(&nats_url).await?;
+    let procs = &stack.workers;
+    let client = async_nats::connect(&stack.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
     let mut results = client.subscribe("gitlab.results.>").await?;
     client.flush().await?;
@@ -323,11 +369,9 @@ async fn run_once(
         .iter()
         .filter(|s| answered.get(&s.0).is_some_and(|(_, st)| st == "succeeded"))
         .count();
-    let requests: u64 = sim.sim.counts().values().map(|c| c.requests).sum();
+    let requests: u64 = stack.sim.sim.counts().values().map(|c| c.requests).sum();
     let db_commits = commits(&opts.postgres, &name)? - commits_before;
-    drop(procs);
-    sim.stop().await;
-    psql(&opts.postgres, &format!("DROP DATABASE IF EXISTS {name}"))?;
+    stack.stop().await?;
     let out = json!({
         "workers": workers,
         "with_four_syncs": with_syncs,

@@ -110,6 +110,17 @@ async fn postgres_connections_dropped_while_idle_are_replaced_before_use() {
     }
 }
 
+/// The message ids of the outbox rows this store would publish next, oldest first.
+async fn unsent_ids(store: &Store) -> Vec<String> {
+    store
+        .unsent_outbox(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.msg_id().to_string())
+        .collect()
+}
+
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
     assert_eq!(store.pending_migrations().await.unwrap(), 9);
@@ -225,13 +236,7 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
     let ids: Vec<&str> = rows.iter().map(|(_, m)| m.msg_id()).collect();
     assert_eq!(ids, ["a", "b", "c"], "in commit order");
     store.mark_sent(&[rows[0].0]).await.unwrap();
-    let left: Vec<String> = store
-        .unsent_outbox(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, m)| m.msg_id().to_string())
-        .collect();
+    let left = unsent_ids(&store).await;
     assert_eq!(left, ["b", "c"]);
     assert_eq!(rows[1].1, msg("b"));
 }
@@ -420,13 +425,7 @@ async fn a_jobs_end_commits_its_result_messages_and_settlement_together(b: Backe
     let job = store.job("g-1").await.unwrap().unwrap();
     assert_eq!(job.status.as_deref(), Some("succeeded"));
     assert_eq!(job.result.as_deref(), Some("{\"status\":\"succeeded\"}"));
-    let queued: Vec<_> = store
-        .unsent_outbox(10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, m)| m.msg_id().to_string())
-        .collect();
+    let queued = unsent_ids(&store).await;
     assert_eq!(queued, ["already", "result-g-1"]);
 
     // Handed back: the outcomes are stored, the job is not finished, its grant stays pending.

@@ -34,10 +34,6 @@ pub struct Settlement {
 }
 
 impl Settlement {
-    pub fn is_empty(&self) -> bool {
-        self.audit_outcomes.is_empty() && !self.grant_active
-    }
-
     fn writes(&self, job_id: &str) -> Vec<Write> {
         // One UPDATE per outcome (a deprovision's hundreds of writes are mostly `ok`), a
         // bounded number of ids each.

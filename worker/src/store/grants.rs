@@ -5,7 +5,7 @@ use gitlab_connector::provision::{MemberState, TargetKind};
 use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
+    QueryOrder, TransactionTrait, UpdateMany,
 };
 
 use super::entity::{grant, job};
@@ -246,16 +246,7 @@ impl Store {
         user_id: u64,
         note: String,
     ) -> Result<u64, StoreError> {
-        let now = Utc::now();
-        let r = grant::Entity::update_many()
-            .col_expr(grant::Column::State, Expr::value(GrantState::Ended))
-            .col_expr(grant::Column::EndedAt, Expr::value(now))
-            .col_expr(grant::Column::Note, Expr::value(note))
-            .col_expr(grant::Column::UpdatedAt, Expr::value(now))
-            .col_expr(
-                grant::Column::ClaimedUntil,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
+        let r = ending(GrantState::Ended, Some(note))
             .filter(grant::Column::Connector.eq(connector))
             .filter(grant::Column::TargetType.eq(target_kind.as_str()))
             .filter(grant::Column::TargetId.eq(i64::try_from(target_id).unwrap_or(i64::MAX)))
@@ -296,12 +287,8 @@ fn orphaned_pending(now: DateTime<Utc>) -> Condition {
         )
 }
 
-async fn end_in<C: ConnectionTrait>(
-    db: &C,
-    job_id: &str,
-    state: GrantState,
-    note: Option<String>,
-) -> Result<(), StoreError> {
+/// The update that ends grants (`state`: ended or conflict) with a note; the caller says which.
+fn ending(state: GrantState, note: Option<String>) -> UpdateMany<grant::Entity> {
     let now = Utc::now();
     grant::Entity::update_many()
         .col_expr(grant::Column::State, Expr::value(state))
@@ -312,6 +299,15 @@ async fn end_in<C: ConnectionTrait>(
             grant::Column::ClaimedUntil,
             Expr::value(Option::<DateTime<Utc>>::None),
         )
+}
+
+async fn end_in<C: ConnectionTrait>(
+    db: &C,
+    job_id: &str,
+    state: GrantState,
+    note: Option<String>,
+) -> Result<(), StoreError> {
+    ending(state, note)
         .filter(grant::Column::JobId.eq(job_id))
         .exec(db)
         .await?;
