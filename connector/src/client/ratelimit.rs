@@ -183,11 +183,14 @@ impl RateLimiter {
     }
 
     /// Draws the connector's limits from `budget` too, shared with every process using it
-    /// (the first call wins).
+    /// (the first call wins). The requests sent before it are reserved in the shared budget
+    /// too (a worker checks its token before it reaches NATS).
     pub fn share(&self, budget: std::sync::Arc<dyn super::shared::SharedBudget>) {
-        let _ = self
-            .shared
-            .set(super::shared::SharedLanes::new(budget, &self.config));
+        let _ = self.shared.set(super::shared::SharedLanes::new(
+            budget,
+            &self.config,
+            u32::try_from(self.acquired.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+        ));
     }
 
     /// Waits until a request of `class` on resource `key` (0 when the limit is not per

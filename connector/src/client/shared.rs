@@ -39,6 +39,9 @@ struct Lane {
     per_claim: u32,
     interval: Duration,
     claim: tokio::sync::Mutex<Claim>,
+    /// Requests this process sent before it shared the budget (its start-up token check):
+    /// GitLab counted them, so its first reservation takes them too.
+    debt: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default)]
@@ -58,7 +61,14 @@ impl Lane {
             per_claim,
             interval: limit.period / sustained,
             claim: tokio::sync::Mutex::new(Claim::default()),
+            debt: Default::default(),
         }
+    }
+
+    fn with_debt(self, requests: u32) -> Self {
+        self.debt
+            .store(requests, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Takes one request of the lane, reserving more when this process's reservation is spent
@@ -70,17 +80,16 @@ impl Lane {
             claim.left -= 1;
             return Duration::ZERO;
         }
-        match budget
-            .reserve(&self.name, self.per_claim, self.interval)
-            .await
-        {
+        let debt = self.debt.swap(0, std::sync::atomic::Ordering::Relaxed);
+        let reserved = self.per_claim.saturating_add(debt);
+        match budget.reserve(&self.name, reserved, self.interval).await {
             Ok(start) => {
                 let wait = start.duration_since(now).unwrap_or_default();
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
                 claim.left = self.per_claim - 1;
-                claim.until = start.checked_add(self.interval * self.per_claim);
+                claim.until = start.checked_add(self.interval * reserved);
                 wait
             }
             Err(e) => {
@@ -103,12 +112,18 @@ pub(crate) struct SharedLanes {
 }
 
 impl SharedLanes {
-    pub(crate) fn new(budget: Arc<dyn SharedBudget>, config: &RateLimitConfig) -> Self {
+    /// `already_sent`: the requests this process sent before sharing (they count against
+    /// GitLab's per-user limit): the overall lane reserves them with its first reservation.
+    pub(crate) fn new(
+        budget: Arc<dyn SharedBudget>,
+        config: &RateLimitConfig,
+        already_sent: u32,
+    ) -> Self {
         Self {
             budget,
             global: config
                 .per_minute
-                .map(|n| Lane::new("all".into(), Limit::per_minute(n))),
+                .map(|n| Lane::new("all".into(), Limit::per_minute(n)).with_debt(already_sent)),
             endpoints: config
                 .endpoints
                 .iter()
@@ -160,6 +175,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_sent_before_sharing_are_reserved_with_the_first_reservation() {
+        // 100 a minute: a reservation is one request, a slot 60 s / 98 long.
+        let config = RateLimitConfig {
+            per_minute: Some(100),
+            endpoints: HashMap::new(),
+            header_reserve: 1,
+        };
+        let timeline = Arc::new(Timeline::default());
+        let lanes = SharedLanes::new(timeline.clone(), &config, 5);
+        let before = SystemTime::now();
+        lanes.take(None).await;
+        let next = timeline.0.lock().unwrap()["all"];
+        let slot = Duration::from_secs(60) / 98;
+        let ahead = next.duration_since(before).unwrap();
+        // The start-up's 5 requests and this one: 6 slots of the timeline, not 1.
+        assert!(ahead >= slot * 6 - Duration::from_millis(50), "{ahead:?}");
+        assert!(ahead < slot * 7, "{ahead:?}");
+        // Only once: the next reservation is one request again.
+        lanes.take(None).await;
+        let after = timeline.0.lock().unwrap()["all"];
+        assert_eq!(after.duration_since(next).unwrap(), slot);
+    }
+
+    #[tokio::test]
     async fn processes_sharing_a_budget_never_exceed_it_in_any_window() {
         // 600 per second: three "processes" take requests as fast as the budget allows.
         let limit = Limit::per(600, Duration::from_secs(1));
@@ -173,7 +212,7 @@ mod tests {
         let start = std::time::Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..3 {
-            let lanes = SharedLanes::new(budget.clone(), &config);
+            let lanes = SharedLanes::new(budget.clone(), &config, 0);
             let sent = sent.clone();
             tasks.push(tokio::spawn(async move {
                 while start.elapsed() < Duration::from_millis(2_500) {

@@ -109,8 +109,13 @@ fn plan(world: &mut gitlab_sim::model::World, scope: &str, t0: DateTime<Utc>) ->
         let id = format!("chaos-{i:02}-{kind}");
         let published =
             t0 + chrono::Duration::milliseconds(PUBLISH_EVERY.as_millis() as i64 * i as i64);
-        // Far enough out that a job delayed by kills still starts before it.
-        let expiry = (published + chrono::Duration::seconds(12 + (i % 4) as i64)).trunc_subsecs(0);
+        // Far enough out that a job delayed by kills still starts before it, and later than
+        // the last publication: the kills right after each expiry (every few hundred
+        // milliseconds for a while) then fall after every job was first delivered. With 12 s
+        // a job published among those kills could see every delivery killed before its
+        // write-ahead record, and its expiry pass (answered `rejected`, rightly, on a loaded
+        // machine).
+        let expiry = (published + chrono::Duration::seconds(20 + (i % 4) as i64)).trunc_subsecs(0);
         let members = format!("/groups/{g}/members");
         let job = match kind {
             "grant" => {
