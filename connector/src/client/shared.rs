@@ -39,15 +39,15 @@ struct Lane {
     per_claim: u32,
     interval: Duration,
     claim: tokio::sync::Mutex<Claim>,
-    /// Requests this process sent before it shared the budget (its start-up token check):
-    /// GitLab counted them, so its first reservation takes them too.
-    debt: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default)]
 struct Claim {
     left: u32,
     until: Option<SystemTime>,
+    /// Requests this process sent before it shared the budget (its start-up token check):
+    /// GitLab counted them, so the next reservation takes them too.
+    debt: u32,
 }
 
 impl Lane {
@@ -61,14 +61,17 @@ impl Lane {
             per_claim,
             interval: limit.period / sustained,
             claim: tokio::sync::Mutex::new(Claim::default()),
-            debt: Default::default(),
         }
     }
 
     fn with_debt(self, requests: u32) -> Self {
-        self.debt
-            .store(requests, std::sync::atomic::Ordering::Relaxed);
-        self
+        Self {
+            claim: tokio::sync::Mutex::new(Claim {
+                debt: requests,
+                ..Claim::default()
+            }),
+            ..self
+        }
     }
 
     /// Takes one request of the lane, reserving more when this process's reservation is spent
@@ -80,10 +83,10 @@ impl Lane {
             claim.left -= 1;
             return Duration::ZERO;
         }
-        let debt = self.debt.swap(0, std::sync::atomic::Ordering::Relaxed);
-        let reserved = self.per_claim.saturating_add(debt);
+        let reserved = self.per_claim.saturating_add(claim.debt);
         match budget.reserve(&self.name, reserved, self.interval).await {
             Ok(start) => {
+                claim.debt = 0;
                 let wait = start.duration_since(now).unwrap_or_default();
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;

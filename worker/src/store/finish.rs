@@ -24,7 +24,7 @@ use super::{Store, StoreError};
 /// stored ahead of the write (that cannot wait); what the write answered can: it is committed
 /// with the job's result, or on its own when the job is handed back. A worker that dies in
 /// between leaves the entry `pending`, which is what it says: the outcome was not recorded
-/// (the job's next delivery re-reads GitLab and confirms it).
+/// (a resumed revoke, invitation or deprovision re-reads GitLab and marks it `confirmed`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Settlement {
     /// Audit entries (their ids) and what their write answered (`ok` or an error code).
