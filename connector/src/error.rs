@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -158,6 +158,12 @@ pub enum Error {
     #[error("invalid client configuration: {0}")]
     InvalidConfig(String),
 
+    #[error(
+        "{route}: GitLab's limit on this group or project is taken by earlier requests until {}; the job is handed back until then",
+        fmt_time(.at)
+    )]
+    SlotLater { route: Route, at: SystemTime },
+
     #[error("the request's time budget of {budget:?} ran out for {route}: {last}")]
     BudgetExhausted {
         route: Route,
@@ -171,6 +177,10 @@ fn fmt_wait(d: &Option<Duration>) -> String {
         Some(d) => format!("; retry after {}s", d.as_secs()),
         None => String::new(),
     }
+}
+
+fn fmt_time(t: &SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(*t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn fmt_map(m: &BTreeMap<String, String>) -> String {
@@ -206,6 +216,7 @@ impl Error {
             | Server { route, .. }
             | Transport { route, .. }
             | Decode { route, .. }
+            | SlotLater { route, .. }
             | BudgetExhausted { route, .. } => Some(*route),
             InvalidBaseUrl { .. } | InvalidConfig(_) => None,
         }
@@ -216,6 +227,7 @@ impl Error {
         match self {
             Error::ResourceLock { .. }
             | Error::RateLimited { .. }
+            | Error::SlotLater { .. }
             | Error::Server { .. }
             | Error::Transport { .. } => true,
             Error::BudgetExhausted { last, .. } => last.is_transient(),
@@ -253,6 +265,7 @@ impl Error {
             Unauthorized { .. } => "unauthorized",
             Validation { .. } => "validation",
             RateLimited { .. } => "rate_limited",
+            SlotLater { .. } => "slot_later",
             InvitationErrors { .. } => "invitation_errors",
             OffsetLimit { .. } => "offset_limit",
             NotAllowed { .. } => "not_allowed",

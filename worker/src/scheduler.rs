@@ -16,8 +16,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use gitlab_connector::client::{Deferral, Slot};
+
 use crate::connector::Connector;
 use crate::jobs::Handler;
+use crate::jobs::delivery::{DEFER_HOLD, DEFER_LEAD};
 use crate::jobs::events::EVENT_SCHEMA;
 use crate::jobs::undo::{ExpireError, expire_grant};
 use crate::store::{GrantRecord, OutboxMessage};
@@ -74,7 +77,37 @@ pub async fn run_due(h: &Handler) -> Vec<Expired> {
 
 /// Undoes one claimed grant; `None` when it failed and is retried later.
 async fn expire(h: &Handler, c: &Connector, g: &GrantRecord) -> Option<Expired> {
-    match expire_grant(&h.store, &h.subjects, h.publish, c, g, "JIT grant expired").await {
+    // Like a job, an expiry whose deletion slot of the group's limit is far off is put off
+    // until it (keeping the slot) instead of waiting in this worker, where its death would
+    // throw the slot away and send the expiry to the end of the group's queue again.
+    let deferral = Deferral::new(DEFER_HOLD, g.held_slot.as_deref().and_then(Slot::decode));
+    let expired = deferral
+        .scope(expire_grant(
+            &h.store,
+            &h.subjects,
+            h.publish,
+            c,
+            g,
+            "JIT grant expired",
+        ))
+        .await;
+    if let (Err(ExpireError::Undo(_)), Some(slot)) = (&expired, deferral.deferred()) {
+        let wait = slot
+            .at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let next = h.clock.now()
+            + chrono::Duration::from_std(wait.saturating_sub(DEFER_LEAD)).unwrap_or_default();
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "the grant's deletion slot of GitLab's per-group limit is ahead: the expiry is put off until then"
+        );
+        if let Err(e) = h.store.defer_grant(&g.job_id, next, &slot.encode()).await {
+            tracing::warn!("scheduler: {e}; the claim lapses and the grant is retried then");
+        }
+        return None;
+    }
+    match expired {
         Ok(done) => {
             match &done.conflict {
                 Some(c) => tracing::warn!("JIT grant expired with a conflict: {c}"),

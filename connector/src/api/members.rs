@@ -9,7 +9,7 @@ use serde_json::json;
 use super::common::{AccessLevel, UserSummary, date_or_timestamp, lenient_timestamp};
 use super::groups::limit_key;
 use crate::client::{Client, IdOrPath, LimitClass, ListSpec, PageItem, Request};
-use crate::error::Error;
+use crate::error::{Error, Route};
 
 /// Where a membership lives.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -388,6 +388,26 @@ impl Client {
                     .await?
                     .filter(|m| edit.matches(m)))
             },
+        )
+        .await
+    }
+
+    /// Reserves the slot of a member deletion on `source` ahead of [`Client::remove_member`],
+    /// so that a job whose slot is minutes away is handed back ([`Error::SlotLater`]) before
+    /// its write is audited, not held. Does nothing outside a job's
+    /// [`Deferral`](crate::client::Deferral).
+    pub async fn reserve_member_delete(&self, source: &Source) -> Result<(), Error> {
+        let route = Route::new(
+            "DELETE",
+            source.t(
+                "/groups/:id/members/:user_id",
+                "/projects/:id/members/:user_id",
+            ),
+        );
+        self.reserve_slot(
+            LimitClass::MemberDelete,
+            limit_key(source.reference()),
+            route,
         )
         .await
     }

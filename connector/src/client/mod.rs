@@ -5,6 +5,7 @@ mod pages;
 mod ratelimit;
 mod retry;
 mod shared;
+mod slots;
 mod stats;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ pub use pages::{PageItem, Strategy};
 pub use ratelimit::{Limit, LimitClass, RateLimitConfig};
 pub use retry::RetryPolicy;
 pub use shared::{Reservation, SharedBudget};
+pub use slots::{Deferral, Slot};
 pub use stats::{RouteStats, StatsSnapshot};
 
 use crate::error::{Error, Route, TransportKind, classify};
@@ -299,6 +301,22 @@ impl Client {
     /// Requests, statuses, waits, 429s and retries per route so far.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
+    }
+
+    /// Ahead of a request of `class` on resource `key` (sent as `route`) in a job running in a
+    /// [`Deferral`]: reserves its slot, and answers [`Error::SlotLater`] when that slot is
+    /// too far away to hold the job for (the job is handed back until it). Does nothing outside
+    /// a deferral or when the limit is not shared across processes.
+    pub(crate) async fn reserve_slot(
+        &self,
+        class: LimitClass,
+        key: u64,
+        route: Route,
+    ) -> Result<(), Error> {
+        match self.inner.limiter.reserve_slot(class, key).await {
+            Some(slot) => Err(Error::SlotLater { route, at: slot.at }),
+            None => Ok(()),
+        }
     }
 
     /// Sends once: rate limit, HTTP exchange, classification. No retry.

@@ -197,10 +197,33 @@ impl RateLimiter {
     /// resource) may be sent.
     pub async fn acquire(&self, class: Option<LimitClass>, key: u64) -> Waited {
         let mut waited = Waited::default();
+        // A per-resource limit shared across processes replaces the local bucket of that
+        // resource (its slots are the limit), unless the shared budget is away.
+        let mut resource_shared = false;
         if let Some(shared) = self.shared.get() {
+            if let Some((lane, interval)) = class.and_then(|c| shared.keyed_lane(c, key)) {
+                let at = match super::slots::take_held(&lane, interval) {
+                    Some(at) => Some(at),
+                    None => match shared.reserve_keyed(&lane, interval).await {
+                        Ok(at) => Some(at),
+                        Err(e) => {
+                            tracing::warn!(%lane, "the shared GitLab budget is unreachable ({e}); this worker paces the resource alone");
+                            None
+                        }
+                    },
+                };
+                if let Some(at) = at {
+                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                    waited.add(wait);
+                    resource_shared = true;
+                }
+            }
             waited.add(shared.take(class).await);
         }
-        if let Some(limiter) = class.and_then(|c| self.endpoints.get(&c))
+        if let Some(limiter) = class
+            .filter(|_| !resource_shared)
+            .and_then(|c| self.endpoints.get(&c))
             && limiter.check_key(&key).is_err()
         {
             let t = Instant::now();
@@ -232,6 +255,19 @@ impl RateLimiter {
             }
         }
         waited
+    }
+
+    /// In a job that may be deferred ([`super::slots`]): reserves the slot of a request of
+    /// `class` on resource `key` ahead of it. `Some(slot)` when the slot is too far away to
+    /// wait for and the job is to be handed back until it.
+    pub async fn reserve_slot(&self, class: LimitClass, key: u64) -> Option<super::slots::Slot> {
+        let shared = self.shared.get()?;
+        let (lane, interval) = shared.keyed_lane(class, key)?;
+        match super::slots::reserve(&lane, interval, || shared.reserve_keyed(&lane, interval)).await
+        {
+            super::slots::Decision::Later(slot) => Some(slot),
+            super::slots::Decision::Held | super::slots::Decision::Unmanaged => None,
+        }
     }
 
     /// Feeds GitLab's `RateLimit-*` headers (and, on 429, its requested wait) to the pacer.

@@ -27,10 +27,18 @@ pub trait SharedBudget: Send + Sync {
     fn reserve<'a>(&'a self, lane: &'a str, requests: u32, interval: Duration) -> Reservation<'a>;
 }
 
-/// The classes whose limit is per group or project: kept per process (module docs of
-/// `ratelimit`). One sync per scope runs at a time across workers, so no two crawl one group.
+/// The classes whose limit is per group or project. They are not lanes of their own: a
+/// resource's requests are few and spread over many keys.
 fn per_resource(class: LimitClass) -> bool {
     matches!(class, LimitClass::MembersAll | LimitClass::MemberDelete)
+}
+
+/// The per-resource classes shared per resource too, one request per reservation: member
+/// deletion (60/min per group or project), where hundreds of revokes on one group queue for
+/// minutes. `members/all` (200/min) stays per process: the sync does not read it and each revoke
+/// reads it once, after its deletion, so the deletion's shared limit bounds it.
+fn shared_per_resource(class: LimitClass) -> bool {
+    matches!(class, LimitClass::MemberDelete)
 }
 
 /// One shared limit as this process sees it: the reservation it is spending.
@@ -106,12 +114,14 @@ impl Lane {
     }
 }
 
-/// The shared lanes of one connector: its overall limit and each endpoint limit that is not
-/// per resource.
+/// The shared lanes of one connector: its overall limit, each endpoint limit that is not
+/// per resource, and a lane per resource for member deletion.
 pub(crate) struct SharedLanes {
     budget: Arc<dyn SharedBudget>,
     global: Option<Lane>,
     endpoints: HashMap<LimitClass, Lane>,
+    /// The spacing of each per-resource lane's timeline.
+    keyed: HashMap<LimitClass, Duration>,
 }
 
 impl SharedLanes {
@@ -133,7 +143,31 @@ impl SharedLanes {
                 .filter(|(class, _)| !per_resource(**class))
                 .map(|(class, limit)| (*class, Lane::new(format!("{class:?}"), *limit)))
                 .collect(),
+            keyed: config
+                .endpoints
+                .iter()
+                .filter(|(class, _)| shared_per_resource(**class))
+                .map(|(class, limit)| (*class, limit.period / limit.limit.saturating_sub(2).max(1)))
+                .collect(),
         }
+    }
+
+    /// The lane of `class` on resource `key` and its spacing, when that limit is shared per
+    /// resource.
+    pub(crate) fn keyed_lane(&self, class: LimitClass, key: u64) -> Option<(String, Duration)> {
+        self.keyed
+            .get(&class)
+            .map(|interval| (format!("{class:?}.{key}"), *interval))
+    }
+
+    /// Reserves the next slot of a per-resource lane: when the one request it admits may be
+    /// sent.
+    pub(crate) async fn reserve_keyed(
+        &self,
+        lane: &str,
+        interval: Duration,
+    ) -> Result<SystemTime, String> {
+        self.budget.reserve(lane, 1, interval).await
     }
 
     /// Takes one request of every shared lane that applies; how long that waited.

@@ -388,6 +388,57 @@ async fn workers_killed_every_few_seconds_lose_and_repeat_no_job() {
     run.assert_final_state(Duration::from_secs(60)).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn revokes_queued_on_one_groups_deletion_limit_wait_in_the_queue_not_in_a_worker() {
+    // GitLab deletes at most 60 members a minute per group: 20 revokes on org/team take about
+    // 20 s however many workers run them. Three workers share the group's slots, and a
+    // revoke whose slot is far off is handed back to NATS until it instead of being held.
+    let run = Run::start(team_world(), SimConfig::for_mode(Mode::SelfManaged)).await;
+    run.sim.sim.reset_log();
+    let jobs: Vec<_> = (0..2 * rounds())
+        .map(|i| {
+            job(
+                &format!("revoke-{i:02}"),
+                "revoke",
+                json!({"user": {"username": format!("r{i:02}")}, "target": {"group": "org/team"}}),
+            )
+        })
+        .collect();
+    for j in &jobs {
+        publish(&run.js, j).await;
+    }
+    let results = run.results(jobs.len()).await;
+    assert_every_job_answered_once(&jobs, &results, &run.logs());
+    // The group's limit was shared: not one deletion was refused.
+    let requests = run.sim.sim.requests();
+    let deletes = requests.iter().filter(|r| r.method == "DELETE").count();
+    let throttled = requests.iter().filter(|r| r.status == 429).count();
+    assert_eq!(deletes, jobs.len(), "one deletion per revoke");
+    assert_eq!(throttled, 0, "{throttled} requests were answered 429");
+    // Each revoke made one attempt; the rest of its deliveries were waits in the queue.
+    let store = gitlab_worker::store::Store::connect(&run.db.url)
+        .await
+        .unwrap();
+    let mut deferred = 0;
+    for (id, ..) in &jobs {
+        let job = store.job(id).await.unwrap().unwrap();
+        assert_eq!(
+            job.attempts - job.deferrals,
+            1,
+            "{id}: {} deliveries, {} deferrals",
+            job.attempts,
+            job.deferrals
+        );
+        deferred += usize::from(job.deferrals > 0);
+    }
+    // All but the first few (within a second or two of their slot) waited in the queue.
+    assert!(
+        deferred >= jobs.len() / 2,
+        "only {deferred} of {} revokes were deferred",
+        jobs.len()
+    );
+}
+
 /// Three top-level groups, each a scope of its own with 6 subgroups, 8 projects and members.
 fn three_scopes_world() -> World {
     let (mut w, root) = with_admin();

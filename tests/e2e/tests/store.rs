@@ -123,7 +123,7 @@ async fn unsent_ids(store: &Store) -> Vec<String> {
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
-    assert_eq!(store.pending_migrations().await.unwrap(), 9);
+    assert_eq!(store.pending_migrations().await.unwrap(), 10);
     store.migrate().await.unwrap();
     assert_eq!(store.pending_migrations().await.unwrap(), 0);
     // Opening again (every command migrates on start) changes nothing.
@@ -147,7 +147,8 @@ async fn a_job_id_is_recorded_once_and_its_result_kept(b: Backend) {
                         request: "{}",
                         payload_sha256: "h1",
                         stream_seq: seq,
-                        last_delivery: false,
+                        delivered: 1,
+                        attempt_budget: 0,
                     },
                     lease,
                 )
@@ -165,7 +166,9 @@ async fn a_job_id_is_recorded_once_and_its_result_kept(b: Backend) {
     store.save_progress("job-1", "{\"step\":2}").await.unwrap();
     store.release_lease("job-1").await.unwrap();
     match begin(13).await {
-        Begin::Resume { attempts, progress } => {
+        Begin::Resume {
+            attempts, progress, ..
+        } => {
             assert_eq!(attempts, 2);
             assert_eq!(progress.as_deref(), Some("{\"step\":2}"));
         }
@@ -209,7 +212,8 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
                 request: "{}",
                 payload_sha256: "h",
                 stream_seq: 1,
-                last_delivery: false,
+                delivered: 1,
+                attempt_budget: 0,
             },
             std::time::Duration::from_secs(30),
         )
@@ -348,7 +352,8 @@ async fn a_jobs_end_commits_its_result_messages_and_settlement_together(b: Backe
                         request: "{}",
                         payload_sha256: job,
                         stream_seq: 1,
-                        last_delivery: false,
+                        delivered: 1,
+                        attempt_budget: 0,
                     },
                     std::time::Duration::from_secs(30),
                 )
@@ -375,6 +380,7 @@ async fn a_jobs_end_commits_its_result_messages_and_settlement_together(b: Backe
         ended_at: None,
         note: None,
         undo_attempts: 0,
+        held_slot: None,
     };
     let result_msg = |id: &str| OutboxMessage::Publish {
         msg_id: id.into(),
@@ -753,7 +759,8 @@ async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
                     request: "{}",
                     payload_sha256: "x",
                     stream_seq: 0,
-                    last_delivery: false,
+                    delivered: 1,
+                    attempt_budget: 0,
                 },
                 std::time::Duration::from_secs(30),
             )
@@ -783,6 +790,7 @@ async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
         ended_at: None,
         note: None,
         undo_attempts: 0,
+        held_slot: None,
     };
     store.record_grant(live).await.unwrap();
     store

@@ -144,7 +144,9 @@ impl<'a> Audit<'a> {
     }
 
     /// Removes a user's direct membership on `source` only (`skip_subresources`). A membership
-    /// already gone is not an error (its entry says `not_found`).
+    /// already gone is not an error (its entry says `not_found`). In a job that may be
+    /// deferred, the deletion's slot of GitLab's per-group limit is reserved first: a slot too
+    /// far away stops the job (`SlotLater`) before anything is audited or sent.
     pub async fn remove_direct(
         &self,
         client: &Client,
@@ -156,6 +158,7 @@ impl<'a> Audit<'a> {
             skip_subresources: true,
             unassign_issuables: false,
         };
+        client.reserve_member_delete(source).await?;
         match self
             .write(change, client.remove_member(source, user_id, options))
             .await

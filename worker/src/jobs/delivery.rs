@@ -6,13 +6,27 @@ use std::time::Duration;
 use super::result::{JobError, JobStatus};
 use crate::store::StoreError;
 
+/// A job handed back to wait for a slot of a per-group limit (`Error::SlotLater`) is not
+/// making an attempt: up to this many such deliveries per job are not counted against
+/// `NATS_MAX_DELIVER` (the consumer delivers this many more times), after which the job waits
+/// for its slots in place.
+pub const DEFERRALS_MAX: u32 = 16;
+
+/// A slot at most this far away is waited for in the worker; a later one defers the job.
+pub const DEFER_HOLD: Duration = Duration::from_secs(1);
+
+/// A deferred job comes back this long before its slot (it reads GitLab before the write).
+pub const DEFER_LEAD: Duration = Duration::from_millis(300);
+
 /// Delivery facts the transport knows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Delivery {
     /// 1 for the first delivery.
     pub attempt: u32,
-    /// No further delivery will come: a transient failure is final.
-    pub last_attempt: bool,
+    /// The attempts a job gets (`NATS_MAX_DELIVER`; 0: no limit).
+    pub attempt_budget: u32,
+    /// Earlier deliveries of the job that were deferrals (known once the store is read).
+    pub deferrals: u32,
     /// The JetStream stream sequence, to name republished results uniquely (0 without NATS).
     pub stream_seq: u64,
     /// The subject the job was published on (`None` without NATS): its connector and kind must
@@ -25,10 +39,25 @@ impl Delivery {
     pub fn once() -> Self {
         Self {
             attempt: 1,
-            last_attempt: true,
-            stream_seq: 0,
-            subject: None,
+            attempt_budget: 1,
+            ..Self::default()
         }
+    }
+
+    /// Deliveries that were attempts, this one included.
+    fn attempts(&self) -> u32 {
+        self.attempt.saturating_sub(self.deferrals)
+    }
+
+    /// No further attempt will come: a transient failure is final.
+    pub fn last_attempt(&self) -> bool {
+        self.attempt_budget > 0 && self.attempts() >= self.attempt_budget
+    }
+
+    /// The job's last attempt was made by an earlier delivery that stopped (NATS delivers the
+    /// message again because deferrals left it deliveries): this one must not run it.
+    pub fn beyond_budget(&self) -> bool {
+        self.attempt_budget > 0 && self.attempts() > self.attempt_budget
     }
 }
 

@@ -224,6 +224,7 @@ pub async fn execute(ctx: &mut JobContext<'_>, params: &Params) -> Result<Done, 
         ended_at: None,
         note: None,
         undo_attempts: 0,
+        held_slot: None,
     };
     if ctx.job.dry_run {
         ctx.report.changes.push(change_of(&record));

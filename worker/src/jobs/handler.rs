@@ -10,11 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use gitlab_connector::client::{Deferral, Slot};
 use tracing::Instrument;
 
 use super::codes::Code;
 use super::context::{Clock, JobContext, JobMeta, PendingSnapshot, Report};
-use super::delivery::{Delivery, Disposition, Handled, HandlerError, retry_delay};
+use super::delivery::{
+    DEFER_HOLD, DEFERRALS_MAX, Delivery, Disposition, Handled, HandlerError, retry_delay,
+};
 use super::envelope::{Job, JobParams, Rejection, parse_job};
 use super::outcome::{Done, JobFailure};
 use super::result::{JobError, JobResult, JobStatus};
@@ -49,11 +52,13 @@ pub struct Handler {
 }
 
 /// A job's end before it is committed.
-struct Ending {
-    outcome: Result<Done, JobFailure>,
-    report: Report,
-    snapshot: Option<PendingSnapshot>,
-    settlement: Settlement,
+pub(super) struct Ending {
+    pub(super) outcome: Result<Done, JobFailure>,
+    pub(super) report: Report,
+    pub(super) snapshot: Option<PendingSnapshot>,
+    pub(super) settlement: Settlement,
+    /// The slot of a per-group limit the job stopped for, to be handed back until it.
+    pub(super) deferred: Option<Slot>,
 }
 
 fn to_json(result: &JobResult) -> String {
@@ -240,9 +245,22 @@ impl Handler {
                 request: &request,
                 payload_sha256: &job.payload_sha256,
                 stream_seq: delivery.stream_seq,
-                last_delivery: delivery.last_attempt,
+                delivered: delivery.attempt,
+                attempt_budget: delivery.attempt_budget,
             })
             .await?;
+        let (deferrals, held_slot) = match &begun {
+            Begin::Resume {
+                deferrals,
+                held_slot,
+                ..
+            } => (*deferrals, held_slot.as_deref().and_then(Slot::decode)),
+            _ => (0, None),
+        };
+        let delivery = &Delivery {
+            deferrals,
+            ..delivery.clone()
+        };
         let attempt = match begun {
             Begin::Busy => return self.busy(&job, started, delivery).await,
             Begin::Conflict => {
@@ -281,7 +299,20 @@ impl Handler {
                 }
             }))
         };
-        let ending = self.execute(&job, connector, started, attempt).await;
+        if delivery.beyond_budget() {
+            renewal.abort();
+            return self
+                .answer_beyond_budget(&job, started, attempt, delivery)
+                .await;
+        }
+        // A job on NATS may wait outside the worker for a far slot of a per-group limit, while
+        // it has deferrals and attempts left.
+        let deferral =
+            (delivery.stream_seq != 0 && !delivery.last_attempt() && deferrals < DEFERRALS_MAX)
+                .then(|| Deferral::new(DEFER_HOLD, held_slot));
+        let ending = self
+            .execute(&job, connector, started, attempt, deferral.as_ref())
+            .await;
         renewal.abort();
         self.commit(&job, started, attempt, ending, delivery).await
     }
@@ -321,7 +352,7 @@ impl Handler {
     ) -> Result<Handled, HandlerError> {
         tracing::info!("the job id is still running in another delivery");
         let mut result = JobResult::for_job(job, started, delivery.attempt);
-        if delivery.last_attempt {
+        if delivery.last_attempt() {
             result.status = JobStatus::Failed;
             result.finished_at = self.clock.now();
             result.error = Some(JobError::new(
@@ -355,6 +386,7 @@ impl Handler {
         connector: Arc<Connector>,
         started: DateTime<Utc>,
         attempt: u32,
+        deferral: Option<&Deferral>,
     ) -> Ending {
         let mut ctx = JobContext {
             store: &self.store,
@@ -390,6 +422,12 @@ impl Handler {
         };
         // Stopped at its deadline: every write so far has its write-ahead record, so a
         // provisioning job is handed back and resumed; a sync would only run out again.
+        let run = async {
+            match deferral {
+                Some(d) => d.scope(run).await,
+                None => run.await,
+            }
+        };
         let outcome = match tokio::time::timeout(limit, run).await {
             Ok(outcome) => outcome,
             Err(_) => {
@@ -441,6 +479,7 @@ impl Handler {
                 .settlement
                 .into_inner()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
+            deferred: deferral.and_then(Deferral::deferred),
         }
     }
 
@@ -472,7 +511,7 @@ impl Handler {
     /// Finishes a job: a transient failure before the last attempt is handed back without a
     /// result; anything else is committed with its result message (a sync's snapshot in the
     /// same transaction).
-    async fn commit(
+    pub(super) async fn commit(
         &self,
         job: &Job,
         started: DateTime<Utc>,
@@ -485,10 +524,14 @@ impl Handler {
             report,
             snapshot,
             settlement,
+            deferred,
         } = ending;
         let hand_back = |o: &Result<Done, JobFailure>| {
-            matches!(o, Err(f) if f.hand_back) && !delivery.last_attempt
+            matches!(o, Err(f) if f.hand_back) && !delivery.last_attempt()
         };
+        if let Some(slot) = deferred.filter(|_| hand_back(&outcome)) {
+            return self.defer(job, slot, &settlement).await;
+        }
         let mut result = self.result_of(job, started, attempt, &outcome, report);
         // Published results are bounded; `run-job` prints the whole result.
         let object = if self.publish {
@@ -604,7 +647,7 @@ impl Handler {
         }
     }
 
-    fn handled(&self, job: &Job, result: &JobResult) -> Handled {
+    pub(super) fn handled(&self, job: &Job, result: &JobResult) -> Handled {
         Handled {
             status: result.status,
             kind: result.kind.clone(),

@@ -5,13 +5,14 @@
 //! [`invite`], [`deprovision`], [`rotate`]; [`undo`] is the JIT undo that the scheduler and
 //! `revoke` share. Inside this folder the dependencies run one way:
 //! `codes`, `result`, `fields` → `outcome`, `audit`, `context`, `bounded` → the kinds (and
-//! `undo`, `events`) → `envelope` → `delivery`, `handler`.
+//! `undo`, `events`) → `envelope` → `delivery`, `handler`, `deferred`.
 
 pub mod abandoned;
 mod audit;
 pub mod bounded;
 pub mod codes;
 pub mod context;
+pub mod deferred;
 pub mod delivery;
 pub mod envelope;
 pub mod events;
@@ -32,7 +33,7 @@ pub mod undo;
 
 pub use codes::Code;
 pub use context::Clock;
-pub use delivery::{Delivery, Disposition, Handled, HandlerError};
+pub use delivery::{DEFERRALS_MAX, Delivery, Disposition, Handled, HandlerError};
 pub use envelope::{Job, JobKind, JobParams, Rejection, parse_job};
 pub use handler::Handler;
 pub use result::{Change, JobError, JobResult, JobStatus, RESULT_SCHEMA};

@@ -253,6 +253,7 @@ mod tests {
             ended_at: None,
             note: None,
             undo_attempts: 0,
+            held_slot: None,
         }
     }
 

@@ -362,7 +362,13 @@ async fn work_consumer(
         )),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: s.ack_wait,
-        max_deliver: s.max_deliver,
+        // Deferrals (a job handed back to wait for a slot of a per-group limit) are
+        // deliveries but not attempts: the worker counts attempts, NATS the deliveries.
+        max_deliver: if s.max_deliver > 0 {
+            s.max_deliver + i64::from(crate::jobs::DEFERRALS_MAX)
+        } else {
+            s.max_deliver
+        },
         max_ack_pending,
         filter_subjects: work.subjects(subjects),
         ..Default::default()

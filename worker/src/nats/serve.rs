@@ -1,5 +1,5 @@
-//! The serve loop: a permit is taken *before* each pull, so the worker never holds a job it
-//! cannot start; each job runs on a task tracker with a progress-ack ticker; on shutdown the
+//! The serve loop: a permit is taken *before* each message a pull asks for, so the worker never
+//! holds a job it cannot start; each job runs on a task tracker with a progress-ack ticker; on shutdown the
 //! loop stops pulling, in-flight jobs get until the deadline, and unfinished ones are handed back.
 
 use std::panic::AssertUnwindSafe;
@@ -79,7 +79,17 @@ pub async fn run(ctx: ServeContext, pools: Vec<Pool>, shutdown: CancellationToke
     }
 }
 
-/// One pool's loop: a permit first, then one message.
+/// The most messages one pull asks for. A pull is a request to NATS with an inbox of its own,
+/// so under load one pull serves several jobs instead of one; each message asked for has a
+/// permit taken for it first, so the worker still never holds a job it cannot start.
+const MAX_PULL: usize = 32;
+
+/// How long a pull waits for messages. Short, so the permits a pull holds for messages that
+/// have not come are back soon, and a shutdown has little left to hand back.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// One pool's loop: permits first (one at least, as many as are free up to [`MAX_PULL`]), then
+/// one pull of that many messages, each run as it arrives.
 async fn pull_loop(
     ctx: Arc<ServeContext>,
     pool: Pool,
@@ -90,14 +100,20 @@ async fn pull_loop(
     let permits = Arc::new(Semaphore::new(pool.concurrency));
     let mut pull_failures = 0u32;
     loop {
-        let permit = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        // One message per pull, waiting up to 5 s for one to arrive.
+        let mut reserved = vec![first];
+        while reserved.len() < MAX_PULL {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => reserved.push(p),
+                Err(_) => break,
+            }
+        }
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
-            b = pool.consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages() => b,
+            b = pool.consumer.batch().max_messages(reserved.len()).expires(PULL_EXPIRES).messages() => b,
         };
         let mut batch = match batch {
             Ok(b) => b,
@@ -113,28 +129,50 @@ async fn pull_loop(
                 continue;
             }
         };
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            n = batch.next() => n,
-        };
-        match next {
-            // No job within the pull's expiry: pull again (the permit is released and retaken).
-            None => {}
-            Some(Err(e)) => {
-                pull_failures += 1;
-                metrics::counter!("gitlab_worker_pull_errors_total").increment(1);
-                tracing::debug!("pull: {e}");
-            }
-            Some(Ok(msg)) => {
-                pull_failures = 0;
-                let ctx = ctx.clone();
-                let deadline = deadline.clone();
-                tracker.spawn(async move {
-                    process(&ctx, msg, deadline).await;
-                    drop(permit);
-                });
+        // Messages as they arrive, until the pull has them all or expires.
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    hand_back_rest(batch).await;
+                    return;
+                }
+                n = batch.next() => n,
+            };
+            match next {
+                None => break,
+                Some(Err(e)) => {
+                    pull_failures += 1;
+                    metrics::counter!("gitlab_worker_pull_errors_total").increment(1);
+                    tracing::debug!("pull: {e}");
+                    break;
+                }
+                Some(Ok(msg)) => {
+                    pull_failures = 0;
+                    let Some(permit) = reserved.pop() else {
+                        // NATS sent more than was asked for: hand it back untouched.
+                        let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    let deadline = deadline.clone();
+                    tracker.spawn(async move {
+                        process(&ctx, msg, deadline).await;
+                        drop(permit);
+                    });
+                }
             }
         }
+    }
+}
+
+/// At shutdown, the messages a pull still brings (it lasts at most [`PULL_EXPIRES`]) go back to
+/// NATS at once rather than waiting out `ack_wait` in a closed inbox.
+async fn hand_back_rest(
+    mut batch: impl futures::Stream<Item = Result<jetstream::Message, impl std::fmt::Display>> + Unpin,
+) {
+    let until = tokio::time::Instant::now() + PULL_EXPIRES;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, batch.next()).await {
+        let _ = msg.ack_with(jetstream::AckKind::Nak(None)).await;
     }
 }
 
@@ -169,7 +207,6 @@ async fn deliver(
     let (_, acker) = msg.split();
     let acker = Arc::new(acker);
     let attempt = u32::try_from(delivered).unwrap_or(u32::MAX);
-    let last_attempt = ctx.max_deliver > 0 && delivered >= ctx.max_deliver;
     metrics::counter!("gitlab_worker_deliveries_total", "redelivered" => if delivered > 1 { "true" } else { "false" }).increment(1);
 
     let ticker = ProgressTicker::start(acker.clone(), ctx.ack_wait);
@@ -177,10 +214,14 @@ async fn deliver(
     let started = Instant::now();
     let delivery = Delivery {
         attempt,
-        last_attempt,
+        attempt_budget: u32::try_from(ctx.max_deliver).unwrap_or(0),
+        deferrals: 0,
         stream_seq,
         subject: Some(subject.clone()),
     };
+    // Before the store is read its deferrals are unknown: a store failure counts every
+    // delivery as an attempt.
+    let last_attempt = delivery.last_attempt();
     // A panic in a job is a failed delivery like a store failure: retried after a delay and
     // dead-lettered on the last delivery, instead of a task that dies holding the message.
     let handling = AssertUnwindSafe(ctx.handler.handle(&payload, delivery)).catch_unwind();

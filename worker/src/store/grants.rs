@@ -47,6 +47,7 @@ fn record(m: grant::Model) -> Result<GrantRecord, StoreError> {
         ended_at: m.ended_at,
         note: m.note,
         undo_attempts: u32::try_from(m.undo_attempts).unwrap_or(0),
+        held_slot: m.held_slot,
         connector: m.connector,
         job_id: m.job_id,
     })
@@ -78,6 +79,7 @@ impl Store {
             claimed_until: Set(None),
             undo_attempts: Set(0),
             next_attempt_at: Set(None),
+            held_slot: Set(None),
         })
         .on_conflict(
             OnConflict::column(grant::Column::JobId)
@@ -212,6 +214,30 @@ impl Store {
                 Expr::value(i32::try_from(attempts).unwrap_or(i32::MAX)),
             )
             .col_expr(grant::Column::NextAttemptAt, Expr::value(next_attempt))
+            .col_expr(grant::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(grant::Column::JobId.eq(job_id))
+            .filter(grant::Column::State.eq(GrantState::Ending))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Puts an expiry off until `next_attempt` without counting a failure: its undo reserved
+    /// `held_slot` of a per-group limit, which the next attempt uses.
+    pub async fn defer_grant(
+        &self,
+        job_id: &str,
+        next_attempt: DateTime<Utc>,
+        held_slot: &str,
+    ) -> Result<(), StoreError> {
+        grant::Entity::update_many()
+            .col_expr(grant::Column::State, Expr::value(GrantState::Active))
+            .col_expr(
+                grant::Column::ClaimedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .col_expr(grant::Column::NextAttemptAt, Expr::value(next_attempt))
+            .col_expr(grant::Column::HeldSlot, Expr::value(held_slot.to_string()))
             .col_expr(grant::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(grant::Column::JobId.eq(job_id))
             .filter(grant::Column::State.eq(GrantState::Ending))

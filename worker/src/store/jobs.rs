@@ -21,6 +21,9 @@ pub enum Begin {
     Resume {
         attempts: u32,
         progress: Option<String>,
+        /// Deliveries handed back to wait for a slot (not attempts), and the slot last reserved.
+        deferrals: u32,
+        held_slot: Option<String>,
     },
     /// Another delivery of the same job id is running it now (its lease is current).
     Busy,
@@ -43,8 +46,18 @@ pub struct NewJob<'a> {
     pub payload_sha256: &'a str,
     /// The JetStream stream sequence of this delivery (0 without NATS).
     pub stream_seq: u64,
-    /// NATS will not deliver this message again.
-    pub last_delivery: bool,
+    /// This delivery's number (1 for the first).
+    pub delivered: u32,
+    /// The attempts a job gets (0: no limit). Deliveries that were deferrals are not attempts:
+    /// the delivery is the job's last when `delivered - deferrals` reaches it.
+    pub attempt_budget: u32,
+}
+
+impl NewJob<'_> {
+    /// Whether this delivery is the job's last attempt, given its deferrals so far.
+    pub fn last_attempt(&self, deferrals: u32) -> bool {
+        self.attempt_budget > 0 && self.delivered.saturating_sub(deferrals) >= self.attempt_budget
+    }
 }
 
 /// A message committed with the state it describes.
@@ -177,7 +190,7 @@ impl Store {
             request,
             payload_sha256,
             stream_seq,
-            last_delivery,
+            ..
         } = *job;
         let now = Utc::now();
         let lease_until =
@@ -195,7 +208,9 @@ impl Store {
             stream_seq: Set(i64::try_from(stream_seq).unwrap_or(0)),
             lease_until: Set(lease_until),
             payload_sha256: Set(Some(payload_sha256.to_string())),
-            final_delivery: Set(last_delivery),
+            final_delivery: Set(job.last_attempt(0)),
+            deferrals: Set(0),
+            held_slot: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         })
@@ -228,6 +243,7 @@ impl Store {
                 stream_seq: u64::try_from(row.stream_seq).unwrap_or(0),
             });
         }
+        let deferrals = u32::try_from(row.deferrals).unwrap_or(0);
         // Take the job over only if no delivery holds a current lease: one statement, so two
         // deliveries cannot both win.
         let taken = job::Entity::update_many()
@@ -236,7 +252,10 @@ impl Store {
                 Expr::col(job::Column::Attempts).add(1),
             )
             .col_expr(job::Column::LeaseUntil, Expr::value(lease_until))
-            .col_expr(job::Column::FinalDelivery, Expr::value(last_delivery))
+            .col_expr(
+                job::Column::FinalDelivery,
+                Expr::value(job.last_attempt(deferrals)),
+            )
             .col_expr(job::Column::UpdatedAt, Expr::value(now))
             .filter(job::Column::JobId.eq(job_id))
             .filter(job::Column::State.eq(JobState::Running))
@@ -249,6 +268,8 @@ impl Store {
         Ok(Begin::Resume {
             attempts: u32::try_from(row.attempts).unwrap_or(0) + 1,
             progress: row.progress,
+            deferrals,
+            held_slot: row.held_slot,
         })
     }
 
@@ -276,6 +297,27 @@ impl Store {
                 job::Column::LeaseUntil,
                 Expr::value(Utc::now() - chrono::Duration::seconds(1)),
             )
+            .filter(job::Column::JobId.eq(job_id))
+            .filter(job::Column::State.eq(JobState::Running))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Hands a running job back to wait for `held_slot` (a slot of a per-group limit it
+    /// reserved): one more deferral, the slot kept for its next delivery, the lease given up.
+    pub async fn defer_job(&self, job_id: &str, held_slot: &str) -> Result<(), StoreError> {
+        job::Entity::update_many()
+            .col_expr(
+                job::Column::Deferrals,
+                Expr::col(job::Column::Deferrals).add(1),
+            )
+            .col_expr(job::Column::HeldSlot, Expr::value(held_slot.to_string()))
+            .col_expr(
+                job::Column::LeaseUntil,
+                Expr::value(Utc::now() - chrono::Duration::seconds(1)),
+            )
+            .col_expr(job::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(job::Column::JobId.eq(job_id))
             .filter(job::Column::State.eq(JobState::Running))
             .exec(&self.db)
@@ -399,6 +441,7 @@ fn record(m: job::Model) -> JobRecord {
         kind: m.kind,
         state: m.state,
         attempts: u32::try_from(m.attempts).unwrap_or(0),
+        deferrals: u32::try_from(m.deferrals).unwrap_or(0),
         request: m.request,
         result: m.result,
         status: m.status,

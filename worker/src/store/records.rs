@@ -64,6 +64,8 @@ pub struct JobRecord {
     pub state: JobState,
     /// Deliveries that reached the handler.
     pub attempts: u32,
+    /// Of those, the ones handed back to wait for a slot of a per-group limit (not attempts).
+    pub deferrals: u32,
     /// The envelope as received.
     pub request: String,
     /// The result envelope (JSON), once finished.
@@ -107,6 +109,8 @@ pub struct GrantRecord {
     pub note: Option<String>,
     /// Failed attempts to undo it so far.
     pub undo_attempts: u32,
+    /// The slot of a per-group limit its undo reserved when it was put off (`<unix ms>@<lane>`).
+    pub held_slot: Option<String>,
 }
 
 impl GrantRecord {

@@ -239,7 +239,8 @@ fn the_handler_answers_every_hostile_envelope_without_writing() {
             let bytes = serde_json::to_vec(&v).unwrap();
             let delivery = Delivery {
                 attempt: 1,
-                last_attempt: true,
+                attempt_budget: 1,
+                deferrals: 0,
                 stream_seq: seq,
                 subject: subject.map(str::to_string),
             };

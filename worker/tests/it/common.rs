@@ -197,6 +197,7 @@ pub fn pending_grant(
         ended_at: None,
         note: None,
         undo_attempts: 0,
+        held_slot: None,
     }
 }
 
@@ -215,7 +216,8 @@ pub async fn begun(e: &Env, job_id: &str, kind: &str, payload: &[u8], lease: Dur
                     &serde_json::from_slice(payload).unwrap(),
                 ),
                 stream_seq: 1,
-                last_delivery: last,
+                delivered: 1,
+                attempt_budget: u32::from(last),
             },
             lease,
         )

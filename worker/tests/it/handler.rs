@@ -11,7 +11,8 @@ use crate::common::{begun, env, job};
 fn delivery(attempt: u32, last_attempt: bool, stream_seq: u64) -> Delivery {
     Delivery {
         attempt,
-        last_attempt,
+        attempt_budget: if last_attempt { attempt } else { 0 },
+        deferrals: 0,
         stream_seq,
         subject: None,
     }

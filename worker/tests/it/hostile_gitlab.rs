@@ -16,7 +16,8 @@ use crate::common::{Env, env, job};
 fn delivery(stream_seq: u64) -> Delivery {
     Delivery {
         attempt: 1,
-        last_attempt: false,
+        attempt_budget: 0,
+        deferrals: 0,
         stream_seq,
         subject: None,
     }

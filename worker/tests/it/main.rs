@@ -4,6 +4,7 @@
 
 mod adversarial;
 mod common;
+mod deferred;
 mod envelope;
 mod handler;
 mod hostile_gitlab;

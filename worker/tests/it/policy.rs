@@ -14,7 +14,8 @@ use crate::common::{Env, env, env_with, job};
 fn delivery(stream_seq: u64, subject: Option<&str>) -> Delivery {
     Delivery {
         attempt: 1,
-        last_attempt: false,
+        attempt_budget: 0,
+        deferrals: 0,
         stream_seq,
         subject: subject.map(str::to_string),
     }

@@ -73,7 +73,8 @@ fn worker(sim: &SeededSim, store: Store, token_file: &Path, spool: &Path) -> Han
 fn delivery(attempt: u32, seq: u64) -> Delivery {
     Delivery {
         attempt,
-        last_attempt: false,
+        attempt_budget: 0,
+        deferrals: 0,
         stream_seq: seq,
         subject: None,
     }

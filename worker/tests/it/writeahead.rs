@@ -16,7 +16,8 @@ use crate::common::{begun, env, job, pending_grant};
 fn delivery(attempt: u32, stream_seq: u64) -> Delivery {
     Delivery {
         attempt,
-        last_attempt: false,
+        attempt_budget: 0,
+        deferrals: 0,
         stream_seq,
         subject: None,
     }
@@ -333,7 +334,8 @@ async fn a_job_past_its_deadline_is_stopped_handed_back_then_failed_on_its_last_
     );
     let last = Delivery {
         attempt: 8,
-        last_attempt: true,
+        attempt_budget: 8,
+        deferrals: 0,
         stream_seq: 1,
         subject: None,
     };

@@ -36,6 +36,9 @@ pub struct Model {
     pub undo_attempts: i32,
     /// A failed undo is tried again from then on.
     pub next_attempt_at: Option<DateTimeUtc>,
+    /// The slot of a per-group limit its undo reserved when it was put off until then.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub held_slot: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

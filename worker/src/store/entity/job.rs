@@ -33,6 +33,11 @@ pub struct Model {
     /// The delivery running the job is its last (NATS will not deliver it again): if it dies,
     /// the scheduler answers the job `failed` once its lease has run out.
     pub final_delivery: bool,
+    /// Deliveries handed back to wait for a slot of a per-group limit: not attempts.
+    pub deferrals: i32,
+    /// The slot the job reserved when it was last handed back (`<unix ms>@<lane>`).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub held_slot: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -5,9 +5,11 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
+mod job_deferrals;
 mod outbox_owner;
 mod record_lookup;
 
+use job_deferrals::M0010JobDeferrals;
 use outbox_owner::M0009OutboxOwner;
 use record_lookup::M0008RecordLookup;
 pub use record_lookup::record_lookup_backfill;
@@ -27,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0007ChangeBatches),
             Box::new(M0008RecordLookup),
             Box::new(M0009OutboxOwner),
+            Box::new(M0010JobDeferrals),
         ]
     }
 }
