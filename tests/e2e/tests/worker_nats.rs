@@ -879,3 +879,43 @@ async fn a_message_nats_refuses_is_parked_and_every_later_one_is_published() {
     );
     assert_eq!(w.get("/readyz").0, 200, "{:?}", w.get("/readyz"));
 }
+
+/// Two workers' budgets on one NATS key, reserving in turn and at once: every reservation owns
+/// a slot of its own (a worker's remembered revision of the key is only a guess; when the other
+/// wrote meanwhile its write is refused and it reads the key again).
+#[tokio::test(flavor = "multi_thread")]
+async fn budgets_sharing_a_key_never_hand_out_one_slot_twice() {
+    use gitlab_connector::client::SharedBudget;
+    use gitlab_worker::nats::budget::{KvBudget, bucket};
+    use gitlab_worker::subjects::Subjects;
+
+    let e = env().await;
+    let subjects = Subjects::new("gitlab");
+    let kv = bucket(&e.js, &subjects, 1).await.unwrap();
+    let a = std::sync::Arc::new(KvBudget::new(kv.clone(), "default"));
+    let b = std::sync::Arc::new(KvBudget::new(kv, "default"));
+    let interval = Duration::from_millis(10);
+    let mut starts = Vec::new();
+    // In turn: each write finds the other's revision newer than the one it remembers.
+    for i in 0..20 {
+        let budget = if i % 2 == 0 { &a } else { &b };
+        starts.push(budget.reserve("MemberDelete.7", 1, interval).await.unwrap());
+    }
+    // At once.
+    let racing: Vec<_> = (0..12)
+        .map(|i| {
+            let budget = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(
+                async move { budget.reserve("MemberDelete.7", 1, interval).await.unwrap() },
+            )
+        })
+        .collect();
+    for r in racing {
+        starts.push(r.await.unwrap());
+    }
+    starts.sort();
+    for pair in starts.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).unwrap();
+        assert!(gap >= interval, "two slots overlap: {gap:?} apart");
+    }
+}

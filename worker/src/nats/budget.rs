@@ -10,6 +10,8 @@
 //! takes times the refill interval, with the key's revision as the guard, so two workers never
 //! get the same slot.
 
+use std::collections::HashMap;
+use std::sync::PoisonError;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv};
@@ -59,10 +61,18 @@ pub async fn bucket(
     }
 }
 
+/// Timelines whose last write this worker remembers, at most (then it forgets them all).
+const KNOWN_MAX: usize = 4_096;
+
 /// One connector's budget in the bucket.
 pub struct KvBudget {
     kv: kv::Store,
     connector: String,
+    /// The revision and value of each key as this worker last wrote it. A worker alone on a
+    /// key (a group's deletions, usually) then reserves with one round trip, a write guarded by
+    /// that revision, instead of a read and a write; when another worker wrote meanwhile the
+    /// guard fails and the key is read.
+    known: std::sync::Mutex<HashMap<String, (u64, SystemTime)>>,
 }
 
 impl KvBudget {
@@ -70,7 +80,12 @@ impl KvBudget {
         Self {
             kv,
             connector: connector.to_string(),
+            known: Default::default(),
         }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, SystemTime)>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn reserve_once(
@@ -79,28 +94,51 @@ impl KvBudget {
         requests: u32,
         interval: Duration,
     ) -> Result<Option<SystemTime>, String> {
-        let entry = self.kv.entry(key).await.map_err(|e| e.to_string())?;
+        let remembered = self.known().get(key).copied();
+        let (next, revision) = match remembered {
+            Some((revision, next)) => (Some(next), Some(revision)),
+            None => match self.kv.entry(key).await.map_err(|e| e.to_string())? {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    (decode(&e.value), Some(e.revision))
+                }
+                Some(e) => (None, Some(e.revision)),
+                None => (None, None),
+            },
+        };
         let now = SystemTime::now();
-        let (next, revision) = match &entry {
-            Some(e) if e.operation == kv::Operation::Put => (decode(&e.value), Some(e.revision)),
-            Some(e) => (None, Some(e.revision)),
-            None => (None, None),
-        };
         let start = next.map_or(now, |t| t.max(now));
-        let value = encode(start + interval * requests);
+        let end = start + interval * requests;
         let written = match revision {
-            Some(r) => match self.kv.update(key, value, r).await {
-                Ok(_) => true,
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
-                Err(e) => return Err(e.to_string()),
+            Some(r) => match self.kv.update(key, encode(end), r).await {
+                Ok(revision) => Some(revision),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
+                Err(e) => {
+                    // It may have been written: read it next time.
+                    self.known().remove(key);
+                    return Err(e.to_string());
+                }
             },
-            None => match self.kv.create(key, value).await {
-                Ok(_) => true,
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
+            None => match self.kv.create(key, encode(end)).await {
+                Ok(revision) => Some(revision),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
                 Err(e) => return Err(e.to_string()),
             },
         };
-        Ok(written.then_some(start))
+        let mut known = self.known();
+        match written {
+            Some(revision) => {
+                if known.len() >= KNOWN_MAX {
+                    known.clear();
+                }
+                known.insert(key.to_string(), (revision, end));
+                Ok(Some(start))
+            }
+            // Another worker wrote it: read it next time.
+            None => {
+                known.remove(key);
+                Ok(None)
+            }
+        }
     }
 }
 
