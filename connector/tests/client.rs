@@ -1267,3 +1267,57 @@ async fn a_list_longer_than_its_total_ends_with_an_error() {
         Error::ListTooLong { limit: 1, .. }
     ));
 }
+
+/// GitLab's application limiter (here the 60/min member deletion of one group) refuses that
+/// endpoint only: its 429 does not pause the connector's other requests, while the per-user
+/// throttle's 429 does.
+#[tokio::test]
+async fn a_per_group_limit_429_refuses_that_request_and_pauses_nothing_else() {
+    let server = MockServer::start().await;
+    Mock::given(method("DELETE"))
+        .and(path("/api/v4/groups/1/members/5"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "60")
+                .set_body_json(json!({"message": {"error": "This endpoint has been requested too many times. Try again later."}})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/api/v4/groups/2/members/5"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "60")
+                .set_body_string("Retry later\n"),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/groups/3"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"id": 3, "name": "g", "path": "g", "full_path": "g", "parent_id": null}),
+        ))
+        .mount(&server)
+        .await;
+    let mut config = config(&server.uri());
+    config.rate_limit = RateLimitConfig::self_managed();
+    // The 429 comes back at once (no retry) and GitLab's 60 s are within what the client waits.
+    config.retry.max_retries = 0;
+    config.retry.max_wait = Duration::from_secs(120);
+    let c = Client::new(config).unwrap();
+    let remove = RemoveMember {
+        skip_subresources: true,
+        unassign_issuables: false,
+    };
+    let group = |id| Source::Group(IdOrPath::Id(id));
+    let refused = c.remove_member(&group(1), 5, remove).await.unwrap_err();
+    assert_eq!(refused.code(), "rate_limited", "{refused}");
+    let other = tokio::time::timeout(Duration::from_secs(5), c.group(&IdOrPath::Id(3))).await;
+    assert_eq!(other.expect("paused by a per-group 429").unwrap().id, 3);
+    assert_eq!(c.stats().route("GET /groups/:id").rate_limit_waits, 0);
+
+    // The per-user throttle's 429 pauses every request for GitLab's Retry-After.
+    c.remove_member(&group(2), 5, remove).await.unwrap_err();
+    let paused = tokio::time::timeout(Duration::from_secs(1), c.group(&IdOrPath::Id(3))).await;
+    assert!(paused.is_err(), "a throttle 429 must pause the connector");
+}

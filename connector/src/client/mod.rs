@@ -30,6 +30,10 @@ pub use stats::{RouteStats, StatsSnapshot};
 use crate::error::{Error, Route, TransportKind, classify};
 use crate::secret::Secret;
 use ratelimit::RateLimiter;
+
+/// How long the other workers keep off a group's or project's shared limit after GitLab refused
+/// it without saying for how long (the application limiter may send no `Retry-After`).
+const ENDPOINT_LIMIT_HOLD: Duration = Duration::from_secs(10);
 use stats::Stats;
 
 /// Which kind of GitLab the connector talks to; it chooses rate-limit presets and which
@@ -383,7 +387,15 @@ impl Client {
         // Only a 429 waits for GitLab's window, and only it pauses every request of the
         // connector; a 5xx honours `Retry-After` alone and is backed off per request (GitLab
         // sends `RateLimit-Reset` on ordinary responses too, up to a minute away).
-        let wait = if status == StatusCode::TOO_MANY_REQUESTS {
+        // A 429 from one of GitLab's application limits (per endpoint, often per group or
+        // project) refuses that endpoint only: the connector's other requests go on, and its
+        // `RateLimit-*` headers describe the user's throttle, not this limit.
+        let endpoint_limited = status == StatusCode::TOO_MANY_REQUESTS
+            && req.limit.is_some()
+            && retry::is_application_limit(&body);
+        let wait = if endpoint_limited {
+            retry::retry_after(&headers)
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
             retry::rate_limit_wait(&headers)
         } else if status.is_server_error() {
             retry::retry_after(&headers)
@@ -391,9 +403,17 @@ impl Client {
             None
         };
         let pause = wait.filter(|w| {
-            status == StatusCode::TOO_MANY_REQUESTS && *w <= inner.config.retry.max_wait
+            status == StatusCode::TOO_MANY_REQUESTS
+                && !endpoint_limited
+                && *w <= inner.config.retry.max_wait
         });
         inner.limiter.observe(&headers, pause);
+        if endpoint_limited && let Some(class) = req.limit {
+            inner
+                .limiter
+                .hold_back(class, req.limit_key, wait.unwrap_or(ENDPOINT_LIMIT_HOLD))
+                .await;
+        }
         tracing::debug!(
             route = %req.route,
             status = status.as_u16(),

@@ -270,6 +270,25 @@ impl RateLimiter {
         }
     }
 
+    /// GitLab refused a request of `class` on resource `key` for `wait`: when that limit is
+    /// shared per resource, its timeline moves past the wait, so no worker sends into it.
+    pub async fn hold_back(&self, class: LimitClass, key: u64, wait: Duration) {
+        let Some((shared, lane, interval)) = self
+            .shared
+            .get()
+            .and_then(|s| s.keyed_lane(class, key).map(|(l, i)| (s, l, i)))
+        else {
+            return;
+        };
+        let wait = wait.min(Duration::from_secs(600));
+        let slots = u32::try_from(wait.as_nanos() / interval.as_nanos().max(1))
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        if let Err(e) = shared.reserve_many(&lane, slots, interval).await {
+            tracing::warn!(%lane, "the shared GitLab budget is unreachable ({e}); only this request waits");
+        }
+    }
+
     /// Feeds GitLab's `RateLimit-*` headers (and, on 429, its requested wait) to the pacer.
     pub fn observe(&self, headers: &HeaderMap, retry_after: Option<Duration>) {
         let now = Instant::now();

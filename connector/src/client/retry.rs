@@ -85,6 +85,13 @@ pub(crate) fn rate_limit_wait(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// A 429 body from GitLab's application limiter (`check_rate_limit!`), not Rack::Attack's
+/// per-user throttle (`Retry later`): docs/gitlab.md, "Rate limits".
+pub(crate) fn is_application_limit(body: &[u8]) -> bool {
+    const MARK: &[u8] = b"requested too many times";
+    body.len() <= 4_096 && body.windows(MARK.len()).any(|w| w == MARK)
+}
+
 /// `Retry-After` alone (seconds or an HTTP date), clamped.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();

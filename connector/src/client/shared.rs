@@ -167,7 +167,17 @@ impl SharedLanes {
         lane: &str,
         interval: Duration,
     ) -> Result<SystemTime, String> {
-        self.budget.reserve(lane, 1, interval).await
+        self.reserve_many(lane, 1, interval).await
+    }
+
+    /// Reserves `slots` slots of a per-resource lane at once (to keep everyone off it).
+    pub(crate) async fn reserve_many(
+        &self,
+        lane: &str,
+        slots: u32,
+        interval: Duration,
+    ) -> Result<SystemTime, String> {
+        self.budget.reserve(lane, slots, interval).await
     }
 
     /// Takes one request of every shared lane that applies; how long that waited.
@@ -209,6 +219,25 @@ mod tests {
                 Ok(start)
             })
         }
+    }
+
+    #[tokio::test]
+    async fn a_groups_refused_deletion_keeps_every_worker_off_that_group_only() {
+        let timeline = Arc::new(Timeline::default());
+        let limiter = super::super::ratelimit::RateLimiter::new(&RateLimitConfig::self_managed());
+        limiter.share(timeline.clone());
+        let before = SystemTime::now();
+        limiter
+            .hold_back(LimitClass::MemberDelete, 7, Duration::from_secs(10))
+            .await;
+        // Not shared per resource: nothing to hold back.
+        limiter
+            .hold_back(LimitClass::MembersAll, 7, Duration::from_secs(10))
+            .await;
+        let lanes = timeline.0.lock().unwrap();
+        let next = lanes["MemberDelete.7"];
+        assert!(next >= before + Duration::from_secs(10), "{next:?}");
+        assert_eq!(lanes.len(), 1, "{:?}", lanes.keys().collect::<Vec<_>>());
     }
 
     #[tokio::test]
