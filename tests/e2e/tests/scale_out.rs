@@ -230,6 +230,23 @@ impl Run {
         out
     }
 
+    /// Publishes `jobs` and waits until each has exactly one result, every one of them a
+    /// success.
+    async fn answer_all(&self, jobs: &[(String, String, String)]) {
+        for j in jobs {
+            publish(&self.js, j).await;
+        }
+        let results = self.results(jobs.len()).await;
+        assert_every_job_answered_once(jobs, &results, &self.logs());
+    }
+
+    /// The requests the simulator saw, and how many it answered 429.
+    fn gitlab_requests(&self) -> (Vec<gitlab_sim::http::LogEntry>, usize) {
+        let requests = self.sim.sim.requests();
+        let throttled = requests.iter().filter(|r| r.status == 429).count();
+        (requests, throttled)
+    }
+
     fn logs(&self) -> String {
         self.workers
             .iter()
@@ -404,15 +421,10 @@ async fn revokes_queued_on_one_groups_deletion_limit_wait_in_the_queue_not_in_a_
             )
         })
         .collect();
-    for j in &jobs {
-        publish(&run.js, j).await;
-    }
-    let results = run.results(jobs.len()).await;
-    assert_every_job_answered_once(&jobs, &results, &run.logs());
+    run.answer_all(&jobs).await;
     // The group's limit was shared: not one deletion was refused.
-    let requests = run.sim.sim.requests();
+    let (requests, throttled) = run.gitlab_requests();
     let deletes = requests.iter().filter(|r| r.method == "DELETE").count();
-    let throttled = requests.iter().filter(|r| r.status == 429).count();
     assert_eq!(deletes, jobs.len(), "one deletion per revoke");
     assert_eq!(throttled, 0, "{throttled} requests were answered 429");
     // Each revoke made one attempt; the rest of its deliveries were waits in the queue.
@@ -489,13 +501,8 @@ async fn three_workers_syncing_under_gitlabs_limit_share_it_and_meet_no_429() {
         .iter()
         .map(|s| job(&format!("sync-{s}"), "sync", json!({"scope": s})))
         .collect();
-    for j in &jobs {
-        publish(&run.js, j).await;
-    }
-    let results = run.results(jobs.len()).await;
-    assert_every_job_answered_once(&jobs, &results, &run.logs());
-    let requests = run.sim.sim.requests();
-    let throttled = requests.iter().filter(|r| r.status == 429).count();
+    run.answer_all(&jobs).await;
+    let (requests, throttled) = run.gitlab_requests();
     assert_eq!(
         throttled,
         0,

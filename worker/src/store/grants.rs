@@ -203,20 +203,11 @@ impl Store {
         attempts: u32,
         next_attempt: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        grant::Entity::update_many()
-            .col_expr(grant::Column::State, Expr::value(GrantState::Active))
-            .col_expr(
-                grant::Column::ClaimedUntil,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
+        handing_back(job_id, next_attempt)
             .col_expr(
                 grant::Column::UndoAttempts,
                 Expr::value(i32::try_from(attempts).unwrap_or(i32::MAX)),
             )
-            .col_expr(grant::Column::NextAttemptAt, Expr::value(next_attempt))
-            .col_expr(grant::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(grant::Column::JobId.eq(job_id))
-            .filter(grant::Column::State.eq(GrantState::Ending))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -230,17 +221,8 @@ impl Store {
         next_attempt: DateTime<Utc>,
         held_slot: &str,
     ) -> Result<(), StoreError> {
-        grant::Entity::update_many()
-            .col_expr(grant::Column::State, Expr::value(GrantState::Active))
-            .col_expr(
-                grant::Column::ClaimedUntil,
-                Expr::value(Option::<DateTime<Utc>>::None),
-            )
-            .col_expr(grant::Column::NextAttemptAt, Expr::value(next_attempt))
+        handing_back(job_id, next_attempt)
             .col_expr(grant::Column::HeldSlot, Expr::value(held_slot.to_string()))
-            .col_expr(grant::Column::UpdatedAt, Expr::value(Utc::now()))
-            .filter(grant::Column::JobId.eq(job_id))
-            .filter(grant::Column::State.eq(GrantState::Ending))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -338,4 +320,18 @@ async fn end_in<C: ConnectionTrait>(
         .exec(db)
         .await?;
     Ok(())
+}
+
+/// Gives an ending grant's claim back, to be tried again from `next_attempt`.
+fn handing_back(job_id: &str, next_attempt: DateTime<Utc>) -> sea_orm::UpdateMany<grant::Entity> {
+    grant::Entity::update_many()
+        .col_expr(grant::Column::State, Expr::value(GrantState::Active))
+        .col_expr(
+            grant::Column::ClaimedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .col_expr(grant::Column::NextAttemptAt, Expr::value(next_attempt))
+        .col_expr(grant::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(grant::Column::JobId.eq(job_id.to_string()))
+        .filter(grant::Column::State.eq(GrantState::Ending))
 }
