@@ -20,7 +20,7 @@ use gitlab_connector::client::{Deferral, Slot};
 
 use crate::connector::Connector;
 use crate::jobs::Handler;
-use crate::jobs::delivery::{DEFER_HOLD, DEFER_LEAD};
+use crate::jobs::delivery::{DEFER_HOLD, come_back_in};
 use crate::jobs::events::EVENT_SCHEMA;
 use crate::jobs::undo::{ExpireError, expire_grant};
 use crate::store::{GrantRecord, OutboxMessage};
@@ -92,14 +92,10 @@ async fn expire(h: &Handler, c: &Connector, g: &GrantRecord) -> Option<Expired> 
         ))
         .await;
     if let (Err(ExpireError::Undo(_)), Some(slot)) = (&expired, deferral.deferred()) {
-        let wait = slot
-            .at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        let next = h.clock.now()
-            + chrono::Duration::from_std(wait.saturating_sub(DEFER_LEAD)).unwrap_or_default();
+        let next =
+            h.clock.now() + chrono::Duration::from_std(come_back_in(&slot)).unwrap_or_default();
         tracing::info!(
-            wait_ms = wait.as_millis() as u64,
+            wait_ms = slot.wait().as_millis() as u64,
             "the grant's deletion slot of GitLab's per-group limit is ahead: the expiry is put off until then"
         );
         if let Err(e) = h.store.defer_grant(&g.job_id, next, &slot.encode()).await {

@@ -30,11 +30,11 @@ pub use stats::{RouteStats, StatsSnapshot};
 use crate::error::{Error, Route, TransportKind, classify};
 use crate::secret::Secret;
 use ratelimit::RateLimiter;
+use stats::Stats;
 
 /// How long the other workers keep off a group's or project's shared limit after GitLab refused
 /// it without saying for how long (the application limiter may send no `Retry-After`).
 const ENDPOINT_LIMIT_HOLD: Duration = Duration::from_secs(10);
-use stats::Stats;
 
 /// Which kind of GitLab the connector talks to; it chooses rate-limit presets and which
 /// admin-only endpoints make sense.

@@ -51,6 +51,13 @@ impl Slot {
         })
     }
 
+    /// How long from now until the slot (zero once it has begun).
+    pub fn wait(&self) -> Duration {
+        self.at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    }
+
     /// Still usable at `now`: not more than `interval` (the lane's spacing) late, so sending in
     /// it cannot crowd a window beyond the headroom the lane keeps.
     fn fresh(&self, now: SystemTime, interval: Duration) -> bool {
@@ -148,7 +155,7 @@ where
         at,
     };
     let mut state = deferral.state();
-    if at.duration_since(SystemTime::now()).unwrap_or_default() <= state.hold {
+    if slot.wait() <= state.hold {
         state.held = Some(slot);
         Decision::Held
     } else {

@@ -7,14 +7,12 @@
 //! is a delivery but not an attempt; the consumer delivers `DEFERRALS_MAX` more times than
 //! `NATS_MAX_DELIVER` to make room for them.
 
-use std::time::SystemTime;
-
 use chrono::{DateTime, Utc};
 use gitlab_connector::client::Slot;
 
 use super::codes::Code;
 use super::context::Report;
-use super::delivery::{DEFER_LEAD, Delivery, Disposition, Handled, HandlerError};
+use super::delivery::{Delivery, Disposition, Handled, HandlerError, come_back_in};
 use super::envelope::Job;
 use super::handler::{Ending, Handler};
 use super::outcome::JobFailure;
@@ -31,14 +29,10 @@ impl Handler {
         settlement: &Settlement,
     ) -> Result<Handled, HandlerError> {
         let job_id = job.job_id.as_str();
-        let wait = slot
-            .at
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
         self.store.settle(job_id, settlement).await?;
         self.store.defer_job(job_id, &slot.encode()).await?;
         tracing::info!(
-            wait_ms = wait.as_millis() as u64,
+            wait_ms = slot.wait().as_millis() as u64,
             lane = %slot.lane,
             "the job's slot of GitLab's per-group limit is ahead: it waits in the queue until then"
         );
@@ -50,7 +44,7 @@ impl Handler {
             connector: job.connector.to_string(),
             job_id: job_id.to_string(),
             disposition: Disposition::Retry {
-                delay: wait.saturating_sub(DEFER_LEAD),
+                delay: come_back_in(&slot),
             },
             error: None,
             repeated: true,

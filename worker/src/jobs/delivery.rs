@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::result::{JobError, JobStatus};
-use crate::store::StoreError;
+use crate::store::{StoreError, attempts_left};
 
 /// A job handed back to wait for a slot of a per-group limit (`Error::SlotLater`) is not
 /// making an attempt: up to this many such deliveries per job are not counted against
@@ -17,6 +17,11 @@ pub const DEFER_HOLD: Duration = Duration::from_secs(1);
 
 /// A deferred job comes back this long before its slot (it reads GitLab before the write).
 pub const DEFER_LEAD: Duration = Duration::from_millis(300);
+
+/// How long a job (or a JIT expiry) deferred to `slot` stays away.
+pub fn come_back_in(slot: &gitlab_connector::client::Slot) -> Duration {
+    slot.wait().saturating_sub(DEFER_LEAD)
+}
 
 /// Delivery facts the transport knows.
 #[derive(Debug, Clone, Default)]
@@ -44,20 +49,19 @@ impl Delivery {
         }
     }
 
-    /// Deliveries that were attempts, this one included.
-    fn attempts(&self) -> u32 {
-        self.attempt.saturating_sub(self.deferrals)
+    fn attempts_left(&self) -> Option<u32> {
+        attempts_left(self.attempt, self.deferrals, self.attempt_budget)
     }
 
     /// No further attempt will come: a transient failure is final.
     pub fn last_attempt(&self) -> bool {
-        self.attempt_budget > 0 && self.attempts() >= self.attempt_budget
+        self.attempts_left().is_none_or(|left| left == 0)
     }
 
     /// The job's last attempt was made by an earlier delivery that stopped (NATS delivers the
     /// message again because deferrals left it deliveries): this one must not run it.
     pub fn beyond_budget(&self) -> bool {
-        self.attempt_budget > 0 && self.attempts() > self.attempt_budget
+        self.attempts_left().is_none()
     }
 }
 

@@ -56,8 +56,17 @@ pub struct NewJob<'a> {
 impl NewJob<'_> {
     /// Whether this delivery is the job's last attempt, given its deferrals so far.
     pub fn last_attempt(&self, deferrals: u32) -> bool {
-        self.attempt_budget > 0 && self.delivered.saturating_sub(deferrals) >= self.attempt_budget
+        attempts_left(self.delivered, deferrals, self.attempt_budget).is_none_or(|left| left == 0)
     }
+}
+
+/// Attempts a job has left after delivery `delivered`: `None` when earlier attempts spent its
+/// budget, `u32::MAX` when it has none. Deliveries that were deferrals are not attempts.
+pub fn attempts_left(delivered: u32, deferrals: u32, budget: u32) -> Option<u32> {
+    if budget == 0 {
+        return Some(u32::MAX);
+    }
+    budget.checked_sub(delivered.saturating_sub(deferrals))
 }
 
 /// A message committed with the state it describes.

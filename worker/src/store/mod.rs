@@ -29,7 +29,7 @@ pub use audit::{AuditEntry, AuditRow};
 pub use changes::{Append, ChangeBatch, ChangeLine, NewBatch};
 pub use finish::Settlement;
 pub use history::{RecordVersion, VersionFilter};
-pub use jobs::{Begin, NewJob, OutboxMessage};
+pub use jobs::{Begin, NewJob, OutboxMessage, attempts_left};
 pub use outbox::ParkedMessage;
 pub use records::{GrantRecord, GrantState, JobRecord, JobState};
 pub use retention::Pruned;
