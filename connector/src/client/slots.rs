@@ -148,7 +148,10 @@ where
     let at = match reserve_one().await {
         Ok(at) => at,
         // The shared budget is away: the request paces itself locally.
-        Err(_) => return Decision::Unmanaged,
+        Err(e) => {
+            tracing::warn!(%lane, "the shared GitLab budget is unreachable ({e}); this request waits for its turn in the worker");
+            return Decision::Unmanaged;
+        }
     };
     let slot = Slot {
         lane: lane.to_string(),

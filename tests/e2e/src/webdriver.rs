@@ -126,6 +126,20 @@ impl Browser {
             .to_string()
     }
 
+    /// Waits (up to 10 s, as finding an element does) for the page's address to satisfy
+    /// `wanted`, and returns it: a click or a form submission starts loading the next page,
+    /// and WebDriver may answer before the browser has moved to it.
+    pub async fn url_when(&self, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = self.url().await;
+            if wanted(&url) || tokio::time::Instant::now() >= deadline {
+                return url;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The first element matching a CSS selector.
     pub async fn find(&self, css: &str) -> String {
         let v = self

@@ -11,7 +11,7 @@
 //! get the same slot.
 
 use std::collections::HashMap;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv};
@@ -24,7 +24,8 @@ use crate::subjects::Subjects;
 /// for that reservation): only reached under heavy contention or a failing server.
 const ATTEMPTS: usize = 32;
 
-/// Opens (or creates, or reconciles the replicas of) the budget bucket.
+/// Opens (or creates) the budget bucket, reconciling its replicas and making its reads go to
+/// the stream leader.
 pub async fn bucket(
     js: &jetstream::Context,
     subjects: &Subjects,
@@ -44,21 +45,32 @@ pub async fn bucket(
         num_replicas: replicas,
         ..Default::default()
     };
-    match js.get_key_value(&name).await {
-        Ok(store) => {
-            let mut stream = js
-                .get_stream(format!("KV_{name}"))
-                .await
-                .map_err(|e| err(&e))?;
-            let mut current = stream.info().await.map_err(|e| err(&e))?.config.clone();
-            if current.num_replicas != replicas {
-                current.num_replicas = replicas;
-                js.update_stream(&current).await.map_err(|e| err(&e))?;
-            }
-            Ok(store)
-        }
-        Err(_) => js.create_key_value(config).await.map_err(|e| err(&e)),
+    let opened = match js.get_key_value(&name).await {
+        Ok(store) => store,
+        // Another worker starting at the same time may have created it first (and already
+        // changed its configuration below, so this creation is refused): open theirs.
+        Err(_) => match js.create_key_value(config).await {
+            Ok(store) => store,
+            Err(created) => js.get_key_value(&name).await.map_err(|_| err(&created))?,
+        },
+    };
+    let mut stream = js
+        .get_stream(format!("KV_{name}"))
+        .await
+        .map_err(|e| err(&e))?;
+    let mut current = stream.info().await.map_err(|e| err(&e))?.config.clone();
+    if current.num_replicas == replicas && !current.allow_direct {
+        return Ok(opened);
     }
+    current.num_replicas = replicas;
+    // A reservation reads a timeline and then writes it guarded by the revision it read. Direct
+    // gets (the KV default) may be answered by a replica that has not caught up: the key looks
+    // absent or older than it is, the guarded write is refused again and again, and the worker
+    // gives up sharing for that request. Reads from the stream's leader are never behind.
+    current.allow_direct = false;
+    js.update_stream(&current).await.map_err(|e| err(&e))?;
+    // Reopened: the store decides at opening whether its reads are direct.
+    js.get_key_value(&name).await.map_err(|e| err(&e))
 }
 
 /// Timelines whose last write this worker remembers, at most (then it forgets them all).
@@ -73,6 +85,11 @@ pub struct KvBudget {
     /// that revision, instead of a read and a write; when another worker wrote meanwhile the
     /// guard fails and the key is read.
     known: std::sync::Mutex<HashMap<String, (u64, SystemTime)>>,
+    /// One reservation of a key at a time in this worker: its jobs queue here rather than
+    /// race each other's compare-and-set on NATS (twenty revokes of one group arriving at once
+    /// would otherwise lose to one another until some ran out of attempts), so only other
+    /// workers' writes can make a reservation read the key again.
+    turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl KvBudget {
@@ -81,7 +98,18 @@ impl KvBudget {
             kv,
             connector: connector.to_string(),
             known: Default::default(),
+            turns: Default::default(),
         }
+    }
+
+    /// The turn of `key` in this worker (forgotten with the remembered revisions).
+    fn turn(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        if turns.len() >= KNOWN_MAX {
+            // Only keys no reservation is using are forgotten.
+            turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+        }
+        turns.entry(key.to_string()).or_default().clone()
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, SystemTime)>> {
@@ -111,7 +139,9 @@ impl KvBudget {
         let written = match revision {
             Some(r) => match self.kv.update(key, encode(end), r).await {
                 Ok(revision) => Some(revision),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || lost_race(&e) => {
+                    None
+                }
                 Err(e) => {
                     // It may have been written: read it next time.
                     self.known().remove(key);
@@ -120,7 +150,7 @@ impl KvBudget {
             },
             None => match self.kv.create(key, encode(end)).await {
                 Ok(revision) => Some(revision),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists || lost_race(&e) => None,
                 Err(e) => return Err(e.to_string()),
             },
         };
@@ -146,6 +176,8 @@ impl SharedBudget for KvBudget {
     fn reserve<'a>(&'a self, lane: &'a str, requests: u32, interval: Duration) -> Reservation<'a> {
         Box::pin(async move {
             let key = format!("{}.{lane}", self.connector);
+            let turn = self.turn(&key);
+            let _turn = turn.lock().await;
             for _ in 0..ATTEMPTS {
                 if let Some(start) = self.reserve_once(&key, requests, interval).await? {
                     return Ok(start);
@@ -157,6 +189,26 @@ impl SharedBudget for KvBudget {
             ))
         })
     }
+}
+
+/// Whether a refused write lost to another writer. On a replicated stream NATS (2.11 on)
+/// answers a write whose expected revision is stale with error 10164, which async-nats does not
+/// classify as a wrong revision (only 10071): without this every lost race on a cluster would
+/// read as the budget being unreachable.
+fn lost_race(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(refusal) = err.downcast_ref::<async_nats::jetstream::Error>() {
+            return matches!(
+                refusal.error_code(),
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            );
+        }
+        cause = err.source();
+    }
+    false
 }
 
 fn encode(t: SystemTime) -> bytes::Bytes {
