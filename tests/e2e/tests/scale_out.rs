@@ -247,6 +247,17 @@ impl Run {
         (requests, throttled)
     }
 
+    /// No worker paced a request alone for want of the shared budget (NATS was up throughout).
+    fn assert_budget_always_shared(&self) {
+        for w in &self.workers {
+            let log = w.stderr();
+            assert!(
+                !log.contains("shared GitLab budget is unreachable"),
+                "{log}"
+            );
+        }
+    }
+
     fn logs(&self) -> String {
         self.workers
             .iter()
@@ -448,13 +459,7 @@ async fn revokes_queued_on_one_groups_deletion_limit_wait_in_the_queue_not_in_a_
     assert_eq!(throttled, 0, "{throttled} requests were answered 429");
     // Twenty reservations racing on one key of a replicated bucket: each lost race was read
     // again, none taken for the budget being away (NATS answers them differently on a cluster).
-    for w in &run.workers {
-        let log = w.stderr();
-        assert!(
-            !log.contains("shared GitLab budget is unreachable"),
-            "{log}"
-        );
-    }
+    run.assert_budget_always_shared();
     // Each revoke waited in the queue and then made one attempt.
     let store = gitlab_worker::store::Store::connect(&run.db.url)
         .await
@@ -527,6 +532,7 @@ async fn three_workers_syncing_under_gitlabs_limit_share_it_and_meet_no_429() {
         .map(|s| job(&format!("sync-{s}"), "sync", json!({"scope": s})))
         .collect();
     run.answer_all(&jobs).await;
+    run.assert_budget_always_shared();
     let (requests, throttled) = run.gitlab_requests();
     assert_eq!(
         throttled,
