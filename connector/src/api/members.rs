@@ -37,6 +37,16 @@ impl Source {
         matches!(self, Source::Group(_))
     }
 
+    /// The key of this group's or project's own limits (GitLab limits member deletion and
+    /// `members/all` per group and per project). Group and project ids are counted apart, so
+    /// group 7 and project 7 are different resources: a project's key has the top bit set.
+    pub(crate) fn limit_key(&self) -> u64 {
+        match self {
+            Source::Group(r) => limit_key(r),
+            Source::Project(r) => limit_key(r) ^ PROJECT_KEY_BIT,
+        }
+    }
+
     fn base(&self) -> String {
         match self {
             Source::Group(r) => format!("/groups/{}", r.segment()),
@@ -49,6 +59,9 @@ impl Source {
         if self.is_group() { group } else { project }
     }
 }
+
+/// Set in a project's [`Source::limit_key`]: ids are far below it.
+const PROJECT_KEY_BIT: u64 = 1 << 63;
 
 /// A custom role as embedded in a member (EE; omitted when the member has none).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,7 +328,7 @@ impl Client {
             ),
             format!("{}/members/all/{user_id}", source.base()),
         )
-        .limited(LimitClass::MembersAll, limit_key(source.reference()));
+        .limited(LimitClass::MembersAll, source.limit_key());
         match self.get_json(req).await {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -404,12 +417,8 @@ impl Client {
                 "/projects/:id/members/:user_id",
             ),
         );
-        self.reserve_slot(
-            LimitClass::MemberDelete,
-            limit_key(source.reference()),
-            route,
-        )
-        .await
+        self.reserve_slot(LimitClass::MemberDelete, source.limit_key(), route)
+            .await
     }
 
     /// `DELETE …/members/:user_id`. 404 when the user is not a direct member (inherited only).
@@ -430,7 +439,7 @@ impl Client {
         )
         .query("skip_subresources", opts.skip_subresources)
         .query("unassign_issuables", opts.unassign_issuables)
-        .limited(LimitClass::MemberDelete, limit_key(source.reference()));
+        .limited(LimitClass::MemberDelete, source.limit_key());
         self.write_with_reread(
             req,
             |_| Ok(()),
@@ -449,6 +458,19 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_and_a_project_with_one_id_have_limits_of_their_own() {
+        let group = Source::group(IdOrPath::Id(7));
+        let project = Source::project(IdOrPath::Id(7));
+        assert_ne!(group.limit_key(), project.limit_key());
+        assert_eq!(group.limit_key(), 7, "a group's key is its id");
+        assert_eq!(
+            project.limit_key(),
+            Source::project(IdOrPath::Id(7)).limit_key(),
+            "a project's key is stable"
+        );
+    }
 
     /// A member as GitLab.com sends it (doc/api/members.md), with every field a sync skips.
     const FULL: &str = r#"{
