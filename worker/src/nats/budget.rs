@@ -73,23 +73,25 @@ pub async fn bucket(
     js.get_key_value(&name).await.map_err(|e| err(&e))
 }
 
-/// Timelines whose last write this worker remembers, at most (then it forgets them all).
+/// Keys this worker keeps a turn (and its last write) for, at most; beyond it the keys no
+/// reservation is using are forgotten.
 const KNOWN_MAX: usize = 4_096;
+
+/// A key's revision and value as this worker last wrote it.
+type Written = Option<(u64, SystemTime)>;
 
 /// One connector's budget in the bucket.
 pub struct KvBudget {
     kv: kv::Store,
     connector: String,
-    /// The revision and value of each key as this worker last wrote it. A worker alone on a
-    /// key (a group's deletions, usually) then reserves with one round trip, a write guarded by
-    /// that revision, instead of a read and a write; when another worker wrote meanwhile the
-    /// guard fails and the key is read.
-    known: std::sync::Mutex<HashMap<String, (u64, SystemTime)>>,
-    /// One reservation of a key at a time in this worker: its jobs queue here rather than
-    /// race each other's compare-and-set on NATS (twenty revokes of one group arriving at once
-    /// would otherwise lose to one another until some ran out of attempts), so only other
-    /// workers' writes can make a reservation read the key again.
-    turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each key's turn: one reservation of a key at a time in this worker, so its jobs queue
+    /// here rather than race each other's compare-and-set on NATS (twenty revokes of one group
+    /// arriving at once would otherwise lose to one another until some ran out of attempts).
+    /// The turn holds the key as this worker last wrote it: a worker alone on a key (a group's
+    /// deletions, usually) then reserves with one round trip, a write guarded by that revision,
+    /// instead of a read and a write; when another worker wrote meanwhile the guard fails and
+    /// the key is read.
+    turns: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Written>>>>,
 }
 
 impl KvBudget {
@@ -97,13 +99,12 @@ impl KvBudget {
         Self {
             kv,
             connector: connector.to_string(),
-            known: Default::default(),
             turns: Default::default(),
         }
     }
 
-    /// The turn of `key` in this worker (forgotten with the remembered revisions).
-    fn turn(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The turn of `key` in this worker.
+    fn turn(&self, key: &str) -> Arc<tokio::sync::Mutex<Written>> {
         let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
         if turns.len() >= KNOWN_MAX {
             // Only keys no reservation is using are forgotten.
@@ -112,18 +113,15 @@ impl KvBudget {
         turns.entry(key.to_string()).or_default().clone()
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, SystemTime)>> {
-        self.known.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+    /// One compare-and-set on `key`, holding its turn (`known`: what this worker last wrote).
     async fn reserve_once(
         &self,
         key: &str,
+        known: &mut Written,
         requests: u32,
         interval: Duration,
     ) -> Result<Option<SystemTime>, String> {
-        let remembered = self.known().get(key).copied();
-        let (next, revision) = match remembered {
+        let (next, revision) = match known.take() {
             Some((revision, next)) => (Some(next), Some(revision)),
             None => match self.kv.entry(key).await.map_err(|e| e.to_string())? {
                 Some(e) if e.operation == kv::Operation::Put => {
@@ -136,17 +134,15 @@ impl KvBudget {
         let now = SystemTime::now();
         let start = next.map_or(now, |t| t.max(now));
         let end = start + interval * requests;
+        // Any outcome but a write of ours leaves `known` empty: the key is read next time.
         let written = match revision {
             Some(r) => match self.kv.update(key, encode(end), r).await {
                 Ok(revision) => Some(revision),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || lost_race(&e) => {
                     None
                 }
-                Err(e) => {
-                    // It may have been written: read it next time.
-                    self.known().remove(key);
-                    return Err(e.to_string());
-                }
+                // It may have been written: read it next time.
+                Err(e) => return Err(e.to_string()),
             },
             None => match self.kv.create(key, encode(end)).await {
                 Ok(revision) => Some(revision),
@@ -154,21 +150,11 @@ impl KvBudget {
                 Err(e) => return Err(e.to_string()),
             },
         };
-        let mut known = self.known();
-        match written {
-            Some(revision) => {
-                if known.len() >= KNOWN_MAX {
-                    known.clear();
-                }
-                known.insert(key.to_string(), (revision, end));
-                Ok(Some(start))
-            }
-            // Another worker wrote it: read it next time.
-            None => {
-                known.remove(key);
-                Ok(None)
-            }
-        }
+        // Another worker wrote it when nothing was written.
+        Ok(written.map(|revision| {
+            *known = Some((revision, end));
+            start
+        }))
     }
 }
 
@@ -177,9 +163,12 @@ impl SharedBudget for KvBudget {
         Box::pin(async move {
             let key = format!("{}.{lane}", self.connector);
             let turn = self.turn(&key);
-            let _turn = turn.lock().await;
+            let mut known = turn.lock().await;
             for _ in 0..ATTEMPTS {
-                if let Some(start) = self.reserve_once(&key, requests, interval).await? {
+                if let Some(start) = self
+                    .reserve_once(&key, &mut known, requests, interval)
+                    .await?
+                {
                     return Ok(start);
                 }
                 metrics::counter!("gitlab_worker_budget_conflicts_total").increment(1);
