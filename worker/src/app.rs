@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use gitlab_connector::Client;
 use gitlab_connector::api::Capability;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +17,7 @@ use crate::http::{self, Health};
 use crate::ids::ConnectorId;
 use crate::jobs::{Clock, Handler};
 use crate::nats::{self, NatsError};
-use crate::store::{Store, StoreError};
+use crate::store::{OutboxLane, Store, StoreError};
 use crate::subjects::Subjects;
 
 #[derive(Debug, thiserror::Error)]
@@ -375,17 +374,23 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     let (bound, http_task) = serve_health(settings.http_listen, health, &http_stop).await?;
 
     let handler = Arc::new(handler(&settings, store.clone(), connectors, true));
-    let wake = Arc::new(Notify::new());
     let background_stop = CancellationToken::new();
-    let publisher = nats::outbox::OutboxPublisher {
-        store: store.clone(),
-        js: js.clone(),
-        subjects: subjects.clone(),
-        wake: wake.clone(),
-        spool_dir: settings.spool_dir(),
-    };
-    let outbox_task = supervise("outbox publisher", background_stop.clone(), move |stop| {
-        publisher.clone().run(stop)
+    // One publisher per lane: results never wait while a sync's events are built and sent.
+    let outbox_tasks = OutboxLane::ALL.map(|lane| {
+        let publisher = nats::outbox::OutboxPublisher {
+            store: store.clone(),
+            js: js.clone(),
+            subjects: subjects.clone(),
+            lane,
+            spool_dir: settings.spool_dir(),
+        };
+        let name = match lane {
+            OutboxLane::Results => "outbox publisher (results)",
+            OutboxLane::Events => "outbox publisher (events)",
+        };
+        supervise(name, background_stop.clone(), move |stop| {
+            publisher.clone().run(stop)
+        })
     });
     let watchers = [
         (nats::Work::Provision, &consumers.provision),
@@ -400,9 +405,9 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     });
     // Tasks that end when `background_stop` is cancelled, before the outbox's last flush.
     let mut background: Vec<JoinHandle<()>> = vec![{
-        let (handler, wake) = (handler.clone(), wake.clone());
+        let handler = handler.clone();
         supervise("JIT scheduler", background_stop.clone(), move |stop| {
-            crate::scheduler::run(handler.clone(), Some(wake.clone()), stop)
+            crate::scheduler::run(handler.clone(), stop)
         })
     }];
     background.extend(rotations(&handler, &settings, &background_stop));
@@ -417,7 +422,6 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
         js: &js,
         subjects: &subjects,
         connectors: handler.connectors.values().cloned().collect(),
-        outbox_wake: wake.clone(),
         stop: background_stop.clone(),
     }));
     background.push(tokio::spawn(crate::jobs::rotate::watch_token_files(
@@ -442,7 +446,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
             ack_wait: settings.nats.ack_wait,
             max_deliver: settings.nats.max_deliver,
             shutdown_grace: settings.shutdown_grace,
-            outbox_wake: wake.clone(),
+            precedence: gitlab_connector::client::Precedence::new(),
         },
         pools(&settings, consumers),
         shutdown,
@@ -454,7 +458,9 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> Result<()
     for task in background {
         let _ = task.await;
     }
-    let _ = outbox_task.await;
+    for task in outbox_tasks {
+        let _ = task.await;
+    }
     for w in watchers {
         let _ = w.await;
     }

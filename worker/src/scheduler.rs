@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -173,23 +172,16 @@ async fn failed(h: &Handler, g: &GrantRecord, error: &str) {
 /// Ticks between two sweeps for jobs whose last delivery died.
 const ABANDONED_SWEEP_TICKS: u32 = 10;
 
-/// Runs until `stop`; wakes the outbox publisher after each expiry.
-pub async fn run(h: Arc<Handler>, wake: Option<Arc<Notify>>, stop: CancellationToken) {
+/// Runs until `stop` (what it commits to the outbox wakes the publishers through the store).
+pub async fn run(h: Arc<Handler>, stop: CancellationToken) {
     let mut ticks = 0u32;
     loop {
-        let done = run_due(&h).await;
-        let mut answered = 0;
+        run_due(&h).await;
         ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(ABANDONED_SWEEP_TICKS) {
-            answered = h.answer_abandoned().await.unwrap_or_else(|e| {
-                tracing::warn!("scheduler: jobs whose last delivery died: {e}");
-                0
-            });
-        }
-        if (!done.is_empty() || answered > 0)
-            && let Some(w) = &wake
+        if ticks.is_multiple_of(ABANDONED_SWEEP_TICKS)
+            && let Err(e) = h.answer_abandoned().await
         {
-            w.notify_one();
+            tracing::warn!("scheduler: jobs whose last delivery died: {e}");
         }
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -77,6 +77,17 @@ impl Subjects {
     }
 }
 
+/// Whether `subject` is an event subject, `<p>.events.<connector>.<kind>` (of any prefix).
+pub fn is_event(subject: &str) -> bool {
+    let mut tokens = subject.rsplitn(4, '.');
+    let (kind, connector, class, prefix) =
+        (tokens.next(), tokens.next(), tokens.next(), tokens.next());
+    class == Some("events")
+        && [kind, connector, prefix]
+            .iter()
+            .all(|t| t.is_some_and(|t| !t.is_empty()))
+}
+
 /// A subject token from text a job supplied: anything that is not a valid connector id (empty,
 /// or with dots, wildcards or spaces) becomes `unknown`, so a malformed job cannot address
 /// other subjects.
@@ -120,6 +131,22 @@ mod tests {
             s.dlq_for_outbox("results/corp/j.changes.ndjson"),
             "gitlab.dlq.unknown.outbox"
         );
+    }
+
+    #[test]
+    fn event_subjects_are_told_from_results_and_dlq_notices() {
+        for prefix in ["gitlab", "acme.iam"] {
+            let s = Subjects::new(prefix);
+            assert!(is_event(&s.event("corp", "access")));
+            assert!(is_event(&s.event("corp", "snapshot")));
+            assert!(!is_event(&s.result("corp", "grant")));
+            assert!(!is_event(&s.result("events", "grant")));
+            assert!(!is_event(&s.dlq("corp", "sync")));
+        }
+        // A result's change-list object name is not a subject at all.
+        assert!(!is_event("results/corp/j.changes.ndjson"));
+        assert!(!is_event("events.corp.access"));
+        assert!(!is_event("gitlab.events..access"));
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod base_url;
 mod pages;
+pub mod precedence;
 mod ratelimit;
 mod retry;
 mod shared;
@@ -21,6 +22,7 @@ use url::Url;
 pub use base_url::{BaseUrl, IdOrPath, encode_segment};
 pub(crate) use pages::{ListSpec, Resume, items as items_stream};
 pub use pages::{PageItem, Strategy};
+pub use precedence::{Pacer, Precedence};
 pub use ratelimit::{Limit, LimitClass, RateLimitConfig};
 pub use retry::RetryPolicy;
 pub use shared::{Reservation, SharedBudget};
@@ -339,6 +341,9 @@ impl Client {
                 url
             }
         };
+        // A sync's request waits here while provisioning runs, one at a time, before it
+        // takes a slot of the rate limit; the turn is held until its body has been read.
+        let _turn = precedence::turn().await;
         // The slot is taken only once nothing can fail before sending: the pacer counts it as
         // in flight until a response (or a transport error) releases it.
         let waited = inner.limiter.acquire(req.limit, req.limit_key).await;

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use chrono::{DateTime, Utc};
 
 use super::{Inventory, SyncError, SyncOptions, crawl};
-use crate::client::{Client, InstanceKind, StatsSnapshot};
+use crate::client::{Client, InstanceKind, Pacer, StatsSnapshot};
 use crate::model::{
     AccessComputer, AccessInput, DirectMember, GroupRecord, ProjectRecord, Record, ResourceRef,
     SNAPSHOT_SCHEMA, SnapshotHeader, Summary, UserRecord,
@@ -105,7 +105,10 @@ impl Part<'_> {
 }
 
 /// Writes the whole snapshot; `prev_sha256` chains it to the previous one of the same
-/// connector and scope.
+/// connector and scope. Records are encoded on every core (up to 4); in a sync that yields to
+/// provisioning (`pacer`), each piece is paced, on this thread alone if provisioning runs when
+/// the writing starts.
+#[allow(clippy::too_many_arguments)]
 pub fn write_snapshot<W: Write>(
     inv: &Inventory,
     meta: &SnapshotMeta,
@@ -113,6 +116,7 @@ pub fn write_snapshot<W: Write>(
     instance: InstanceKind,
     prev_sha256: Option<String>,
     stats: &StatsSnapshot,
+    pacer: Option<Pacer>,
     out: W,
 ) -> io::Result<(Summary, W)> {
     let mut w = SnapshotWriter::new(out);
@@ -158,13 +162,23 @@ pub fn write_snapshot<W: Write>(
         members: &inv.members,
         shares: &inv.shares,
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let threads = match &pacer {
+        Some(p) if p.busy() => 1,
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+    };
     write_ordered(
         &mut w,
         &parts,
         threads,
         || AccessComputer::new(input),
-        |computer, part, chunk| part.encode(inv, computer, chunk),
+        |computer, part, chunk| {
+            let started = std::time::Instant::now();
+            let encoded = part.encode(inv, computer, chunk);
+            if let Some(p) = &pacer {
+                p.after(started.elapsed());
+            }
+            encoded
+        },
     )?;
     w.finish(Summary {
         snapshot_id: meta.snapshot_id.clone(),
@@ -194,8 +208,18 @@ pub async fn run<W: Write + Send + 'static>(
     let stats = client.stats();
     let base_url = client.base_url().instance().to_string();
     let instance = client.instance();
+    let pacer = Pacer::current();
     let written = tokio::task::spawn_blocking(move || {
-        write_snapshot(&inv, &meta, &base_url, instance, prev_sha256, &stats, out)
+        write_snapshot(
+            &inv,
+            &meta,
+            &base_url,
+            instance,
+            prev_sha256,
+            &stats,
+            pacer,
+            out,
+        )
     })
     .await
     .map_err(|e| SyncError::Write(io::Error::other(e)))??;

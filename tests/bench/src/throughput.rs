@@ -257,6 +257,9 @@ impl Stack {
     }
 }
 
+/// The width of the latency timeline's buckets (by publish time).
+const TIMELINE_MS: u128 = 250;
+
 /// One run: `workers` workers, the provisioning jobs at the steady rate, optionally with four
 /// large syncs published just before them.
 async fn run_once(
@@ -323,6 +326,7 @@ async fn run_once(
         }
         at
     });
+    let syncs_published = Instant::now();
     for s in &syncs {
         js.publish(s.1.clone(), s.2.clone().into()).await?.await?;
     }
@@ -354,16 +358,36 @@ async fn run_once(
         .map(|((p, _), before)| cpu_seconds(p.0.id()) - before)
         .sum();
     let mut latencies: Vec<f64> = Vec::new();
+    let mut grants: Vec<f64> = Vec::new();
+    // The slowest job published in each quarter second: where in the run the tail is.
+    let mut slowest: Vec<f64> = Vec::new();
     let mut last = start;
     let mut statuses: HashMap<String, usize> = HashMap::new();
     for (id, sent) in &published {
         if let Some((got, status)) = answered.get(id) {
-            latencies.push(got.duration_since(*sent).as_secs_f64() * 1000.0);
+            let ms = got.duration_since(*sent).as_secs_f64() * 1000.0;
+            latencies.push(ms);
+            let bucket = (sent.duration_since(start).as_millis() / TIMELINE_MS) as usize;
+            if slowest.len() <= bucket {
+                slowest.resize(bucket + 1, 0.0);
+            }
+            slowest[bucket] = slowest[bucket].max(ms.round());
+            if id.starts_with("grant-") {
+                grants.push(ms);
+            }
             last = last.max(*got);
             *statuses.entry(status.clone()).or_default() += 1;
         }
     }
     latencies.sort_by(f64::total_cmp);
+    grants.sort_by(f64::total_cmp);
+    // Each sync's time from its publish to its result (they are published just before the
+    // provisioning jobs start).
+    let sync_s: Vec<f64> = syncs
+        .iter()
+        .filter_map(|s| answered.get(&s.0))
+        .map(|(got, _)| got.duration_since(syncs_published).as_secs_f64())
+        .collect();
     let wall = last.duration_since(start).as_secs_f64();
     let syncs_done = syncs
         .iter()
@@ -388,6 +412,14 @@ async fn run_once(
             "p99": percentile(&latencies, 0.99),
             "max": latencies.last().copied().unwrap_or(0.0),
         },
+        "grant_latency_ms": {
+            "p50": percentile(&grants, 0.50),
+            "p95": percentile(&grants, 0.95),
+            "p99": percentile(&grants, 0.99),
+            "max": grants.last().copied().unwrap_or(0.0),
+        },
+        "sync_publish_to_result_s": sync_s,
+        "slowest_ms_by_publish_time": {"bucket_ms": TIMELINE_MS, "slowest": slowest},
         "worker_cpu_s": cpu_workers,
         "gitlab_requests": requests,
         "postgres_commits": db_commits,
@@ -424,7 +456,7 @@ pub async fn measure(
     let p99 = |w: u64, s: bool| {
         runs.iter()
             .find(|r| r["workers"] == w && r["with_four_syncs"] == s)
-            .and_then(|r| r["latency_ms"]["p99"].as_f64())
+            .and_then(|r| r["grant_latency_ms"]["p99"].as_f64())
     };
     let ratio: Vec<Value> = opts
         .workers

@@ -230,7 +230,7 @@ async fn access_events_go_on_from_the_chunk_after_the_last_one_sent() {
         store: store.clone(),
         js: js.clone(),
         subjects,
-        wake: Default::default(),
+        lane: gitlab_worker::store::OutboxLane::Events,
         spool_dir: dir.join("spool"),
     };
     assert_eq!(publisher.flush().await.unwrap(), 1);
@@ -251,7 +251,13 @@ async fn access_events_go_on_from_the_chunk_after_the_last_one_sent() {
     let total = json(&got[0])["chunks"].as_u64().unwrap();
     assert!(total >= 2, "the diff makes several chunks: {total}");
     assert_eq!(chunks, (2..=total).collect::<Vec<_>>());
-    assert!(store.unsent_outbox(10).await.unwrap().is_empty());
+    assert!(
+        store
+            .unsent_outbox(gitlab_worker::store::OutboxLane::Events, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Nothing of the export or the diff is left in the spool folder.
     let left: Vec<_> = std::fs::read_dir(dir.join("spool"))
         .unwrap()

@@ -14,7 +14,7 @@ use gitlab_connector::sync::{self, Scope, SnapshotMeta, SyncOptions};
 use gitlab_e2e::{PgDb, sqlite_url, tempdir};
 use gitlab_sim::{Mode, SeedSpec};
 use gitlab_worker::store::{
-    AuditEntry, Begin, GrantState, NewJob, OutboxMessage, Settlement, Store,
+    AuditEntry, Begin, GrantState, NewJob, OutboxLane, OutboxMessage, Settlement, Store,
 };
 
 enum Backend {
@@ -68,6 +68,10 @@ on_both!(
     a_jobs_end_commits_its_result_messages_and_settlement_together
 );
 on_both!(
+    outbox_lanes,
+    results_are_published_apart_from_announcements_and_each_lane_is_woken_for_its_own
+);
+on_both!(
     outbox_owners,
     workers_sharing_a_database_publish_their_own_outbox_rows_and_take_over_stale_ones
 );
@@ -113,7 +117,7 @@ async fn postgres_connections_dropped_while_idle_are_replaced_before_use() {
 /// The message ids of the outbox rows this store would publish next, oldest first.
 async fn unsent_ids(store: &Store) -> Vec<String> {
     store
-        .unsent_outbox(10)
+        .unsent_outbox(OutboxLane::Results, 10)
         .await
         .unwrap()
         .into_iter()
@@ -123,7 +127,7 @@ async fn unsent_ids(store: &Store) -> Vec<String> {
 
 async fn migrations_apply_once(b: Backend) {
     let store = Store::connect(&b.url()).await.unwrap();
-    assert_eq!(store.pending_migrations().await.unwrap(), 10);
+    assert_eq!(store.pending_migrations().await.unwrap(), 11);
     store.migrate().await.unwrap();
     assert_eq!(store.pending_migrations().await.unwrap(), 0);
     // Opening again (every command migrates on start) changes nothing.
@@ -236,13 +240,112 @@ async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
         .unwrap();
     // The same message again (a retried commit) is not queued twice.
     store.enqueue(vec![msg("a"), msg("c")]).await.unwrap();
-    let rows = store.unsent_outbox(10).await.unwrap();
+    let rows = store.unsent_outbox(OutboxLane::Results, 10).await.unwrap();
     let ids: Vec<&str> = rows.iter().map(|(_, m)| m.msg_id()).collect();
     assert_eq!(ids, ["a", "b", "c"], "in commit order");
     store.mark_sent(&[rows[0].0]).await.unwrap();
     let left = unsent_ids(&store).await;
     assert_eq!(left, ["b", "c"]);
     assert_eq!(rows[1].1, msg("b"));
+}
+
+/// A commit that announces something (a sync's snapshot object, events and access diff) goes
+/// whole to the events lane, its result included, in commit order; a commit of a result alone
+/// goes to the results lane, so its publisher never waits while a sync's snapshot is exported
+/// and diffed. Each commit wakes its own lane's publisher only.
+async fn results_are_published_apart_from_announcements_and_each_lane_is_woken_for_its_own(
+    b: Backend,
+) {
+    use futures::FutureExt;
+    let store = Store::open(&b.url()).await.unwrap();
+    let commits = store.outbox_commits();
+    let woken = |lane| commits.committed(lane).now_or_never().is_some();
+    let publish = |id: &str, subject: &str| OutboxMessage::Publish {
+        msg_id: id.into(),
+        subject: subject.into(),
+        payload: "{}".into(),
+    };
+    let ids = |rows: Vec<(i64, OutboxMessage)>| {
+        rows.into_iter()
+            .map(|(_, m)| m.msg_id().to_string())
+            .collect::<Vec<_>>()
+    };
+    // A sync's commit: its object, its two events and its result.
+    store
+        .enqueue(vec![
+            OutboxMessage::SnapshotObject {
+                msg_id: "object s1".into(),
+                object_name: "default/s1.ndjson".into(),
+                snapshot_id: "s1".into(),
+            },
+            publish("snapshot s1", "gitlab.events.default.snapshot"),
+            OutboxMessage::AccessEvents {
+                msg_id: "access s1".into(),
+                subject: "gitlab.events.default.access".into(),
+                spec: "{}".into(),
+            },
+            publish("sync-1", "gitlab.results.default.sync"),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        woken(OutboxLane::Events),
+        "a sync's commit wakes the events lane"
+    );
+    assert!(!woken(OutboxLane::Results), "and not the results lane");
+    // A grant's result, committed after the sync's rows.
+    store
+        .begin_job(
+            &NewJob {
+                job_id: "grant-1",
+                connector: "default",
+                kind: "grant",
+                request: "{}",
+                payload_sha256: "h",
+                stream_seq: 2,
+                delivered: 1,
+                attempt_budget: 0,
+            },
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    store
+        .finish_job(
+            "grant-1",
+            "succeeded",
+            "{}",
+            vec![publish("grant-1", "gitlab.results.default.grant")],
+            &Settlement::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        woken(OutboxLane::Results),
+        "a result's commit wakes the results lane"
+    );
+    assert!(!woken(OutboxLane::Events));
+    // A live change batch's event: an announcement, after the sync's.
+    store
+        .enqueue(vec![publish("live b1 1", "gitlab.events.default.access")])
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(store.unsent_outbox(OutboxLane::Results, 10).await.unwrap()),
+        ["grant-1"],
+        "the grant's result does not wait behind the sync's announcements"
+    );
+    assert_eq!(
+        ids(store.unsent_outbox(OutboxLane::Events, 10).await.unwrap()),
+        [
+            "object s1",
+            "snapshot s1",
+            "access s1",
+            "sync-1",
+            "live b1 1"
+        ],
+        "announcements keep their commit order, each commit's rows together"
+    );
 }
 
 async fn workers_sharing_a_database_publish_their_own_outbox_rows_and_take_over_stale_ones(
@@ -266,10 +369,13 @@ async fn workers_sharing_a_database_publish_their_own_outbox_rows_and_take_over_
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        ids(first.unsent_outbox(10).await.unwrap()),
+        ids(first.unsent_outbox(OutboxLane::Results, 10).await.unwrap()),
         ["first-1", "first-2"]
     );
-    assert_eq!(ids(second.unsent_outbox(10).await.unwrap()), ["second-1"]);
+    assert_eq!(
+        ids(second.unsent_outbox(OutboxLane::Results, 10).await.unwrap()),
+        ["second-1"]
+    );
     // The first worker dies; its rows wait past the takeover time: the second publishes them,
     // in order, before its own newer ones.
     let db = sea_orm::Database::connect(b.url()).await.unwrap();
@@ -288,7 +394,7 @@ async fn workers_sharing_a_database_publish_their_own_outbox_rows_and_take_over_
     .unwrap();
     second.enqueue(vec![msg("second-2")]).await.unwrap();
     assert_eq!(
-        ids(second.unsent_outbox(10).await.unwrap()),
+        ids(second.unsent_outbox(OutboxLane::Results, 10).await.unwrap()),
         ["first-1", "second-1", "first-2", "second-2"]
     );
 }
@@ -801,7 +907,11 @@ async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
         }])
         .await
         .unwrap();
-    let (row, _) = store.unsent_outbox(10).await.unwrap().remove(0);
+    let (row, _) = store
+        .unsent_outbox(OutboxLane::Results, 10)
+        .await
+        .unwrap()
+        .remove(0);
     store.mark_sent(&[row]).await.unwrap();
 
     let pruned = store

@@ -162,6 +162,11 @@ pub async fn execute(
     )
     .await
     .map_err(|e| sync_failure(&e))?;
+    tracing::debug!(
+        snapshot_id = %summary.snapshot_id,
+        api_requests = summary.api_requests,
+        "scope read and snapshot written"
+    );
     ctx.report.snapshot = Some(json!({
         "snapshot_id": summary.snapshot_id,
         "sha256": summary.sha256,
@@ -240,13 +245,27 @@ async fn announce(
         object: serde_json::json!({"bucket": ctx.subjects.snapshot_bucket(), "name": object_name}),
         sent: 0,
     };
+    // The summary event verifies the whole file: CPU work, off the runtime's threads.
+    let summary_event = {
+        let (subjects, job_id, path, name) = (
+            ctx.subjects.clone(),
+            ctx.job.job_id.to_string(),
+            path.to_path_buf(),
+            object_name.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            events::snapshot_event(&subjects, &job_id, &path, &name)
+        })
+        .await
+        .map_err(io)??
+    };
     Ok(vec![
         OutboxMessage::SnapshotObject {
             msg_id: msg_id::snapshot_object(snapshot_id),
             object_name: object_name.clone(),
             snapshot_id: snapshot_id.to_string(),
         },
-        events::snapshot_event(ctx.subjects, ctx.job.job_id.as_str(), path, &object_name)?,
+        summary_event,
         access.message(ctx.subjects),
     ])
 }

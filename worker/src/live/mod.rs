@@ -22,7 +22,6 @@ pub struct Background<'a> {
     pub js: &'a async_nats::jetstream::Context,
     pub subjects: &'a crate::subjects::Subjects,
     pub connectors: Vec<Arc<crate::connector::Connector>>,
-    pub outbox_wake: Arc<tokio::sync::Notify>,
     pub stop: CancellationToken,
 }
 
@@ -43,7 +42,6 @@ pub fn start(b: Background<'_>) -> Vec<JoinHandle<()>> {
             subjects: b.subjects.clone(),
             connector: c.clone(),
             spool_dir: b.settings.spool_dir(),
-            outbox_wake: b.outbox_wake.clone(),
             audit_every: b.settings.audit_poll_interval,
         };
         tasks.push(crate::app::supervise(

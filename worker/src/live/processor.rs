@@ -15,7 +15,6 @@ use async_nats::jetstream::{self, AckKind, consumer};
 use chrono::Utc;
 use futures::StreamExt;
 use gitlab_connector::live::{Touch, apply, reread, touches};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -44,7 +43,6 @@ pub struct Processor {
     pub subjects: Subjects,
     pub connector: Arc<Connector>,
     pub spool_dir: PathBuf,
-    pub outbox_wake: Arc<Notify>,
     /// `AUDIT_POLL_SECONDS`: share changes from GitLab's audit events (`None`: off).
     pub audit_every: Option<Duration>,
 }
@@ -350,7 +348,6 @@ impl Processor {
         match appended {
             Append::Stored(b) => {
                 live.last_batch = Some(b.id);
-                self.outbox_wake.notify_one();
                 tracing::info!(
                     batch = b.id,
                     access_changes = applied.access.len(),
@@ -377,13 +374,10 @@ impl Processor {
             *state = LiveState::load(&self.store, &self.spool_dir, self.name(), scope)
                 .await
                 .map_err(|e| format!("loading the live state: {e}"))?;
-            if let Some(live) = state.as_mut()
-                && live
-                    .replay_recent(&self.store, &self.subjects)
+            if let Some(live) = state.as_mut() {
+                live.replay_recent(&self.store, &self.subjects)
                     .await
-                    .map_err(|e| e.to_string())?
-            {
-                self.outbox_wake.notify_one();
+                    .map_err(|e| e.to_string())?;
             }
             return Ok(());
         }

@@ -2,6 +2,9 @@
 //! marks them sent once JetStream acknowledged them. A crash between the two publishes the row
 //! again and JetStream drops the duplicate, so nothing is lost and nothing is doubled.
 //!
+//! One publisher per lane (`OutboxLane`): results go out on their own while a sync's snapshot
+//! is exported, diffed and uploaded on the events lane, so no result waits behind a sync.
+//!
 //! No row can block the others: a row NATS refuses for good (over the server's max payload,
 //! refused by the stream, a snapshot no longer stored) is parked with its reason, a small
 //! notice goes to the DLQ, `gitlab_worker_outbox_parked` counts it and `/readyz` reports it
@@ -10,18 +13,16 @@
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::context::SpoolFile;
 use crate::jobs::events::{AccessEvents, Chunks, record_drift, write_diff};
-use crate::store::{OutboxMessage, SnapshotInfo, Store, StoreError};
+use crate::store::{OutboxLane, OutboxMessage, SnapshotInfo, Store, StoreError};
 use crate::subjects::{Subjects, msg_id};
 use gitlab_connector::snapshot::ReadError;
 
@@ -33,8 +34,8 @@ pub struct OutboxPublisher {
     pub store: Store,
     pub js: jetstream::Context,
     pub subjects: Subjects,
-    /// Woken when rows were committed.
-    pub wake: Arc<Notify>,
+    /// The rows this publisher sends (the store wakes it when it commits rows for them).
+    pub lane: OutboxLane,
     /// Where snapshots are exported to while their object and events are published.
     pub spool_dir: PathBuf,
 }
@@ -97,7 +98,7 @@ impl OutboxPublisher {
         // snapshot exported: it is exported once.
         let mut exported = None;
         loop {
-            let rows = self.store.unsent_outbox(OUTBOX_BATCH).await?;
+            let rows = self.store.unsent_outbox(self.lane, OUTBOX_BATCH).await?;
             if rows.is_empty() {
                 return Ok(sent);
             }
@@ -449,8 +450,10 @@ impl OutboxPublisher {
                     tracing::warn!("outbox: {e}; retrying");
                 }
             }
-            // Counted every few seconds, not on every wake-up (one per committed job).
-            if counted.is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+            // Counted every few seconds, not on every wake-up (one per committed job), and by
+            // one lane (the count is of every lane's parked rows).
+            if self.lane == OutboxLane::Results
+                && counted.is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
                 && let Ok(n) = self.store.parked_count().await
             {
                 metrics::gauge!("gitlab_worker_outbox_parked").set(n as f64);
@@ -465,7 +468,7 @@ impl OutboxPublisher {
             };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = self.wake.notified() => {}
+                _ = self.store.outbox_commits().committed(self.lane) => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }

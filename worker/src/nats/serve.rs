@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{Notify, Semaphore};
+use gitlab_connector::client::Precedence;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -24,7 +25,8 @@ pub struct ServeContext {
     pub ack_wait: Duration,
     pub max_deliver: i64,
     pub shutdown_grace: Duration,
-    pub outbox_wake: Arc<Notify>,
+    /// Provisioning jobs run as foreground work, syncs as background work that yields to them.
+    pub precedence: Arc<Precedence>,
 }
 
 /// One kind of work: its consumer and how many of its jobs run at once.
@@ -155,8 +157,15 @@ async fn pull_loop(
                     };
                     let ctx = ctx.clone();
                     let deadline = deadline.clone();
+                    let work = pool.work;
                     tracker.spawn(async move {
-                        process(&ctx, msg, deadline).await;
+                        // Boxed: a job's future is large, and the two ways of running it
+                        // would otherwise each hold a copy in this task's (stack-moved) state.
+                        let job = Box::pin(process(&ctx, msg, deadline));
+                        match work {
+                            Work::Provision => ctx.precedence.foreground(job).await,
+                            Work::Sync => ctx.precedence.background(job).await,
+                        }
                         drop(permit);
                     });
                 }
@@ -252,8 +261,6 @@ async fn deliver(
             metrics::counter!("gitlab_worker_jobs_total", "kind" => h.kind.clone(), "outcome" => outcome_label).increment(1);
             metrics::histogram!("gitlab_worker_job_duration_seconds", "kind" => h.kind.clone())
                 .record(started.elapsed().as_secs_f64());
-            // Results were committed to the outbox: publish them now.
-            ctx.outbox_wake.notify_one();
         }
     }
     let action = ack::decide(&outcome, last_attempt);

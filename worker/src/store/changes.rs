@@ -269,8 +269,9 @@ impl Store {
                 id: format!("change batch {}", inserted.last_insert_id),
                 message: "not found right after it was written".into(),
             })?;
-        insert_outbox(&txn, &self.owner, outbox(&row)).await?;
+        let lane = insert_outbox(&txn, &self.owner, outbox(&row)).await?;
         txn.commit().await?;
+        self.committed(lane);
         Ok(Append::Stored(Box::new(row)))
     }
 

@@ -16,7 +16,7 @@ use sea_orm::{
 };
 
 use super::entity::{audit_log, grant, job, outbox};
-use super::jobs::OutboxMessage;
+use super::jobs::{OutboxLane, OutboxMessage};
 use super::records::{GrantState, JobState};
 use super::{Store, StoreError};
 
@@ -94,11 +94,16 @@ const IDS_PER_UPDATE: usize = 1_000;
 /// Rows per outbox insert: far inside both databases' limits on bound values.
 const OUTBOX_ROWS_PER_INSERT: usize = 500;
 
-/// The outbox rows of `messages`, a statement per [`OUTBOX_ROWS_PER_INSERT`]; a message id
-/// already there is kept as it is.
-pub(super) fn outbox_inserts(owner: &str, messages: Vec<OutboxMessage>) -> Vec<InsertStatement> {
+/// The outbox rows of `messages` (one commit's: all in its lane), a statement per
+/// [`OUTBOX_ROWS_PER_INSERT`]; a message id already there is kept as it is. The lane is `None`
+/// when there are no messages.
+pub(super) fn outbox_inserts(
+    owner: &str,
+    messages: Vec<OutboxMessage>,
+) -> (Option<OutboxLane>, Vec<InsertStatement>) {
+    let lane = (!messages.is_empty()).then(|| OutboxLane::of(&messages));
     let mut rows = messages.into_iter().map(|m| {
-        let mut row = m.into_active();
+        let mut row = m.into_active(lane.unwrap_or(OutboxLane::Results));
         row.owner = sea_orm::ActiveValue::Set(Some(owner.to_string()));
         row
     });
@@ -106,7 +111,7 @@ pub(super) fn outbox_inserts(owner: &str, messages: Vec<OutboxMessage>) -> Vec<I
     loop {
         let chunk: Vec<_> = rows.by_ref().take(OUTBOX_ROWS_PER_INSERT).collect();
         if chunk.is_empty() {
-            return inserts;
+            return (lane, inserts);
         }
         inserts.push(
             outbox::Entity::insert_many(chunk)
@@ -153,13 +158,12 @@ impl Store {
         settlement: &Settlement,
     ) -> Result<(), StoreError> {
         let mut writes = settlement.writes(job_id);
-        writes.extend(
-            outbox_inserts(&self.owner, outbox)
-                .into_iter()
-                .map(Write::Insert),
-        );
+        let (lane, inserts) = outbox_inserts(&self.owner, outbox);
+        writes.extend(inserts.into_iter().map(Write::Insert));
         writes.push(Write::Update(finish_update(job_id, status, result)));
-        self.write_together(writes).await
+        self.write_together(writes).await?;
+        self.committed(lane);
+        Ok(())
     }
 
     /// Commits what a job left to settle when it ends without a result (handed back).

@@ -239,8 +239,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
         end_in(&txn, job_id, state, note).await?;
-        super::jobs::insert_outbox(&txn, &self.owner, outbox).await?;
+        let lane = super::jobs::insert_outbox(&txn, &self.owner, outbox).await?;
         txn.commit().await?;
+        self.committed(lane);
         Ok(())
     }
 

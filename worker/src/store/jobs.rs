@@ -99,7 +99,51 @@ pub enum OutboxMessage {
     },
 }
 
+/// Which publisher sends a committed row. Results never wait behind announcements: a sync's
+/// snapshot is exported, diffed and uploaded when its events are sent, which takes a while,
+/// and the results of the jobs committed meanwhile go out on their own lane. Announcements
+/// keep their commit order among themselves, and every row of a commit is in one lane, so
+/// what a commit publishes keeps its order too (a sync's result after its events, a result
+/// after its change-list object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxLane {
+    /// Commits that answer jobs and announce nothing.
+    Results,
+    /// Commits with an event, a snapshot's object or its access diff.
+    Events,
+}
+
+impl OutboxLane {
+    pub const ALL: [OutboxLane; 2] = [OutboxLane::Results, OutboxLane::Events];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxLane::Results => "results",
+            OutboxLane::Events => "events",
+        }
+    }
+
+    /// The lane of a commit's messages.
+    pub fn of(messages: &[OutboxMessage]) -> Self {
+        if messages.iter().any(OutboxMessage::announces) {
+            OutboxLane::Events
+        } else {
+            OutboxLane::Results
+        }
+    }
+}
+
 impl OutboxMessage {
+    /// Whether the message announces something (an event, a snapshot's object or its access
+    /// diff) rather than answering a job.
+    fn announces(&self) -> bool {
+        match self {
+            OutboxMessage::Publish { subject, .. } => crate::subjects::is_event(subject),
+            OutboxMessage::SnapshotObject { .. } | OutboxMessage::AccessEvents { .. } => true,
+            OutboxMessage::Object { .. } => false,
+        }
+    }
+
     /// The message's `Nats-Msg-Id`.
     pub fn msg_id(&self) -> &str {
         match self {
@@ -110,7 +154,7 @@ impl OutboxMessage {
         }
     }
 
-    pub(super) fn into_active(self) -> outbox::ActiveModel {
+    pub(super) fn into_active(self, lane: OutboxLane) -> outbox::ActiveModel {
         let (msg_id, kind, subject, payload) = match self {
             OutboxMessage::Publish {
                 msg_id,
@@ -135,6 +179,7 @@ impl OutboxMessage {
         };
         outbox::ActiveModel {
             msg_id: Set(msg_id),
+            lane: Set(lane.as_str().into()),
             kind: Set(kind.into()),
             subject: Set(subject),
             payload: Set(payload),
@@ -173,15 +218,18 @@ impl OutboxMessage {
     }
 }
 
+/// Queues `messages` (one commit's, so one lane); returns the lane, `None` when there were
+/// none. The caller tells the lane's publisher once the transaction is committed.
 pub(super) async fn insert_outbox<C: ConnectionTrait>(
     db: &C,
     owner: &str,
     messages: Vec<OutboxMessage>,
-) -> Result<(), StoreError> {
-    for insert in super::finish::outbox_inserts(owner, messages) {
+) -> Result<Option<OutboxLane>, StoreError> {
+    let (lane, inserts) = super::finish::outbox_inserts(owner, messages);
+    for insert in inserts {
         db.execute(&insert).await?;
     }
-    Ok(())
+    Ok(lane)
 }
 
 impl Store {
@@ -349,10 +397,15 @@ impl Store {
     /// [`Store::mark_sent`] takes: its own, and any other process's that waited longer than
     /// [`OUTBOX_TAKEOVER`] (that process died or cannot reach NATS; a message sent twice is
     /// dropped by JetStream by its id).
-    pub async fn unsent_outbox(&self, limit: u64) -> Result<Vec<(i64, OutboxMessage)>, StoreError> {
+    pub async fn unsent_outbox(
+        &self,
+        lane: OutboxLane,
+        limit: u64,
+    ) -> Result<Vec<(i64, OutboxMessage)>, StoreError> {
         let stale = Utc::now()
             - chrono::Duration::from_std(OUTBOX_TAKEOVER).unwrap_or(chrono::Duration::seconds(10));
         Ok(outbox::Entity::find()
+            .filter(outbox::Column::Lane.eq(lane.as_str()))
             .filter(outbox::Column::SentAt.is_null())
             .filter(outbox::Column::ParkedAt.is_null())
             .filter(
@@ -425,14 +478,17 @@ impl Store {
         if r.rows_affected != 1 {
             return Ok(false);
         }
-        insert_outbox(&txn, &self.owner, outbox).await?;
+        let lane = insert_outbox(&txn, &self.owner, outbox).await?;
         txn.commit().await?;
+        self.committed(lane);
         Ok(true)
     }
 
     /// Messages for the outbox alone (e.g. a result published again).
     pub async fn enqueue(&self, messages: Vec<OutboxMessage>) -> Result<(), StoreError> {
-        insert_outbox(&self.db, &self.owner, messages).await
+        let lane = insert_outbox(&self.db, &self.owner, messages).await?;
+        self.committed(lane);
+        Ok(())
     }
 
     pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {

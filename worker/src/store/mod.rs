@@ -29,7 +29,7 @@ pub use audit::{AuditEntry, AuditRow};
 pub use changes::{Append, ChangeBatch, ChangeLine, NewBatch};
 pub use finish::Settlement;
 pub use history::{RecordVersion, VersionFilter};
-pub use jobs::{Begin, NewJob, OutboxMessage, attempts_left};
+pub use jobs::{Begin, NewJob, OutboxLane, OutboxMessage, attempts_left};
 pub use outbox::ParkedMessage;
 pub use records::{GrantRecord, GrantState, JobRecord, JobState};
 pub use retention::Pruned;
@@ -81,6 +81,35 @@ pub struct Store {
     db: DatabaseConnection,
     /// This process's name as the owner of the outbox rows it commits.
     owner: std::sync::Arc<str>,
+    /// Wakes this process's outbox publishers when rows were committed for them.
+    commits: std::sync::Arc<OutboxCommits>,
+}
+
+/// One wake-up per outbox lane: told after each commit that queued rows in it, so a lane's
+/// publisher wakes for its own rows only. A wake-up given while the publisher is busy is kept
+/// (one), so nothing committed is left waiting for the periodic sweep.
+#[derive(Debug, Default)]
+pub struct OutboxCommits {
+    results: tokio::sync::Notify,
+    events: tokio::sync::Notify,
+}
+
+impl OutboxCommits {
+    fn of(&self, lane: OutboxLane) -> &tokio::sync::Notify {
+        match lane {
+            OutboxLane::Results => &self.results,
+            OutboxLane::Events => &self.events,
+        }
+    }
+
+    pub fn notify(&self, lane: OutboxLane) {
+        self.of(lane).notify_one();
+    }
+
+    /// Resolves at the next commit into `lane` (or at once, for one given meanwhile).
+    pub async fn committed(&self, lane: OutboxLane) {
+        self.of(lane).notified().await;
+    }
 }
 
 /// How long an outbox row waits for the process that committed it before any process
@@ -139,7 +168,20 @@ impl Store {
         Ok(Self {
             db,
             owner: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7()).into(),
+            commits: Default::default(),
         })
+    }
+
+    /// The wake-ups of this process's outbox publishers.
+    pub fn outbox_commits(&self) -> &OutboxCommits {
+        &self.commits
+    }
+
+    /// Tells the publisher of `lane` that rows were committed for it (after the commit).
+    fn committed(&self, lane: Option<OutboxLane>) {
+        if let Some(lane) = lane {
+            self.commits.notify(lane);
+        }
     }
 
     /// Opens and migrates.

@@ -50,8 +50,9 @@ impl Store {
             .filter(outbox::Column::Id.eq(id))
             .exec(&txn)
             .await?;
-        insert_outbox(&txn, &self.owner, vec![notice]).await?;
+        let lane = insert_outbox(&txn, &self.owner, vec![notice]).await?;
         txn.commit().await?;
+        self.committed(lane);
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use gitlab_connector::client::precedence;
 use gitlab_connector::model::{Record, ResourceRef};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -25,6 +26,8 @@ use super::{Store, StoreError};
 
 /// Rows per INSERT: 8 columns each keeps every backend well under its bind-parameter limit.
 const INSERT_BATCH: usize = 500;
+/// Rows per INSERT while the sync yields to provisioning jobs.
+const YIELDING_INSERT_BATCH: usize = 100;
 const CLOSE_BATCH: usize = 1000;
 /// Rows a snapshot must insert or close for PostgreSQL's statistics to be refreshed after it
 /// (an `ANALYZE` samples a fixed number of rows: well under a second at a million records).
@@ -122,19 +125,15 @@ impl Store {
         job_id: Option<&str>,
         completion: Option<JobCompletion<'_>>,
     ) -> Result<StoredSnapshot, StoreError> {
-        let summary = gitlab_connector::snapshot::verify(open(path)?)?;
+        // Reading the whole file is CPU work: it runs off the runtime's threads, where the
+        // jobs running meanwhile would wait for it.
+        let file = path.to_path_buf();
+        let (summary, header_line, header, summary_line) =
+            tokio::task::spawn_blocking(move || examine(&file))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         let mut lines = open(path)?.lines();
-        let header_line = lines.next().transpose()?.unwrap_or_default();
-        let header = match serde_json::from_str::<Record>(&header_line) {
-            Ok(Record::Snapshot(h)) => h,
-            _ => {
-                return Err(StoreError::Damaged {
-                    id: path.display().to_string(),
-                    message: "the first line is not a snapshot header".into(),
-                });
-            }
-        };
-        let summary_line = last_line(path)?;
+        lines.next().transpose()?;
 
         let txn = self.db.begin().await?;
         if txn.get_database_backend() == DbBackend::Postgres {
@@ -168,24 +167,35 @@ impl Store {
         let seq = inserted.last_insert_id;
 
         let open_rows = open_rows(&txn, &header.connector, &header.scope).await?;
-        let written = write_records(&txn, lines, &header, seq, open_rows).await?;
+        // On PostgreSQL a sync's rows yield to provisioning jobs like its GitLab requests do.
+        // SQLite has one connection, which this transaction holds: a job waits for all of it,
+        // so the rows are written as fast as they can be.
+        let yields = txn.get_database_backend() == DbBackend::Postgres;
+        let written = write_records(&txn, lines, &header, seq, open_rows, yields).await?;
         let rows_closed = written.to_close.len() as u64;
         for chunk in written.to_close.chunks(CLOSE_BATCH) {
+            let _turn = if yields {
+                precedence::turn().await
+            } else {
+                None
+            };
             snapshot_record::Entity::update_many()
                 .col_expr(snapshot_record::Column::ValidTo, Expr::value(seq))
                 .filter(snapshot_record::Column::Id.is_in(chunk.iter().copied()))
                 .exec(&txn)
                 .await?;
         }
+        let mut lane = None;
         if let Some(c) = completion {
             finish_in(&txn, c.job_id, c.status, c.result).await?;
-            insert_outbox(&txn, &self.owner, c.outbox).await?;
+            lane = insert_outbox(&txn, &self.owner, c.outbox).await?;
         }
         let row = snapshot::Entity::find_by_id(seq)
             .one(&txn)
             .await?
             .ok_or_else(|| StoreError::SnapshotNotFound(header.snapshot_id.clone()))?;
         txn.commit().await?;
+        self.committed(lane);
         self.refresh_statistics(written.inserted + rows_closed)
             .await;
         Ok(StoredSnapshot {
@@ -371,6 +381,34 @@ impl Store {
     }
 }
 
+/// A snapshot file verified against its own hash: its summary, its header (verbatim and read)
+/// and its summary line (verbatim).
+fn examine(
+    path: &Path,
+) -> Result<
+    (
+        gitlab_connector::model::Summary,
+        String,
+        gitlab_connector::model::SnapshotHeader,
+        String,
+    ),
+    StoreError,
+> {
+    let summary = gitlab_connector::snapshot::verify(open(path)?)?;
+    let header_line = open(path)?.lines().next().transpose()?.unwrap_or_default();
+    let header = match serde_json::from_str::<Record>(&header_line) {
+        Ok(Record::Snapshot(h)) => h,
+        _ => {
+            return Err(StoreError::Damaged {
+                id: path.display().to_string(),
+                message: "the first line is not a snapshot header".into(),
+            });
+        }
+    };
+    let summary_line = last_line(path)?;
+    Ok((summary, header_line, header, summary_line))
+}
+
 /// The last non-empty line of a file (a snapshot's summary, kept verbatim).
 fn last_line(path: &Path) -> Result<String, StoreError> {
     let mut last = String::new();
@@ -474,13 +512,15 @@ struct Written {
 }
 
 /// Inserts the body records that are new or changed since the open rows; an unchanged record
-/// writes nothing.
+/// writes nothing. With `yields`, the inserts yield to provisioning jobs (smaller and paced
+/// while they run).
 async fn write_records(
     txn: &DatabaseTransaction,
     lines: impl Iterator<Item = std::io::Result<String>>,
     header: &gitlab_connector::model::SnapshotHeader,
     seq: i64,
     mut open_rows: HashMap<String, (i64, String)>,
+    yields: bool,
 ) -> Result<Written, StoreError> {
     let mut pending = Vec::with_capacity(INSERT_BATCH);
     let mut written = Written {
@@ -523,23 +563,34 @@ async fn write_records(
             label: Set(lookup.label),
             ..Default::default()
         });
-        if pending.len() == INSERT_BATCH {
-            written.inserted += flush(txn, &mut pending).await?;
+        // While provisioning runs, a sync's rows go in smaller statements: each holds the
+        // database (and the WAL that a grant's commit flushes) for less time.
+        if pending.len() >= INSERT_BATCH
+            || (yields && pending.len() >= YIELDING_INSERT_BATCH && precedence::yielding())
+        {
+            written.inserted += flush(txn, &mut pending, yields).await?;
         }
     }
-    written.inserted += flush(txn, &mut pending).await?;
+    written.inserted += flush(txn, &mut pending, yields).await?;
     written
         .to_close
         .extend(open_rows.into_values().map(|(id, _)| id));
     Ok(written)
 }
 
+/// Inserts the pending rows; with `yields`, in a turn of the sync's background work.
 async fn flush(
     txn: &DatabaseTransaction,
     pending: &mut Vec<snapshot_record::ActiveModel>,
+    yields: bool,
 ) -> Result<u64, StoreError> {
     let n = pending.len() as u64;
     if n > 0 {
+        let _turn = if yields {
+            precedence::turn().await
+        } else {
+            None
+        };
         snapshot_record::Entity::insert_many(std::mem::take(pending))
             .exec_without_returning(txn)
             .await?;

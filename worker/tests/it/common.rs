@@ -140,15 +140,22 @@ impl Env {
             .collect()
     }
 
-    /// The message ids queued in the outbox, oldest first.
+    /// The messages queued in the outbox, both lanes, oldest first.
+    pub async fn outbox(&self) -> Vec<gitlab_worker::store::OutboxMessage> {
+        let mut rows = Vec::new();
+        for lane in gitlab_worker::store::OutboxLane::ALL {
+            rows.extend(self.handler.store.unsent_outbox(lane, 1000).await.unwrap());
+        }
+        rows.sort_by_key(|(id, _)| *id);
+        rows.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The message ids queued in the outbox, both lanes, oldest first.
     pub async fn outbox_ids(&self) -> Vec<String> {
-        self.handler
-            .store
-            .unsent_outbox(1000)
+        self.outbox()
             .await
-            .unwrap()
             .into_iter()
-            .map(|(_, m)| m.msg_id().to_string())
+            .map(|m| m.msg_id().to_string())
             .collect()
     }
 }

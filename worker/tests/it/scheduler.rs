@@ -153,13 +153,10 @@ async fn a_failing_undo_backs_off_for_its_grant_alone_and_alerts_once() {
         .count();
     assert_eq!(alerts, 1, "a person is told once");
     let alert = e
-        .handler
-        .store
-        .unsent_outbox(1000)
+        .outbox()
         .await
-        .unwrap()
         .into_iter()
-        .find_map(|(_, m)| match m {
+        .find_map(|m| match m {
             gitlab_worker::store::OutboxMessage::Publish {
                 msg_id, payload, ..
             } if msg_id == "jit_expiry_failed fail-1" => {

@@ -26,6 +26,8 @@ pub struct Model {
     /// The process that committed it and publishes it (`Store::owner`); any process
     /// publishes it once it has waited `OUTBOX_TAKEOVER`.
     pub owner: Option<String>,
+    /// `results` or `events` (`store::OutboxLane`): which publisher sends it.
+    pub lane: String,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

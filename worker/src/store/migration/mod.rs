@@ -6,10 +6,12 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
 mod job_deferrals;
+mod outbox_lanes;
 mod outbox_owner;
 mod record_lookup;
 
 use job_deferrals::M0010JobDeferrals;
+use outbox_lanes::M0011OutboxLanes;
 use outbox_owner::M0009OutboxOwner;
 use record_lookup::M0008RecordLookup;
 pub use record_lookup::record_lookup_backfill;
@@ -30,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0008RecordLookup),
             Box::new(M0009OutboxOwner),
             Box::new(M0010JobDeferrals),
+            Box::new(M0011OutboxLanes),
         ]
     }
 }
