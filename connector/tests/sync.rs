@@ -731,3 +731,58 @@ async fn real_snapshots_conform_to_the_schema() {
     let (_, _, text) = sync_once(&client(&sim.url, &seeded.token), "org", None).await;
     validate_lines(&text, SNAPSHOT_SCHEMA);
 }
+
+/// While provisioning runs in the process, a sync's requests reach GitLab one at a time, each
+/// followed by a pause of four times its duration; without it they overlap (16 in flight).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_yields_to_provisioning_one_paced_request_at_a_time() {
+    use gitlab_connector::client::{Precedence, precedence};
+    let latency = Duration::from_millis(5);
+    let mut cfg = quiet(Mode::SelfManaged);
+    cfg.faults.latency_ms = latency.as_millis() as u64;
+    let o = org(Mode::SelfManaged);
+    let sim = gitlab_sim::start(o.world, cfg, "127.0.0.1:0")
+        .await
+        .unwrap();
+    let c = client(&sim.url, "admin-token");
+
+    // Nothing in the foreground: the crawl keeps several requests in flight.
+    sync_once(&c, "org", None).await;
+    assert!(
+        sim.sim.most_in_flight() > 1,
+        "a sync alone overlaps its requests"
+    );
+
+    // A provisioning job holds the foreground for the whole sync.
+    let p = Precedence::new();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let job = {
+        let p = p.clone();
+        tokio::spawn(async move { p.foreground(done_rx).await })
+    };
+    while !p.busy() {
+        tokio::task::yield_now().await;
+    }
+    sim.sim.reset_most_in_flight();
+    let before: u64 = sim.sim.counts().values().map(|c| c.requests).sum();
+    let started = std::time::Instant::now();
+    let (summary, records, _) = p.background(sync_once(&c, "org", None)).await;
+    let took = started.elapsed();
+    let requests = sim.sim.counts().values().map(|c| c.requests).sum::<u64>() - before;
+    assert!(summary.complete, "{:?}", summary.errors);
+    assert!(!records.is_empty());
+    assert_eq!(
+        sim.sim.most_in_flight(),
+        1,
+        "one request of the sync at a time while provisioning runs"
+    );
+    // Each request took at least the simulator's latency and was followed by a pause of
+    // PAUSE_PER_UNIT times as long: a lower bound that no overlap could meet.
+    let least = latency * (1 + precedence::PAUSE_PER_UNIT) * u32::try_from(requests - 1).unwrap();
+    assert!(
+        took >= least,
+        "{requests} paced requests took {took:?}, less than {least:?}"
+    );
+    done_tx.send(()).unwrap();
+    job.await.unwrap().unwrap();
+}

@@ -219,7 +219,7 @@ async fn migrate_applies_the_schema_once() {
     let db = sqlite_url(&dir);
     let first = worker(&["migrate"], &[("DATABASE_URL", &db)], None).await;
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
-    assert!(text(&first.stderr).contains("10 migration(s) applied"));
+    assert!(text(&first.stderr).contains("11 migration(s) applied"));
     let second = worker(&["migrate"], &[("DATABASE_URL", &db)], None).await;
     assert!(text(&second.stderr).contains("0 migration(s) applied"));
     let bad = worker(&["migrate"], &[("DATABASE_URL", "mysql://x")], None).await;

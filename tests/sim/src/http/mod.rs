@@ -204,6 +204,29 @@ pub struct Sim {
     pub(crate) hook_log: Mutex<Vec<hooks::HookAttempt>>,
     /// Woken after each webhook delivery attempt.
     pub(crate) hook_attempted: tokio::sync::Notify,
+    /// API requests being answered now, and the most at once since the last reset.
+    in_flight: std::sync::atomic::AtomicUsize,
+    most_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request as being answered until dropped.
+struct InFlight<'a>(&'a Sim);
+
+impl<'a> InFlight<'a> {
+    fn start(sim: &'a Sim) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = sim.in_flight.fetch_add(1, SeqCst) + 1;
+        sim.most_in_flight.fetch_max(now, SeqCst);
+        Self(sim)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Sim {
@@ -217,7 +240,21 @@ impl Sim {
             base_url: OnceLock::new(),
             hook_log: Mutex::new(Vec::new()),
             hook_attempted: tokio::sync::Notify::new(),
+            in_flight: Default::default(),
+            most_in_flight: Default::default(),
         })
+    }
+
+    /// The most API requests answered at once since the last [`Sim::reset_most_in_flight`]
+    /// (or the start).
+    pub fn most_in_flight(&self) -> usize {
+        self.most_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn reset_most_in_flight(&self) {
+        self.most_in_flight
+            .store(0, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn set_base_url(&self, url: String) {
@@ -396,6 +433,7 @@ fn route_template(matched: Option<&MatchedPath>) -> String {
 
 /// Everything GitLab does around a handler: faults, authentication, throttles, the log.
 async fn gitlab_middleware(State(sim): State<Arc<Sim>>, mut req: Request, next: Next) -> Response {
+    let _answering = InFlight::start(&sim);
     let method = req.method().clone();
     let template = route_template(req.extensions().get::<MatchedPath>());
     // Concrete kinds make the counters readable: `/groups/:id/members`.
