@@ -114,6 +114,27 @@ async fn postgres_connections_dropped_while_idle_are_replaced_before_use() {
     }
 }
 
+/// Records the first delivery of job `id` (of `kind`), as a worker does before running it.
+async fn start_job(store: &Store, id: &str, kind: &str) {
+    let begun = store
+        .begin_job(
+            &NewJob {
+                job_id: id,
+                connector: "default",
+                kind,
+                request: "{}",
+                payload_sha256: "h",
+                stream_seq: 1,
+                delivered: 1,
+                attempt_budget: 0,
+            },
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(begun, Begin::New), "{begun:?}");
+}
+
 /// The message ids of the outbox rows this store would publish next, oldest first.
 async fn unsent_ids(store: &Store) -> Vec<String> {
     store
@@ -207,22 +228,7 @@ async fn a_job_id_is_recorded_once_and_its_result_kept(b: Backend) {
 
 async fn outbox_rows_are_unique_by_message_id_and_marked_sent(b: Backend) {
     let store = Store::open(&b.url()).await.unwrap();
-    store
-        .begin_job(
-            &NewJob {
-                job_id: "j",
-                connector: "default",
-                kind: "sync",
-                request: "{}",
-                payload_sha256: "h",
-                stream_seq: 1,
-                delivered: 1,
-                attempt_budget: 0,
-            },
-            std::time::Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+    start_job(&store, "j", "sync").await;
     let msg = |id: &str| OutboxMessage::Publish {
         msg_id: id.into(),
         subject: "gitlab.results.default.sync".into(),
@@ -294,22 +300,7 @@ async fn results_are_published_apart_from_announcements_and_each_lane_is_woken_f
     );
     assert!(!woken(OutboxLane::Results), "and not the results lane");
     // A grant's result, committed after the sync's rows.
-    store
-        .begin_job(
-            &NewJob {
-                job_id: "grant-1",
-                connector: "default",
-                kind: "grant",
-                request: "{}",
-                payload_sha256: "h",
-                stream_seq: 2,
-                delivered: 1,
-                attempt_budget: 0,
-            },
-            std::time::Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+    start_job(&store, "grant-1", "grant").await;
     store
         .finish_job(
             "grant-1",
@@ -856,22 +847,7 @@ async fn retention_keeps_pinned_and_base_snapshots_and_live_grants(b: Backend) {
         .unwrap();
     // Two finished jobs, one of whose grant is still live, and a sent outbox message.
     for id in ["done-1", "live-grant-1"] {
-        store
-            .begin_job(
-                &NewJob {
-                    job_id: id,
-                    connector: "default",
-                    kind: "grant",
-                    request: "{}",
-                    payload_sha256: "x",
-                    stream_seq: 0,
-                    delivered: 1,
-                    attempt_budget: 0,
-                },
-                std::time::Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
+        start_job(&store, id, "grant").await;
         store
             .finish_job(id, "succeeded", "{}", vec![], &Default::default())
             .await
