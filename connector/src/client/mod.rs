@@ -343,7 +343,7 @@ impl Client {
         };
         // A sync's request waits here while provisioning runs, one at a time, before it
         // takes a slot of the rate limit; the turn is held until its body has been read.
-        let _turn = precedence::turn().await;
+        let _turn = precedence::request_turn().await;
         // The slot is taken only once nothing can fail before sending: the pacer counts it as
         // in flight until a response (or a transport error) releases it.
         let waited = inner.limiter.acquire(req.limit, req.limit_key).await;

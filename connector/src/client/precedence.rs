@@ -3,11 +3,13 @@
 //! the network and this process serve them in arrival order, so a grant's few requests would
 //! queue behind a sync's pages. While foreground work (provisioning) runs in the process,
 //! background work (syncs) therefore goes one unit at a time — one GitLab request, one batch
-//! of snapshot rows — across all of it, and after each unit leaves the machine to the
-//! foreground for [`PAUSE_PER_UNIT`] times as long as the unit took (so it takes about a fifth
-//! of what it could: a sync's rows written back to back keep a database backend busy, and a
-//! grant's statements queue behind them). CPU-bound work on a thread of its own (encoding a
-//! snapshot) uses one thread and is paced the same way ([`Pacer`]). It takes its full width
+//! of snapshot rows — across all of it. After each unit of work on this machine (a statement
+//! of rows, a piece of snapshot encoding) it leaves the machine to the foreground for
+//! [`PAUSE_PER_UNIT`] times as long as the unit took (so it takes about a fifth of what it
+//! could: a sync's rows written back to back keep a database backend busy, and a grant's
+//! statements queue behind them); a GitLab request is not followed by a pause
+//! ([`request_turn`]). CPU-bound work on a thread of its own (encoding a snapshot) uses one
+//! thread and is paced the same way ([`Pacer`]). It takes its full width
 //! back once the foreground has been quiet for [`QUIET`].
 //!
 //! Work is marked by the task it runs in ([`Precedence::foreground`],
@@ -150,17 +152,21 @@ impl Pacer {
     }
 }
 
-/// A unit of background work's turn, held until the unit is done: dropping it sets when the
-/// next unit may start.
+/// A unit of background work's turn, held until the unit is done: dropping a paced one sets
+/// when the next unit may start.
 #[derive(Debug)]
 pub struct Turn {
     precedence: Arc<Precedence>,
     started_us: u64,
+    paced: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
+        if !self.paced {
+            return;
+        }
         let p = &self.precedence;
         let now = p.now_us();
         let pause = pause_after(Duration::from_micros(now.saturating_sub(self.started_us)));
@@ -170,11 +176,24 @@ impl Drop for Turn {
     }
 }
 
-/// Before a unit of background work (a GitLab request, a batch of rows): while the foreground
-/// is busy, waits for the single turn and for the pause after the previous unit, and returns
-/// the turn, to be held until the unit is done. Returns `None` at once outside background work
-/// or when the foreground is quiet.
+/// Before a unit of background work done on this machine (a statement of snapshot rows): while
+/// the foreground is busy, waits for the single turn and for the pause after the previous
+/// unit, and returns the turn, to be held until the unit is done; the next unit then waits
+/// [`PAUSE_PER_UNIT`] times as long as this one took. Returns `None` at once outside background
+/// work or when the foreground is quiet.
 pub async fn turn() -> Option<Turn> {
+    take_turn(true).await
+}
+
+/// Before a GitLab request of background work: one at a time like [`turn`], but no pause
+/// follows it: its time is mostly GitLab's and the network's, not this machine's, and against
+/// a real GitLab (tens to hundreds of milliseconds a request) a pause as long would make a
+/// sync many times slower for nothing.
+pub async fn request_turn() -> Option<Turn> {
+    take_turn(false).await
+}
+
+async fn take_turn(paced: bool) -> Option<Turn> {
     let precedence = BACKGROUND.try_with(Arc::clone).ok()?;
     if !precedence.busy() {
         return None;
@@ -188,6 +207,7 @@ pub async fn turn() -> Option<Turn> {
     Some(Turn {
         started_us: precedence.now_us(),
         precedence,
+        paced,
         _permit: permit,
     })
 }
@@ -195,6 +215,35 @@ pub async fn turn() -> Option<Turn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn after_a_unit_of_local_work_the_next_waits_four_times_as_long() {
+        let p = Precedence::new();
+        let (_done, held) = tokio::sync::oneshot::channel::<()>();
+        let job = {
+            let p = p.clone();
+            tokio::spawn(async move { p.foreground(held).await })
+        };
+        while !p.busy() {
+            tokio::task::yield_now().await;
+        }
+        let unit = Duration::from_millis(30);
+        let waited = p
+            .background(async {
+                let first = turn().await.expect("the foreground is busy");
+                tokio::time::sleep(unit).await;
+                drop(first);
+                let ended = Instant::now();
+                let _second = turn().await.expect("still busy");
+                ended.elapsed()
+            })
+            .await;
+        assert!(
+            waited >= unit * PAUSE_PER_UNIT,
+            "the next unit started {waited:?} after a {unit:?} one"
+        );
+        job.abort();
+    }
 
     #[tokio::test]
     async fn background_units_go_one_at_a_time_only_while_the_foreground_is_busy() {

@@ -471,16 +471,7 @@ async fn run_tasks(
             }
             Ok(Outcome::Invitations(r, invitations)) => {
                 track.done(invitations.len() as u64);
-                let mut records: Vec<InvitationRecord> = invitations
-                    .iter()
-                    .map(|i| InvitationRecord {
-                        resource: r,
-                        email: i.invite_email.clone(),
-                        access_level: i.access_level.0,
-                        expires_at: i.expires_at,
-                    })
-                    .collect();
-                records.sort_by(|a, b| a.email.cmp(&b.email));
+                let records = invitation_records(r, &invitations);
                 if !records.is_empty() {
                     inv.invitations.insert(r, records);
                 }
@@ -494,4 +485,53 @@ async fn run_tasks(
         }
     }
     Ok(())
+}
+
+/// A resource's pending invitations as records, one per email. A list that changes while it is
+/// paged (an invitation sent meanwhile shifts the pages) can name one invitation on two pages,
+/// as it can a member: a snapshot holds each once (the first read).
+fn invitation_records(r: ResourceRef, invitations: &[Invitation]) -> Vec<InvitationRecord> {
+    let mut records: Vec<InvitationRecord> = invitations
+        .iter()
+        .map(|i| InvitationRecord {
+            resource: r,
+            email: i.invite_email.clone(),
+            access_level: i.access_level.0,
+            expires_at: i.expires_at,
+        })
+        .collect();
+    // Stable: of two reads of one email, the first stays.
+    records.sort_by(|a, b| a.email.cmp(&b.email));
+    records.dedup_by(|later, first| later.email == first.email);
+    records
+}
+
+#[cfg(test)]
+mod invitation_tests {
+    use super::*;
+
+    #[test]
+    fn an_invitation_read_on_two_pages_is_recorded_once() {
+        let invite = |email: &str, level: u16| -> Invitation {
+            serde_json::from_value(serde_json::json!({
+                "invite_email": email,
+                "access_level": level,
+            }))
+            .unwrap()
+        };
+        let r = ResourceRef::Group(3);
+        let records = invitation_records(
+            r,
+            &[
+                invite("b@x.io", 30),
+                invite("a@x.io", 20),
+                invite("b@x.io", 40),
+            ],
+        );
+        let seen: Vec<(&str, u16)> = records
+            .iter()
+            .map(|i| (i.email.as_str(), i.access_level))
+            .collect();
+        assert_eq!(seen, [("a@x.io", 20), ("b@x.io", 30)]);
+    }
 }
