@@ -7,8 +7,8 @@
 //! of rows, a piece of snapshot encoding) it leaves the machine to the foreground for
 //! [`PAUSE_PER_UNIT`] times as long as the unit took (so it takes about a fifth of what it
 //! could: a sync's rows written back to back keep a database backend busy, and a grant's
-//! statements queue behind them); a GitLab request is not followed by a pause
-//! ([`request_turn`]). CPU-bound work on a thread of its own (encoding a snapshot) uses one
+//! statements queue behind them); after a GitLab request the pause is the same but at most
+//! [`MAX_REQUEST_PAUSE`] ([`request_turn`]). CPU-bound work on a thread of its own (encoding a snapshot) uses one
 //! thread and is paced the same way ([`Pacer`]). It takes its full width
 //! back once the foreground has been quiet for [`QUIET`].
 //!
@@ -31,9 +31,15 @@ pub const QUIET: Duration = Duration::from_millis(250);
 /// the unit's own time.
 pub const PAUSE_PER_UNIT: u32 = 4;
 
-/// The longest pause after one unit (a unit that took very long, such as a request that
-/// timed out, does not hold background work back for minutes).
+/// The longest pause after one unit (a unit that took very long does not hold background work
+/// back for minutes).
 pub const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// The longest pause after a GitLab request: its time is mostly GitLab's and the network's,
+/// and against a real GitLab (hundreds of milliseconds a request) a pause four times as long
+/// would make a sync far slower for nothing; a short pause still keeps a sync's requests from
+/// following each other back to back.
+pub const MAX_REQUEST_PAUSE: Duration = Duration::from_millis(20);
 
 tokio::task_local! {
     static BACKGROUND: Arc<Precedence>;
@@ -122,9 +128,9 @@ pub fn yielding() -> bool {
     BACKGROUND.try_with(|p| p.busy()).unwrap_or(false)
 }
 
-/// The pause after a unit of background work that took `took`.
-fn pause_after(took: Duration) -> Duration {
-    took.saturating_mul(PAUSE_PER_UNIT).min(MAX_PAUSE)
+/// The pause after a unit of background work that took `took`, at most `cap`.
+fn pause_after(took: Duration, cap: Duration) -> Duration {
+    took.saturating_mul(PAUSE_PER_UNIT).min(cap)
 }
 
 /// Paces CPU-bound background work on a thread of its own, where there is no task to take
@@ -147,29 +153,28 @@ impl Pacer {
     /// After a piece of work that took `took` (blocks the calling thread).
     pub fn after(&self, took: Duration) {
         if self.0.busy() {
-            std::thread::sleep(pause_after(took));
+            std::thread::sleep(pause_after(took, MAX_PAUSE));
         }
     }
 }
 
-/// A unit of background work's turn, held until the unit is done: dropping a paced one sets
-/// when the next unit may start.
+/// A unit of background work's turn, held until the unit is done: dropping it sets when the
+/// next unit may start.
 #[derive(Debug)]
 pub struct Turn {
     precedence: Arc<Precedence>,
     started_us: u64,
-    paced: bool,
+    /// The longest pause after this unit.
+    cap: Duration,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        if !self.paced {
-            return;
-        }
         let p = &self.precedence;
         let now = p.now_us();
-        let pause = pause_after(Duration::from_micros(now.saturating_sub(self.started_us)));
+        let took = Duration::from_micros(now.saturating_sub(self.started_us));
+        let pause = pause_after(took, self.cap);
         let pause = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
         p.next_unit_us
             .store(now.saturating_add(pause), Ordering::Relaxed);
@@ -182,18 +187,16 @@ impl Drop for Turn {
 /// [`PAUSE_PER_UNIT`] times as long as this one took. Returns `None` at once outside background
 /// work or when the foreground is quiet.
 pub async fn turn() -> Option<Turn> {
-    take_turn(true).await
+    take_turn(MAX_PAUSE).await
 }
 
-/// Before a GitLab request of background work: one at a time like [`turn`], but no pause
-/// follows it: its time is mostly GitLab's and the network's, not this machine's, and against
-/// a real GitLab (tens to hundreds of milliseconds a request) a pause as long would make a
-/// sync many times slower for nothing.
+/// Before a GitLab request of background work: one at a time like [`turn`], and the pause
+/// after it is at most [`MAX_REQUEST_PAUSE`].
 pub async fn request_turn() -> Option<Turn> {
-    take_turn(false).await
+    take_turn(MAX_REQUEST_PAUSE).await
 }
 
-async fn take_turn(paced: bool) -> Option<Turn> {
+async fn take_turn(cap: Duration) -> Option<Turn> {
     let precedence = BACKGROUND.try_with(Arc::clone).ok()?;
     if !precedence.busy() {
         return None;
@@ -207,7 +210,7 @@ async fn take_turn(paced: bool) -> Option<Turn> {
     Some(Turn {
         started_us: precedence.now_us(),
         precedence,
-        paced,
+        cap,
         _permit: permit,
     })
 }
