@@ -8,8 +8,8 @@
 //! [`PAUSE_PER_UNIT`] times as long as the unit took (so it takes about a fifth of what it
 //! could: a sync's rows written back to back keep a database backend busy, and a grant's
 //! statements queue behind them); after a GitLab request the pause is the same but at most
-//! [`MAX_REQUEST_PAUSE`] ([`request_turn`]). CPU-bound work on a thread of its own (encoding a snapshot) uses one
-//! thread and is paced the same way ([`Pacer`]). It takes its full width
+//! [`MAX_REQUEST_PAUSE`] ([`request_turn`]). CPU-bound work on a thread of its own (encoding a
+//! snapshot) uses one thread and is paced the same way ([`Pacer`]). It takes its full width
 //! back once the foreground has been quiet for [`QUIET`].
 //!
 //! Work is marked by the task it runs in ([`Precedence::foreground`],
@@ -50,8 +50,8 @@ tokio::task_local! {
 pub struct Precedence {
     /// Foreground work running now.
     running: AtomicUsize,
-    /// When the last foreground work ended, in milliseconds since `epoch`.
-    last_ended_ms: AtomicU64,
+    /// When the last foreground work ended, in microseconds since `epoch`.
+    last_ended_us: AtomicU64,
     epoch: Instant,
     /// The one unit of background work allowed while the foreground is busy.
     narrow: Arc<Semaphore>,
@@ -63,7 +63,7 @@ impl Default for Precedence {
     fn default() -> Self {
         Self {
             running: AtomicUsize::new(0),
-            last_ended_ms: AtomicU64::new(0),
+            last_ended_us: AtomicU64::new(0),
             epoch: Instant::now(),
             narrow: Arc::new(Semaphore::new(1)),
             next_unit_us: AtomicU64::new(0),
@@ -77,7 +77,7 @@ struct Running<'a>(&'a Precedence);
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         let p = self.0;
-        p.last_ended_ms.store(p.now_ms(), Ordering::Relaxed);
+        p.last_ended_us.store(p.now_us(), Ordering::Relaxed);
         p.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -85,10 +85,6 @@ impl Drop for Running<'_> {
 impl Precedence {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn now_us(&self) -> u64 {
@@ -113,8 +109,8 @@ impl Precedence {
         if self.running.load(Ordering::Relaxed) > 0 {
             return true;
         }
-        let ended = self.last_ended_ms.load(Ordering::Relaxed);
-        ended != 0 && self.now_ms().saturating_sub(ended) < QUIET.as_millis() as u64
+        let ended = self.last_ended_us.load(Ordering::Relaxed);
+        ended != 0 && self.now_us().saturating_sub(ended) < QUIET.as_micros() as u64
     }
 
     /// Units of background work waiting for their turn or running one (0 or 1 running).

@@ -174,11 +174,7 @@ impl Store {
         let written = write_records(&txn, lines, &header, seq, open_rows, yields).await?;
         let rows_closed = written.to_close.len() as u64;
         for chunk in written.to_close.chunks(CLOSE_BATCH) {
-            let _turn = if yields {
-                precedence::turn().await
-            } else {
-                None
-            };
+            let _turn = row_turn(yields).await;
             snapshot_record::Entity::update_many()
                 .col_expr(snapshot_record::Column::ValidTo, Expr::value(seq))
                 .filter(snapshot_record::Column::Id.is_in(chunk.iter().copied()))
@@ -578,6 +574,15 @@ async fn write_records(
     Ok(written)
 }
 
+/// With `yields`, a turn of the sync's background work for one statement of rows.
+async fn row_turn(yields: bool) -> Option<precedence::Turn> {
+    if yields {
+        precedence::turn().await
+    } else {
+        None
+    }
+}
+
 /// Inserts the pending rows; with `yields`, in a turn of the sync's background work.
 async fn flush(
     txn: &DatabaseTransaction,
@@ -586,11 +591,7 @@ async fn flush(
 ) -> Result<u64, StoreError> {
     let n = pending.len() as u64;
     if n > 0 {
-        let _turn = if yields {
-            precedence::turn().await
-        } else {
-            None
-        };
+        let _turn = row_turn(yields).await;
         snapshot_record::Entity::insert_many(std::mem::take(pending))
             .exec_without_returning(txn)
             .await?;
