@@ -17,6 +17,7 @@ use gitlab_sim::{Mode, Resource, SeedSpec, SimConfig, UserRateLimit, World};
 use serde_json::{Value, json};
 
 mod live;
+mod machine;
 mod queries;
 mod shared_budget;
 mod throughput;
@@ -98,6 +99,10 @@ struct Args {
     /// Only the throughput runs without the four syncs (a quicker look).
     #[arg(long)]
     throughput_no_syncs: bool,
+    /// Rounds of the throughput runs; the grant-p99 ratio is taken between the rounds' medians
+    /// (one run's p99 moves 2–3× between runs of the same build on a 2-core machine).
+    #[arg(long, default_value_t = 3)]
+    throughput_rounds: usize,
     /// Also measure the GitLab budget shared by workers (three large syncs under the
     /// simulator's per-user limit, 1 and 3 workers): bench/results/shared-budget.json.
     #[arg(long)]
@@ -603,6 +608,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             provision_concurrency: args.throughput_concurrency,
             workers: args.throughput_workers.clone(),
             with_syncs: !args.throughput_no_syncs,
+            rounds: args.throughput_rounds,
         };
         let mut report = throughput::measure(&root, &worker, &tmp, &opts).await?;
         report["machine"] =

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use gitlab_sim::{Mode, Resource, SimConfig, UserKind, World};
 use serde_json::{Value, json};
 
+use crate::machine::CpuSnapshot;
 use crate::queries::{fresh_database, psql};
 use crate::worker_job::{Killed, nats_server};
 
@@ -28,6 +29,9 @@ pub struct Options {
     pub workers: Vec<usize>,
     /// Also run each with four large syncs.
     pub with_syncs: bool,
+    /// Rounds of the whole set of runs. The p99 of one 20-second run moves 2–3× between runs
+    /// of the same build on this machine, so the grant-p99 ratio is taken between medians.
+    pub rounds: usize,
 }
 
 /// Groups the grants and revokes are spread over: GitLab allows 60 member deletions per minute
@@ -307,6 +311,7 @@ async fn run_once(
         Vec::new()
     };
     let cpu_before: Vec<f64> = procs.iter().map(|(p, _)| cpu_seconds(p.0.id())).collect();
+    let machine_before = CpuSnapshot::take();
     let commits_before = commits(&opts.postgres, &name)?;
     let expected = jobs.len() + syncs.len();
     let collector = tokio::spawn(async move {
@@ -352,6 +357,7 @@ async fn run_once(
         a.await?;
     }
     let answered = collector.await?;
+    let machine = CpuSnapshot::take().since(&machine_before);
     let cpu_workers: f64 = procs
         .iter()
         .zip(&cpu_before)
@@ -421,6 +427,7 @@ async fn run_once(
         "sync_publish_to_result_s": sync_s,
         "slowest_ms_by_publish_time": {"bucket_ms": TIMELINE_MS, "slowest": slowest},
         "worker_cpu_s": cpu_workers,
+        "cpu_during_run": machine,
         "gitlab_requests": requests,
         "postgres_commits": db_commits,
     });
@@ -440,36 +447,101 @@ pub async fn measure(
     } else {
         &[false]
     };
-    for &with_syncs in sync_runs {
-        for &workers in &opts.workers {
-            eprintln!(
-                "== throughput: {workers} worker(s){}",
-                if with_syncs {
-                    ", four large syncs at once"
-                } else {
-                    ""
-                }
-            );
-            runs.push(run_once(root, worker, tmp, opts, workers, with_syncs).await?);
+    // Rounds interleave the configurations, so a slow stretch of the machine falls on runs of
+    // both kinds rather than on all runs of one.
+    for round in 1..=opts.rounds.max(1) {
+        for &with_syncs in sync_runs {
+            for &workers in &opts.workers {
+                eprintln!(
+                    "== throughput round {round}/{}: {workers} worker(s){}",
+                    opts.rounds.max(1),
+                    if with_syncs {
+                        ", four large syncs at once"
+                    } else {
+                        ""
+                    }
+                );
+                let mut run = run_once(root, worker, tmp, opts, workers, with_syncs).await?;
+                run["round"] = json!(round);
+                runs.push(run);
+            }
         }
     }
-    let p99 = |w: u64, s: bool| {
-        runs.iter()
-            .find(|r| r["workers"] == w && r["with_four_syncs"] == s)
-            .and_then(|r| r["grant_latency_ms"]["p99"].as_f64())
-    };
     let ratio: Vec<Value> = opts
         .workers
         .iter()
-        .map(|&w| w as u64)
-        .map(|w| json!({"workers": w, "p99_with_syncs_over_without": p99(w, true).zip(p99(w, false)).map(|(a, b)| a / b)}))
+        .map(|&w| grant_p99_ratio(&runs, w as u64))
         .collect();
     Ok(json!({
         "jobs": opts.jobs,
         "offered_rate_per_s": opts.rate,
         "provision_concurrency": opts.provision_concurrency,
         "database": "postgresql",
+        "rounds": opts.rounds.max(1),
         "runs": runs,
         "grant_p99_ratio": ratio,
     }))
+}
+
+/// For `workers`: each round's grant p99 without and with the syncs, their medians, and the
+/// ratio of the medians (the target's number) beside each round's own ratio.
+fn grant_p99_ratio(runs: &[Value], workers: u64) -> Value {
+    let p99s = |syncs: bool| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r["workers"] == workers && r["with_four_syncs"] == syncs)
+            .filter_map(|r| r["grant_latency_ms"]["p99"].as_f64())
+            .collect()
+    };
+    let (without, with) = (p99s(false), p99s(true));
+    let per_round: Vec<f64> = with.iter().zip(&without).map(|(a, b)| a / b).collect();
+    let ratio = median(&with).zip(median(&without)).map(|(a, b)| a / b);
+    json!({
+        "workers": workers,
+        "grant_p99_ms_without_syncs": without,
+        "grant_p99_ms_with_syncs": with,
+        "p99_with_syncs_over_without": ratio,
+        "per_round": per_round,
+    })
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(workers: u64, syncs: bool, p99: f64) -> Value {
+        json!({"workers": workers, "with_four_syncs": syncs, "grant_latency_ms": {"p99": p99}})
+    }
+
+    #[test]
+    fn the_ratio_is_taken_between_the_rounds_medians_of_one_worker_count() {
+        let runs = [
+            run(3, false, 128.0),
+            run(3, true, 110.0),
+            run(3, false, 51.0),
+            run(3, true, 60.0),
+            run(3, false, 54.0),
+            run(3, true, 56.0),
+            // Another worker count does not enter the ratio of three.
+            run(1, false, 1.0),
+            run(1, true, 1_000.0),
+        ];
+        let r = grant_p99_ratio(&runs, 3);
+        assert_eq!(r["grant_p99_ms_without_syncs"], json!([128.0, 51.0, 54.0]));
+        let ratio = r["p99_with_syncs_over_without"].as_f64().unwrap();
+        assert!((ratio - 60.0 / 54.0).abs() < 1e-9, "{ratio}");
+        assert_eq!(r["per_round"].as_array().unwrap().len(), 3);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
 }
