@@ -194,6 +194,19 @@ async fn a_sync_job_stores_a_snapshot_and_publishes_its_result_and_events_postgr
     let summary =
         gitlab_connector::snapshot::verify(std::io::BufReader::new(&object_bytes[..])).unwrap();
     assert_eq!(summary.sha256, r["snapshot"]["sha256"].as_str().unwrap());
+    // The summary event says what the object's header and trailer say (it is built from the
+    // sync's own summary, not by reading the file again).
+    let header_line = object_bytes.split(|b| *b == b'\n').next().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(header_line).unwrap();
+    assert_eq!(header["type"], "snapshot");
+    for field in ["connector", "scope", "snapshot_id", "started_at"] {
+        assert_eq!(ev[field], header[field], "{field}");
+    }
+    let trailer = serde_json::to_value(&summary).unwrap();
+    for field in ["finished_at", "complete", "counts", "sha256", "prev_sha256"] {
+        assert_eq!(ev[field], trailer[field], "{field}");
+    }
+    assert_eq!(ev["errors_total"], summary.errors.len());
 
     // Health endpoints.
     let w = worker;

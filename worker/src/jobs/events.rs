@@ -7,8 +7,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
-use gitlab_connector::model::Record;
+use gitlab_connector::model::{Record, Summary};
 use gitlab_connector::snapshot::{self, ReadError, diff};
+use gitlab_connector::sync::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -48,31 +49,32 @@ fn access(
     }))
 }
 
-/// The snapshot's summary event, built from its file.
+/// The snapshot's summary event, from the summary and identity the sync wrote into the file.
+/// The file itself is verified against its hash when it is stored, in the same commit that
+/// queues this event, so a damaged file is never announced.
 pub fn snapshot_event(
     subjects: &Subjects,
     job_id: &str,
-    path: &Path,
+    meta: &SnapshotMeta,
+    summary: &Summary,
     object_name: &str,
-) -> Result<OutboxMessage, ReadError> {
-    let summary = snapshot::verify(open(path)?)?;
-    let h = header(path)?;
+) -> OutboxMessage {
     let object = json!({"bucket": subjects.snapshot_bucket(), "name": object_name});
     // Read errors can number thousands (a partial sync of a large scope): the event names the
     // first of them and how many there are; the snapshot object's trailer has them all.
     let errors_total = summary.errors.len();
     let errors: Vec<_> = summary.errors.iter().take(MAX_EVENT_ERRORS).collect();
-    Ok(OutboxMessage::Publish {
-        msg_id: msg_id::snapshot_event(&h.snapshot_id),
-        subject: subjects.event(&h.connector, "snapshot"),
+    OutboxMessage::Publish {
+        msg_id: msg_id::snapshot_event(&meta.snapshot_id),
+        subject: subjects.event(&meta.connector, "snapshot"),
         payload: json!({
             "schema": EVENT_SCHEMA,
             "type": "snapshot",
-            "connector": h.connector,
-            "scope": h.scope,
+            "connector": meta.connector,
+            "scope": meta.scope,
             "job_id": job_id,
-            "snapshot_id": h.snapshot_id,
-            "started_at": h.started_at,
+            "snapshot_id": meta.snapshot_id,
+            "started_at": meta.started_at,
             "finished_at": summary.finished_at,
             "complete": summary.complete,
             "counts": summary.counts,
@@ -83,7 +85,7 @@ pub fn snapshot_event(
             "object": object,
         })
         .to_string(),
-    })
+    }
 }
 
 /// What the access events of one stored snapshot are built from when they are published: the

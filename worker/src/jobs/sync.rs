@@ -3,9 +3,9 @@
 //! transaction.
 
 use std::io::BufWriter;
-use std::path::Path;
 
 use gitlab_connector::client::IdOrPath;
+use gitlab_connector::model::Summary;
 use gitlab_connector::snapshot::ReadError;
 use gitlab_connector::sync::{self, Scope, SnapshotMeta, SyncError, SyncOptions};
 use serde_json::json;
@@ -156,7 +156,7 @@ pub async fn execute(
     let (summary, _) = sync::run(
         &connector.client,
         &SyncOptions::new(scope),
-        meta,
+        meta.clone(),
         prev.map(|p| p.sha256),
         BufWriter::new(file),
     )
@@ -185,14 +185,12 @@ pub async fn execute(
         return outcome;
     }
     let events = if ctx.publish {
-        announce(ctx, spool.path(), &summary.snapshot_id, &scope_text, cause)
-            .await
-            .map_err(|e| {
-                JobFailure::transient(
-                    Code::Internal,
-                    format!("cannot prepare the snapshot's events: {e}"),
-                )
-            })?
+        announce(ctx, &meta, &summary, cause).await.map_err(|e| {
+            JobFailure::transient(
+                Code::Internal,
+                format!("cannot prepare the snapshot's events: {e}"),
+            )
+        })?
     } else {
         Vec::new()
     };
@@ -212,12 +210,15 @@ fn io(e: impl std::fmt::Display) -> ReadError {
 /// here, built when they are published: see `events::AccessEvents`).
 async fn announce(
     ctx: &JobContext<'_>,
-    path: &Path,
-    snapshot_id: &str,
-    scope: &str,
+    meta: &SnapshotMeta,
+    summary: &Summary,
     cause: Cause,
 ) -> Result<Vec<OutboxMessage>, ReadError> {
-    let connector = ctx.job.connector.as_str();
+    let (connector, scope, snapshot_id) = (
+        meta.connector.as_str(),
+        meta.scope.as_str(),
+        meta.snapshot_id.as_str(),
+    );
     let base = ctx
         .store
         .latest_snapshot(connector, scope, true)
@@ -245,20 +246,13 @@ async fn announce(
         object: serde_json::json!({"bucket": ctx.subjects.snapshot_bucket(), "name": object_name}),
         sent: 0,
     };
-    // The summary event verifies the whole file: CPU work, off the runtime's threads.
-    let summary_event = {
-        let (subjects, job_id, path, name) = (
-            ctx.subjects.clone(),
-            ctx.job.job_id.to_string(),
-            path.to_path_buf(),
-            object_name.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            events::snapshot_event(&subjects, &job_id, &path, &name)
-        })
-        .await
-        .map_err(io)??
-    };
+    let summary_event = events::snapshot_event(
+        ctx.subjects,
+        ctx.job.job_id.as_str(),
+        meta,
+        summary,
+        &object_name,
+    );
     Ok(vec![
         OutboxMessage::SnapshotObject {
             msg_id: msg_id::snapshot_object(snapshot_id),
