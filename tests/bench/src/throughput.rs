@@ -483,8 +483,8 @@ pub async fn measure(
     }))
 }
 
-/// For `workers`: each round's grant p99 without and with the syncs, their medians, and the
-/// ratio of the medians (the target's number) beside each round's own ratio.
+/// For `workers`: each round's grant p99 without and with the syncs, each round's ratio, and
+/// the ratio between the two medians (the target's number).
 fn grant_p99_ratio(runs: &[Value], workers: u64) -> Value {
     let p99s = |syncs: bool| -> Vec<f64> {
         runs.iter()
