@@ -114,7 +114,8 @@ impl Precedence {
     }
 
     /// Units of background work waiting for their turn or running one (0 or 1 running).
-    pub fn narrowed(&self) -> bool {
+    #[cfg(test)]
+    fn narrowed(&self) -> bool {
         self.narrow.available_permits() == 0
     }
 }

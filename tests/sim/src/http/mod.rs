@@ -15,6 +15,7 @@ mod tokens;
 mod users;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -205,8 +206,8 @@ pub struct Sim {
     /// Woken after each webhook delivery attempt.
     pub(crate) hook_attempted: tokio::sync::Notify,
     /// API requests being answered now, and the most at once since the last reset.
-    in_flight: std::sync::atomic::AtomicUsize,
-    most_in_flight: std::sync::atomic::AtomicUsize,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
 }
 
 /// Counts a request as being answered until dropped.
@@ -214,7 +215,6 @@ struct InFlight<'a>(&'a Sim);
 
 impl<'a> InFlight<'a> {
     fn start(sim: &'a Sim) -> Self {
-        use std::sync::atomic::Ordering::SeqCst;
         let now = sim.in_flight.fetch_add(1, SeqCst) + 1;
         sim.most_in_flight.fetch_max(now, SeqCst);
         Self(sim)
@@ -223,9 +223,7 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, SeqCst);
     }
 }
 
@@ -248,13 +246,11 @@ impl Sim {
     /// The most API requests answered at once since the last [`Sim::reset_most_in_flight`]
     /// (or the start).
     pub fn most_in_flight(&self) -> usize {
-        self.most_in_flight
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.most_in_flight.load(SeqCst)
     }
 
     pub fn reset_most_in_flight(&self) {
-        self.most_in_flight
-            .store(0, std::sync::atomic::Ordering::SeqCst);
+        self.most_in_flight.store(0, SeqCst);
     }
 
     pub fn set_base_url(&self, url: String) {
